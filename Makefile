@@ -1,0 +1,27 @@
+# tinyattn: the study's commands. `make study` is the main job, `make test` the tests.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+# This machine's CPU wheel of torch; on Colab / a GPU box: make install TORCH_SPEC=
+TORCH_SPEC ?= torch==2.13.0
+# The local copy of GLUE beside the checkout, when there is one (else the Hugging Face Hub).
+ifneq ($(wildcard ../shared/data/glue),)
+export TINYATTN_DATA_DIR ?= $(abspath ../shared/data)
+endif
+
+.PHONY: install test lint study book clean
+
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(if $(TORCH_SPEC),$(PY) -m pip install -q "$(TORCH_SPEC)")
+	$(PY) -m pip install -q -e ".[dev,book]"
+	$(PY) -m pip check
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check tinyattn tests

@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny random encoders built from configs (nothing downloaded), the packaged MiniLM
+backbone, and the local data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AlbertConfig,
+    AlbertModel,
+    BertConfig,
+    BertModel,
+    RobertaConfig,
+    RobertaModel,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_encoder(kind: str = "bert", seed: int = 0):
+    """A 2-layer, 32-wide random encoder of the given architecture."""
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    if kind == "bert":
+        model = BertModel(BertConfig(**common), add_pooling_layer=False)
+    elif kind == "roberta":
+        model = RobertaModel(RobertaConfig(**common, pad_token_id=1), add_pooling_layer=False)
+    elif kind == "albert":
+        model = AlbertModel(AlbertConfig(**common, embedding_size=16), add_pooling_layer=False)
+    else:
+        raise ValueError(kind)
+    model.config.tinyattn_backbone = f"tiny-{kind}"
+    return model
+
+
+def tiny_batch(batch: int = 3, length: int = 9, seed: int = 0) -> dict:
+    """Random ids with right padding of different lengths (row 0 unpadded)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 100, (batch, length), generator=gen)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row in range(1, batch):
+        mask[row, length - 2 * row :] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The local GLUE/SuperGLUE folder: $TINYATTN_DATA_DIR, else ../shared/data beside the repo."""
+    candidate = Path(os.environ.get("TINYATTN_DATA_DIR", REPO.parent / "shared" / "data"))
+    if not (candidate / "glue").is_dir():
+        pytest.skip(f"no local data folder at {candidate} (set TINYATTN_DATA_DIR)")
+    return candidate
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The packaged offline backbone, loaded once (tests must not modify it)."""
+    from tinyattn.model import load_encoder
+
+    return load_encoder("minilm-l6")
+
+
+@pytest.fixture
+def fresh_minilm(minilm):
+    """A private copy of the packaged backbone (adapters attach hooks to the encoder they are given)."""
+    import copy
+
+    return copy.deepcopy(minilm)

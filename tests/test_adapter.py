@@ -1,0 +1,196 @@
+"""The tiny-attention module against a direct, loop-over-positions reading of the method."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinyattn.adapter import TinyAttention, paper_param_count, param_count
+
+
+def reference_update(module: TinyAttention, x: torch.Tensor, mask: torch.Tensor | None):
+    """The formula, one expert, one sequence, one query position at a time (no fusion, no batching)."""
+    B, T, D = x.shape
+    d, E = module.head_dim, module.experts
+    mask = torch.ones(B, T, dtype=torch.bool) if mask is None else mask.bool()
+
+    def one_expert(e: int, h: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(h)
+        for b in range(B):
+            normed = [
+                F.layer_norm(h[b, t], (D,), module.norm_weight[e], module.norm_bias[e])
+                for t in range(T)
+            ]
+            qkv = [module.qkv_weight[e] @ n + module.qkv_bias[e] for n in normed]
+            q = [v[:d] for v in qkv]
+            k = [v[d : 2 * d] for v in qkv]
+            v = [v[2 * d :] for v in qkv]
+            for i in range(T):
+                if module.context == "self":
+                    attended = v[i]
+                else:
+                    keys = [j for j in range(T) if mask[b, j]]
+                    scores = torch.stack([q[i] @ k[j] / math.sqrt(d) for j in keys])
+                    weights = torch.softmax(scores, dim=0)
+                    attended = sum(w * v[j] for w, j in zip(weights, keys))
+                out[b, i] = module.out_weight[e] @ attended + module.out_bias[e]
+        return out
+
+    if module.combine == "mean":
+        return sum(one_expert(e, x) for e in range(E)) / E
+    h = x
+    for e in range(E):
+        h = h + one_expert(e, h) / E
+    return h - x
+
+
+def randomised(module: TinyAttention, seed: int = 0) -> TinyAttention:
+    """Give every parameter (LayerNorm affine included) a non-trivial random value."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return module.eval()
+
+
+def inputs(B=2, T=6, D=8, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, D, generator=gen)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 4:] = 0
+    return x, mask
+
+
+@pytest.mark.parametrize("head_dim", [1, 3])
+@pytest.mark.parametrize("experts", [1, 4])
+@pytest.mark.parametrize("combine", ["mean", "sequential"])
+@pytest.mark.parametrize("context", ["full", "self"])
+def test_module_matches_loop_reference(head_dim, experts, combine, context):
+    module = randomised(
+        TinyAttention(8, head_dim=head_dim, experts=experts, combine=combine, context=context)
+    )
+    x, mask = inputs()
+    got = module(x, mask)
+    want = reference_update(module, x, mask)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_is_masked():
+    """Changing a padded position's hidden state changes no real token's update."""
+    module = randomised(TinyAttention(8, experts=2))
+    x, mask = inputs()
+    y = x.clone()
+    y[1, 5] = torch.randn(8) * 3  # row 1 is padded from position 4
+    torch.testing.assert_close(module(x, mask)[1, :4], module(y, mask)[1, :4])
+    assert not torch.allclose(module(x, None)[1, :4], module(y, None)[1, :4])
+
+
+def test_self_context_removes_cross_token_interaction():
+    module = randomised(TinyAttention(8, context="self"))
+    x, mask = inputs()
+    y = x.clone()
+    y[0, 3] = torch.randn(8) * 3
+    diff = (module(x, mask) - module(y, mask)).abs().sum(-1)[0]
+    assert diff[3] > 0
+    assert torch.all(diff[[0, 1, 2, 4, 5]] == 0)
+
+
+def test_output_starts_near_identity():
+    """The output Linear is scaled x0.01 at construction, so the first update is tiny."""
+    torch.manual_seed(0)
+    small = TinyAttention(64, out_scale=0.01)
+    torch.manual_seed(0)
+    plain = TinyAttention(64, out_scale=1.0)
+    torch.testing.assert_close(small.out_weight, plain.out_weight * 0.01)
+    torch.testing.assert_close(small.out_bias, plain.out_bias * 0.01)
+    bound = 1 / math.sqrt(1)  # nn.Linear(1, D) default init bound
+    assert plain.out_weight.abs().max() <= bound and plain.out_weight.abs().max() > 0.5 * bound
+
+
+def test_identical_experts_average_to_single_expert():
+    single = randomised(TinyAttention(8, head_dim=2))
+    many = TinyAttention.init_experts_from(single, 4, noise_std=0.0).eval()
+    x, mask = inputs()
+    torch.testing.assert_close(many(x, mask), single(x, mask))
+    torch.testing.assert_close(many.average_experts()(x, mask), single(x, mask))
+
+
+def test_average_equals_module_with_mean_weights():
+    many = randomised(TinyAttention(8, head_dim=2, experts=3), seed=3)
+    avg = many.average_experts()
+    assert avg.experts == 1
+    manual = TinyAttention(8, head_dim=2).eval()
+    with torch.no_grad():
+        for name, p in many.named_parameters():
+            getattr(manual, name).copy_(p.mean(0, keepdim=True))
+            torch.testing.assert_close(getattr(avg, name)[0], p.mean(0))
+    x, mask = inputs()
+    torch.testing.assert_close(avg.eval()(x, mask), manual(x, mask))
+    # and, for experts that really differ, averaging weights is not averaging outputs
+    assert not torch.allclose(avg(x, mask), many(x, mask), atol=1e-4)
+
+
+def test_init_experts_from_adds_small_noise_on_qkv_only():
+    single = randomised(TinyAttention(8))
+    gen = torch.Generator().manual_seed(0)
+    many = TinyAttention.init_experts_from(single, 4, noise_std=1e-3, generator=gen)
+    assert many.experts == 4
+    for name in ("norm_weight", "norm_bias", "out_weight", "out_bias"):
+        assert torch.equal(
+            getattr(many, name), getattr(single, name).expand(4, *getattr(single, name).shape[1:])
+        )
+    delta = many.qkv_weight - single.qkv_weight
+    assert 0 < delta.std() < 3e-3
+    assert not torch.equal(many.qkv_weight[0], many.qkv_weight[1])  # experts are not clones
+
+
+def test_expert_extracts_one_expert():
+    many = randomised(TinyAttention(8, experts=3))
+    x, mask = inputs()
+    one = many.expert(2).eval()
+    want = reference_update(TinyAttention.init_experts_from(one, 1, noise_std=0).eval(), x, mask)
+    torch.testing.assert_close(one(x, mask), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(IndexError):
+        many.expert(3)
+
+
+def test_attention_dropout_only_in_training():
+    module = randomised(TinyAttention(8, dropout=0.5))
+    x, mask = inputs()
+    torch.testing.assert_close(module(x, mask), module(x, mask))
+    module.train()
+    torch.manual_seed(0)
+    a = module(x, mask)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, module(x, mask))
+
+
+@pytest.mark.parametrize("D,d,E", [(384, 1, 1), (384, 1, 4), (1024, 1, 1), (768, 4, 2)])
+def test_parameter_count_matches_formula(D, d, E):
+    module = TinyAttention(D, head_dim=d, experts=E)
+    assert sum(p.numel() for p in module.parameters()) == param_count(D, d, E)
+    if d == 1:
+        assert param_count(D, 1, E) == E * (7 * D + 3)
+        assert paper_param_count(D, 1, E) == E * (7 * D + 11)
+    # the paper's headline count: RoBERTa-large, 24 layers, one expert
+    assert 24 * paper_param_count(1024) == 172_296
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"head_dim": 0}, "head_dim"),
+        ({"head_dim": -1}, "head_dim"),
+        ({"experts": 0}, "experts"),
+        ({"combine": "max"}, "combine"),
+        ({"context": "left"}, "context"),
+        ({"dropout": 1.5}, "dropout"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TinyAttention(8, **kwargs)

@@ -1,0 +1,229 @@
+"""The tiny-attention adapter: attention with a tiny per-head dimension, its experts, and their averaging.
+
+Reference: Zhao, Tan & Mei, "Tiny-Attention Adapter: Contexts Are More Important Than the Number of
+Parameters", EMNLP 2022 (arXiv 2211.01979), and the authors' released code (``cindermond/tiny-attn``).
+
+One expert e maps hidden states x (B, T, D) to an update
+
+    h_e      = LayerNorm_e(x)                           own affine LayerNorm over D
+    q, k, v  = h_e W_e + b_e                            one Linear D -> 3d
+    a        = softmax(q k^T / sqrt(d) + padding mask)  dropout on the probabilities
+    delta_e  = (a v) U_e + c_e                          Linear d -> D, scaled x0.01 at construction
+
+and E experts are combined either as the mean of their updates (``combine="mean"``, the default) or one
+after another, each seeing the previous one's output (``combine="sequential"``, as the authors' code
+applies them). The caller adds the update residually.
+
+Why ``mean`` is the default: with identical experts it is *exactly* the single-expert model, so the
+weight-averaged deployment starts from the training-time function and departs from it only as far as the
+experts drift apart; the sequential form differs from its own average even for identical experts.
+
+Parameters per expert: 2D (LayerNorm) + 3dD + 3d (q, k, v) + dD + D (output) = 7D + 3 for d = 1.
+The authors' code also routes q, k, v through ``torch.nn.MultiheadAttention``, which adds redundant d x d
+input and output projections (8 scalars per layer for d = 1, giving 7D + 11). They re-parametrise the same
+function class, so they are left out here; ``paper_param_count`` reports the authors' count beside ours.
+
+Implementation: every expert's weights are stored stacked on a leading expert axis, so the mean
+combination is one fused projection for all experts, one ``scaled_dot_product_attention`` call with E
+heads, and one output matmul, with no Python loop over experts.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+COMBINES = ("mean", "sequential")
+CONTEXTS = ("full", "self")
+
+
+class TinyAttention(nn.Module):
+    """E tiny-attention experts for one layer; ``forward`` returns the update, not the new hidden states.
+
+    Args:
+        hidden_size: D, the width of the hidden states it reads and updates.
+        head_dim: d, the attention width of one expert (1 in every released configuration).
+        experts: E, the number of experts ("heads" in the paper).
+        dropout: dropout on the attention probabilities while training.
+        combine: ``"mean"`` (parallel mean of the experts' updates) or ``"sequential"``.
+        context: ``"full"`` (attend to every non-padding token) or ``"self"`` (each token attends only
+            to itself: the same parameters with no context, for the ablation of the paper's title claim).
+        out_scale: factor applied to the output Linear at construction (0.01: a near-identity start).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        *,
+        head_dim: int = 1,
+        experts: int = 1,
+        dropout: float = 0.1,
+        combine: str = "mean",
+        context: str = "full",
+        out_scale: float = 0.01,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("hidden_size", hidden_size),
+            ("head_dim", head_dim),
+            ("experts", experts),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"TinyAttention: {name} must be a positive integer, got {value!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"TinyAttention: dropout must be in [0, 1), got {dropout!r}")
+        if combine not in COMBINES:
+            raise ValueError(
+                f"TinyAttention: unknown combine {combine!r}; choose one of {COMBINES}"
+            )
+        if context not in CONTEXTS:
+            raise ValueError(
+                f"TinyAttention: unknown context {context!r}; choose one of {CONTEXTS}"
+            )
+        self.hidden_size, self.head_dim, self.experts = hidden_size, head_dim, experts
+        self.dropout, self.combine, self.context = dropout, combine, context
+        E, D, d = experts, hidden_size, head_dim
+
+        self.norm_weight = nn.Parameter(torch.ones(E, D))
+        self.norm_bias = nn.Parameter(torch.zeros(E, D))
+        self.qkv_weight = nn.Parameter(torch.empty(E, 3 * d, D))  # rows: q (d), k (d), v (d)
+        self.qkv_bias = nn.Parameter(torch.empty(E, 3 * d))
+        self.out_weight = nn.Parameter(torch.empty(E, D, d))
+        self.out_bias = nn.Parameter(torch.empty(E, D))
+        self.reset_parameters(out_scale)
+
+    def reset_parameters(self, out_scale: float = 0.01) -> None:
+        """nn.Linear's default initialisation per expert, then the output Linear scaled by ``out_scale``."""
+        with torch.no_grad():
+            self.norm_weight.fill_(1.0)
+            self.norm_bias.zero_()
+            for weight, bias in (
+                (self.qkv_weight, self.qkv_bias),
+                (self.out_weight, self.out_bias),
+            ):
+                fan_in = weight.shape[-1]
+                bound = 1.0 / math.sqrt(fan_in)
+                for e in range(self.experts):
+                    nn.init.kaiming_uniform_(weight[e], a=math.sqrt(5))  # = nn.Linear's default
+                    nn.init.uniform_(bias[e], -bound, bound)
+            self.out_weight.mul_(out_scale)
+            self.out_bias.mul_(out_scale)
+
+    def extra_repr(self) -> str:
+        return (
+            f"hidden_size={self.hidden_size}, head_dim={self.head_dim}, experts={self.experts}, "
+            f"dropout={self.dropout}, combine={self.combine!r}, context={self.context!r}"
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None):
+        """hidden_states (B, T, D); padding_mask (B, T), nonzero/True at real tokens. Returns (B, T, D)."""
+        if self.combine == "mean" or self.experts == 1:
+            return self._mean_update(hidden_states, padding_mask)
+        h = hidden_states
+        for e in range(self.experts):  # each expert sees the previous expert's output
+            h = h + self._mean_update(h, padding_mask, expert=e) / self.experts
+        return h - hidden_states
+
+    def _mean_update(self, x, padding_mask, expert: int | None = None):
+        """Mean over experts of their updates (or one expert's update when ``expert`` is given)."""
+        sl = slice(None) if expert is None else slice(expert, expert + 1)
+        E = self.experts if expert is None else 1
+        B, T, D = x.shape
+        d = self.head_dim
+        # Fold each expert's LayerNorm affine into its q/k/v projection: one matmul for all experts.
+        x_hat = F.layer_norm(x, (D,))  # (B, T, D)
+        w = self.qkv_weight[sl] * self.norm_weight[sl, None, :]  # (E, 3d, D)
+        b = self.qkv_bias[sl] + torch.einsum("eod,ed->eo", self.qkv_weight[sl], self.norm_bias[sl])
+        qkv = F.linear(x_hat, w.reshape(E * 3 * d, D), b.reshape(E * 3 * d))  # (B, T, E*3d)
+        q, k, v = qkv.view(B, T, E, 3, d).permute(3, 0, 2, 1, 4)  # each (B, E, T, d)
+        if self.context == "self":
+            o = v  # softmax over the token itself is 1: the value passes through
+        else:
+            mask = None
+            if padding_mask is not None:
+                mask = padding_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = may attend
+            p = self.dropout if self.training else 0.0
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, E, T, d)
+        # Output Linear of every expert, averaged: sum_e o_e U_e^T / E + mean_e c_e.
+        o = o.transpose(1, 2).reshape(B, T, E * d)  # (B, T, E*d)
+        u = self.out_weight[sl].permute(1, 0, 2).reshape(D, E * d)  # (D, E*d)
+        return F.linear(o, u / E, self.out_bias[sl].mean(0))  # (B, T, D)
+
+    # ------------------------------------------------------------------ experts
+    def average_experts(self) -> TinyAttention:
+        """The deployed single-expert module whose weights are the element-wise mean of the experts'."""
+        avg = TinyAttention(
+            self.hidden_size,
+            head_dim=self.head_dim,
+            experts=1,
+            dropout=self.dropout,
+            combine=self.combine,
+            context=self.context,
+        ).to(device=self.qkv_weight.device, dtype=self.qkv_weight.dtype)
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                getattr(avg, name).copy_(param.mean(dim=0, keepdim=True))
+        avg.train(self.training)
+        return avg
+
+    def expert(self, index: int) -> TinyAttention:
+        """Expert ``index`` alone, as a single-expert module (for the single-expert deployment baselines)."""
+        if not 0 <= index < self.experts:
+            raise IndexError(f"expert index {index} out of range for {self.experts} experts")
+        single = copy.deepcopy(self)
+        single.experts = 1
+        for name, param in self.named_parameters():
+            setattr(single, name, nn.Parameter(param.detach()[index : index + 1].clone()))
+        return single
+
+    @classmethod
+    def init_experts_from(
+        cls,
+        trained: TinyAttention,
+        experts: int,
+        *,
+        noise_std: float = 1e-6,
+        combine: str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> TinyAttention:
+        """The authors' two-stage start: E copies of a trained single expert, plus N(0, noise_std^2) on q/k/v.
+
+        Starting every expert from one trained solution keeps them in one basin, which is what makes the
+        element-wise average of their weights a good deployed model.
+        """
+        if trained.experts != 1:
+            raise ValueError(
+                f"init_experts_from needs a single-expert module, got {trained.experts} experts"
+            )
+        new = cls(
+            trained.hidden_size,
+            head_dim=trained.head_dim,
+            experts=experts,
+            dropout=trained.dropout,
+            combine=combine or trained.combine,
+            context=trained.context,
+        ).to(device=trained.qkv_weight.device, dtype=trained.qkv_weight.dtype)
+        with torch.no_grad():
+            for name, param in trained.named_parameters():
+                getattr(new, name).copy_(param.expand_as(getattr(new, name)))
+            for param in (new.qkv_weight, new.qkv_bias):
+                noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
+                param.add_(noise.to(param.device) * noise_std)
+        return new
+
+
+def param_count(hidden_size: int, head_dim: int = 1, experts: int = 1) -> int:
+    """Parameters of one layer's adapter as implemented here: E (2D + 3dD + 3d + dD + D); 7D+3 for d=E=1."""
+    D, d = hidden_size, head_dim
+    return experts * (2 * D + 3 * d * D + 3 * d + d * D + D)
+
+
+def paper_param_count(hidden_size: int, head_dim: int = 1, experts: int = 1) -> int:
+    """The authors' count, with nn.MultiheadAttention's redundant d x d projections: 7D+11 for d=E=1."""
+    d = head_dim
+    return param_count(hidden_size, head_dim, experts) + experts * (3 * d * d + 3 * d + d * d + d)

@@ -1,0 +1,168 @@
+"""One run of the study: (task, method, seed, hyper-parameters) -> a trained model and its run record.
+
+This is what the ``tinyattn train`` command and the training notebook call; everything a run depends on
+is a field of ``RunParams``, and the record stores all of them.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from tinyattn.checkpoint import save_adapter
+from tinyattn.data import encode, get_task, load_glue_task, resolve_data_dir, subsample
+from tinyattn.inject import experts_averaged
+from tinyattn.methods import build_model, method_options
+from tinyattn.model import DEFAULT_BACKBONE, count_parameters, load_tokenizer, set_seed
+from tinyattn.records import RECORD_VERSION, provenance, run_id, write_json_atomic
+from tinyattn.train import TrainConfig, train
+
+# Parameters that say where things are, not what the run is: left out of the run id.
+_LOCATION_KEYS = ("data_dir", "out_dir", "progress", "save_adapter")
+
+
+@dataclass
+class RunParams:
+    task: str = "sst2"
+    method: str = "tinyattn"
+    backbone: str = DEFAULT_BACKBONE
+    seed: int = 42
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    warmup_ratio: float = 0.0
+    scheduler: str = "linear"
+    evals_per_epoch: int = 1
+    max_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    method_options: dict = field(default_factory=dict)
+    head_dropout: float = 0.1
+    data_dir: str | None = None
+    out_dir: str = "results/runs"
+    save_adapter: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        get_task(self.task)  # unknown task -> ValueError naming it
+        self.method_options = method_options(self.method, self.method_options)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunParams:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown run parameter(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+    def identity(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in _LOCATION_KEYS}
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.identity())
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            epochs=self.epochs,
+            max_steps=self.max_steps,
+            batch_size=self.batch_size,
+            eval_batch_size=self.eval_batch_size,
+            warmup_ratio=self.warmup_ratio,
+            scheduler=self.scheduler,
+            evals_per_epoch=self.evals_per_epoch,
+            seed=self.seed,
+            progress=self.progress,
+        )
+
+
+def run(params: RunParams, *, write: bool = True) -> tuple[dict, object]:
+    """Train one run; write ``<out_dir>/<run_id>.json``; return (record, trained model or None).
+
+    A failure is recorded (status ``failed`` with the error and traceback) and then re-raised.
+    """
+    started = time.time()
+    record: dict = {
+        "record_version": RECORD_VERSION,
+        "run_id": params.run_id,
+        "params": asdict(params),
+        "status": "running",
+        "provenance": provenance(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+    }
+    out = Path(params.out_dir) / f"{params.run_id}.json"
+    try:
+        record.update(_train_and_measure(params))
+        record["status"] = "done"
+        model = record.pop("_model")
+    except Exception as err:
+        record.update(
+            status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()
+        )
+        record["wall_seconds"] = time.time() - started
+        if write:
+            write_json_atomic(out, record)
+        raise
+    record["wall_seconds"] = time.time() - started
+    if write:
+        write_json_atomic(out, record)
+    return record, model
+
+
+def _train_and_measure(params: RunParams) -> dict:
+    spec = get_task(params.task)
+    data_dir = resolve_data_dir(params.data_dir)
+    train_rows = subsample(
+        load_glue_task(spec.name, "train", data_dir), params.max_train_samples, params.seed
+    )
+    eval_rows = subsample(
+        load_glue_task(spec.name, "validation", data_dir), params.max_eval_samples, params.seed
+    )
+    tokenizer = load_tokenizer(params.backbone)
+    train_data = encode(train_rows, spec, tokenizer, params.max_length)
+    eval_data = encode(eval_rows, spec, tokenizer, params.max_length)
+
+    set_seed(params.seed)  # the head and adapter initialisation depend on it
+    model = build_model(
+        params.method,
+        params.backbone,
+        spec.num_labels,
+        params.method_options,
+        head_dropout=params.head_dropout,
+    )
+    counts = count_parameters(model)
+    result = train(
+        model,
+        spec.name,
+        train_data,
+        eval_data,
+        tokenizer,
+        params.train_config(),
+        eval_context=experts_averaged,
+    )
+    if hasattr(model, "tiny_attention") and model.tiny_attention.config.experts > 1:
+        with experts_averaged(model):
+            counts["deployed_adapter_params"] = count_parameters(model)["adapter_params"]
+        result["evaluated_as"] = "experts weight-averaged (deployed)"
+    if params.save_adapter:
+        save_adapter(
+            model,
+            Path(params.out_dir) / "adapters" / params.run_id,
+            extra={"task": spec.name, "run_id": params.run_id},
+        )
+    return {
+        "task": spec.name,
+        "method": params.method,
+        "seed": params.seed,
+        "data_source": "local folder" if data_dir else "hub:nyu-mll/glue",
+        "params_count": counts,
+        **result,
+        "_model": model,
+    }

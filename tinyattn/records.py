@@ -1,0 +1,130 @@
+"""Run records: what a run was (parameters), how it went (metrics), and how it was made (provenance).
+
+Records are JSON, written atomically (temporary file in the same folder, then rename), so a reader
+never sees half a record; a record that cannot be read back is reported as such, not trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+RECORD_VERSION = 1
+_PACKAGES = ("tinyattn", "torch", "transformers", "peft", "adapters", "accelerate", "datasets")
+
+
+class CorruptRecordError(ValueError):
+    """A record file exists but is truncated, unparseable, or not a run record."""
+
+
+def run_id(params: dict, ignore: tuple[str, ...] = ()) -> str:
+    """A readable, deterministic id: ``<task>-<method>-s<seed>-<hash of every parameter>``."""
+    kept = {k: v for k, v in params.items() if k not in ignore}
+    digest = hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{params.get('task', 'run')}-{params.get('method', 'x')}-s{params.get('seed', 0)}-{digest[:10]}"
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def git_commit(path: str | Path = ".") -> dict:
+    """The commit of the checkout that ran the code, and whether it had uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def machine() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": None,
+        "gpu": None,
+    }
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["gpu_count"] = torch.cuda.device_count()
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance() -> dict:
+    return {
+        "versions": versions(),
+        "git": git_commit(),
+        "machine": machine(),
+    }
+
+
+def write_json_atomic(path: str | Path, data: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_record(path: str | Path) -> dict:
+    """A record read back; ``CorruptRecordError`` if it is truncated or not a run record."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptRecordError(f"{path}: unreadable run record ({err})") from err
+    if not isinstance(record, dict) or "run_id" not in record or "status" not in record:
+        raise CorruptRecordError(f"{path}: not a run record (no run_id/status)")
+    return record
