@@ -38,7 +38,8 @@ def save_adapter(
         "options": model.method_options,
         "num_labels": model.num_labels,
         "head_dropout": model.dropout.p,
-        "backbone": backbone_identity(model.base_encoder),
+        "backbone": getattr(model, "backbone_identity", None)
+        or backbone_identity(model.base_encoder),
         **(extra or {}),
     }
     if hasattr(

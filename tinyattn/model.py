@@ -132,7 +132,13 @@ class EncoderClassifier(nn.Module):
         super().train(mode)
         if mode and not self.backbone_dropout:
             self.encoder.eval()
+            for module in self.added_modules():  # adapter-internal dropout still follows train()
+                module.train(mode)
         return self
+
+    def added_modules(self) -> list[nn.Module]:
+        """Modules a method library added inside the encoder (named with one of ``_ADDED_MARKERS``)."""
+        return [m for name, m in self.encoder.named_modules() if name and _is_added_parameter(name)]
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_) -> torch.Tensor:
         kwargs = {"attention_mask": attention_mask}

@@ -1,0 +1,383 @@
+"""One registry of methods: a name -> a function that makes exactly the intended parameters trainable.
+
+Every method starts from the same ``EncoderClassifier`` (same backbone, same first-token head) and is
+trained by the same loop; the registry is the only place where methods differ.
+
+Methods: ``tinyattn`` (ours), ``full_ft``, ``head_only``, ``bitfit``, ``lora`` and ``ia3`` (peft),
+``prefix``, ``houlsby``, ``pfeiffer`` and ``parallel`` (the ``adapters`` library). Each one's default
+hyper-parameters and where they come from are in its ``register(...)`` call (``defaults=``,
+``source=``); every default can be overridden through ``options``.
+
+Dropout rule, the same for every method: only full fine-tuning keeps the pretrained network's dropout
+on while training. Every other method trains with a frozen (or, for BitFit, bias-only) backbone and
+sets ``model.backbone_dropout = False``, so ``model.train()`` keeps the encoder in eval mode, as the
+tiny-attention authors' code does. Modules that a library adds *inside* the encoder (LoRA's dropout,
+the adapters' and prefixes' dropout) would be switched off by that too; ``EncoderClassifier.train`` puts
+them back in the classifier's own mode after switching the frozen encoder to eval mode,
+so adapter-internal dropout behaves as it does for the tiny-attention adapters, which live outside the
+encoder. With the default options none of the library methods has internal dropout (LoRA: 0.0, as in
+the LoRA GLUE code; ``adapters``: 0.0; (IA)^3: none); it matters only when an option turns it on.
+
+Library notes:
+- peft methods wrap the encoder: ``model.encoder`` becomes a ``peft.PeftModel`` (its parameters are
+  named ``encoder.base_model.model.…``); ``model.base_encoder`` unwraps it, and
+  ``model.encoder.get_nb_trainable_parameters()`` is peft's own count.
+- ``adapters`` methods change the encoder in place (``adapters.init``); it stays a ``BertModel`` /
+  ``RobertaModel`` / ``AlbertModel`` (a subclass made by the library) with ``adapter_summary()``.
+- All of them modify the encoder they are given: pass a fresh (or deep-copied) encoder to
+  ``build_model`` for every model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedModel
+
+from tinyattn.inject import TinyAttnConfig, add_tiny_attention
+from tinyattn.model import EncoderClassifier, backbone_identity, load_encoder
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    apply: Callable[[EncoderClassifier, dict], None]
+    defaults: dict = field(default_factory=dict)
+    source: str = ""  # where the default hyper-parameters come from
+    description: str = ""
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, *, defaults: dict | None = None, source: str = "", description: str = ""):
+    def wrap(apply):
+        METHODS[name] = Method(name, apply, dict(defaults or {}), source, description)
+        return apply
+
+    return wrap
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def method_options(name: str, options: dict | None = None) -> dict:
+    """The method's defaults overridden by ``options``; an option the method does not take is an error."""
+    method = get_method(name)
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    unknown = set(options) - set(method.defaults)
+    if unknown:
+        raise ValueError(
+            f"method {name!r} takes no option(s) {sorted(unknown)}; it takes {sorted(method.defaults)}"
+        )
+    return {**copy.deepcopy(method.defaults), **options}
+
+
+def build_model(
+    method: str,
+    backbone: str | PreTrainedModel,
+    num_labels: int,
+    options: dict | None = None,
+    *,
+    head_dropout: float = 0.1,
+) -> EncoderClassifier:
+    """Backbone + head, then the method applied: only the intended parameters require grad."""
+    spec = get_method(method)
+    opts = method_options(method, options)
+    encoder = load_encoder(backbone) if isinstance(backbone, str) else backbone
+    identity = backbone_identity(encoder)
+    model = EncoderClassifier(encoder, num_labels, head_dropout=head_dropout)
+    spec.apply(model, opts)
+    model.method, model.method_options = method, opts
+    model.backbone_identity = (
+        identity  # of the pretrained weights, before any training changes them
+    )
+    return model
+
+
+def freeze_encoder(model: EncoderClassifier) -> None:
+    for param in model.encoder.parameters():
+        param.requires_grad_(False)
+
+
+def frozen_backbone(model: EncoderClassifier) -> None:
+    """The setting every method but full fine-tuning shares: encoder frozen, its dropout off in training."""
+    freeze_encoder(model)
+    model.backbone_dropout = False
+
+
+# ----------------------------------------------------------------------------- methods
+@register(
+    "tinyattn",
+    defaults={**TinyAttnConfig().to_dict(), "init_from": None, "init_noise_std": 1e-6},
+    source="Zhao, Tan & Mei (2022) and their released code: d=1, dropout 0.1, placement m0, x0.01 init",
+    description="tiny-attention adapter (ours): attention with head dimension d in every layer",
+)
+def _tinyattn(model: EncoderClassifier, opts: dict) -> None:
+    config = {k: v for k, v in opts.items() if k not in ("init_from", "init_noise_std")}
+    adapters = add_tiny_attention(model, TinyAttnConfig.from_dict(config))
+    if opts["init_from"]:
+        from tinyattn.checkpoint import init_experts_from_checkpoint
+
+        init_experts_from_checkpoint(model, opts["init_from"], noise_std=opts["init_noise_std"])
+    del adapters
+
+
+@register(
+    "full_ft",
+    defaults={},
+    source="Devlin et al. (2019); LoRA paper Table 2 full fine-tuning rows",
+    description="full fine-tuning: every encoder parameter and the head train",
+)
+def _full_ft(model: EncoderClassifier, opts: dict) -> None:
+    for param in model.parameters():
+        param.requires_grad_(True)
+    model.backbone_dropout = True
+
+
+@register(
+    "head_only",
+    defaults={},
+    source="linear probe on the frozen encoder: the floor every method must clear",
+    description="only the classification head trains",
+)
+def _head_only(model: EncoderClassifier, opts: dict) -> None:
+    freeze_encoder(model)
+    model.backbone_dropout = False
+
+
+# ----------------------------------------------------------------------------- BitFit
+#: BitFit's bias groups, as named in the authors' code (benzakenelad/BitFit, ``BIAS_TERMS_DICT``): a
+#: parameter trains when its name ends with the group's suffix. ``all`` (their default) is every bias.
+BITFIT_BIAS_TERMS = {
+    "all": "bias",
+    "query": "attention.self.query.bias",
+    "key": "attention.self.key.bias",
+    "value": "attention.self.value.bias",
+    "intermediate": "intermediate.dense.bias",
+    "output": "output.dense.bias",
+    "output_layernorm": "output.LayerNorm.bias",
+    "attention_layernorm": "attention.output.LayerNorm.bias",
+}
+
+
+@register(
+    "bitfit",
+    # all bias terms of the encoder (LayerNorm biases included), as the BitFit paper's main results
+    defaults={"bias_terms": ["all"]},
+    source="Ben Zaken, Ravfogel & Goldberg (2022), BitFit; their code's --bias-terms all",
+    description="BitFit: only the encoder's bias terms (and the head) train",
+)
+def _bitfit(model: EncoderClassifier, opts: dict) -> None:
+    terms = opts["bias_terms"]
+    terms = [terms] if isinstance(terms, str) else list(terms)
+    unknown = [t for t in terms if t not in BITFIT_BIAS_TERMS]
+    if unknown or not terms:
+        raise ValueError(
+            f"bitfit: unknown bias_terms {unknown or terms}; choose from {sorted(BITFIT_BIAS_TERMS)}"
+        )
+    suffixes = tuple(BITFIT_BIAS_TERMS[t] for t in terms)
+    # bias-only: the pretrained weights stay fixed, so BitFit follows the frozen-backbone rule
+    frozen_backbone(model)
+    trained = 0
+    for name, param in model.encoder.named_parameters():
+        if name.endswith(suffixes):
+            param.requires_grad_(True)
+            trained += 1
+    if not trained:
+        raise ValueError(f"bitfit: no encoder parameter ends with any of {suffixes}")
+
+
+# ----------------------------------------------------------------------------- peft: LoRA, (IA)^3
+@register(
+    "lora",
+    # r = 8 and alpha = 16 on W_q and W_v, no LoRA dropout: microsoft/LoRA examples/NLU
+    # roberta_base_*.sh (--lora_r 8 --lora_alpha 16; their loralib layers get no dropout).
+    defaults={"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["query", "value"]},
+    source="Hu et al. (2022), LoRA; microsoft/LoRA examples/NLU roberta_base_*.sh: r=8, alpha=16, "
+    "W_q and W_v, no LoRA dropout; implemented with peft LoraConfig",
+    description="LoRA: low-rank updates of the query and value projections (peft)",
+)
+def _lora(model: EncoderClassifier, opts: dict) -> None:
+    import peft
+
+    config = peft.LoraConfig(
+        r=opts["r"],
+        lora_alpha=opts["lora_alpha"],
+        lora_dropout=opts["lora_dropout"],
+        target_modules=list(opts["target_modules"]),
+        bias="none",
+    )
+    _wrap_with_peft(model, config)
+
+
+#: (IA)^3's three vectors per layer: l_k, l_v (rescale the key and value projections' outputs) and
+#: l_ff (rescales the FFN's intermediate activation, i.e. the input of its second linear layer). peft's
+#: own BERT/RoBERTa mapping ["key", "value", "output.dense"] also matches ``attention.output.dense``
+#: (peft matches name suffixes), which the paper does not rescale; it is excluded here.
+IA3_TARGETS = {
+    "bert": {
+        "target_modules": ["key", "value", "output.dense"],
+        "feedforward_modules": ["output.dense"],
+        "exclude_modules": ["attention.output.dense"],
+    },
+    "roberta": {
+        "target_modules": ["key", "value", "output.dense"],
+        "feedforward_modules": ["output.dense"],
+        "exclude_modules": ["attention.output.dense"],
+    },
+    "albert": {
+        "target_modules": ["key", "value", "ffn_output"],
+        "feedforward_modules": ["ffn_output"],
+        "exclude_modules": [],
+    },
+}
+
+
+@register(
+    "ia3",
+    # None: the architecture's entry in IA3_TARGETS (k, v and the FFN's second linear layer)
+    defaults={"target_modules": None, "feedforward_modules": None, "exclude_modules": None},
+    source="Liu et al. (2022), (IA)^3: l_k, l_v, l_ff, initialised to ones; peft IA3Config with "
+    "peft's BERT/RoBERTa targets minus attention.output.dense",
+    description="(IA)^3: learned rescaling of keys, values and FFN activations (peft)",
+)
+def _ia3(model: EncoderClassifier, opts: dict) -> None:
+    import peft
+
+    model_type = model.base_encoder.config.model_type
+    resolved = {}
+    for key in ("target_modules", "feedforward_modules", "exclude_modules"):
+        if opts[key] is not None:
+            resolved[key] = list(opts[key])
+        elif model_type in IA3_TARGETS:
+            resolved[key] = list(IA3_TARGETS[model_type][key])
+        else:
+            raise ValueError(
+                f"ia3: no default targets for architecture {model_type!r}; pass the option {key}"
+            )
+    config = peft.IA3Config(
+        target_modules=resolved["target_modules"],
+        feedforward_modules=resolved["feedforward_modules"],
+        exclude_modules=resolved["exclude_modules"] or None,
+    )
+    _wrap_with_peft(model, config)
+
+
+def _wrap_with_peft(model: EncoderClassifier, config) -> None:
+    """``model.encoder`` becomes a ``peft.PeftModel``; peft freezes everything but its own weights."""
+    import peft
+
+    frozen_backbone(model)
+    model.encoder = peft.get_peft_model(model.encoder, config)
+
+
+# ----------------------------------------------------------------------------- adapters library
+def _add_library_adapter(model: EncoderClassifier, name: str, config) -> None:
+    """Add one ``adapters`` adapter to the encoder (in place) and train only it.
+
+    ``train_adapter`` freezes the encoder and activates the adapter; it also switches the encoder to
+    train mode, so the encoder's previous mode is restored afterwards.
+    """
+    import adapters
+
+    frozen_backbone(model)
+    encoder = model.encoder
+    was_training = encoder.training
+    adapters.init(encoder)
+    # set_active_adapters() runs a LoRA reset inside a forward context before the adapter is active,
+    # which logs a spurious "adapters available but none are activated" warning; mute it here only.
+    library_logger = logging.getLogger("adapters.model_mixin")
+    level = library_logger.level
+    library_logger.setLevel(logging.ERROR)
+    try:
+        encoder.add_adapter(name, config=config, set_active=True)
+        encoder.train_adapter(name)
+    finally:
+        library_logger.setLevel(level)
+    encoder.train(was_training)
+
+
+@register(
+    "prefix",
+    # adapters' PrefixTuningConfig defaults: 30 prefix vectors per layer for keys and values,
+    # reparameterised (flat=False) by Li & Liang's MLP (embedding -> 512 -> tanh -> 2 x layers x D)
+    defaults={"prefix_length": 30, "bottleneck_size": 512, "flat": False},
+    source="Li & Liang (2021), prefix-tuning with the MLP reparameterisation (hidden 512); "
+    "adapters library PrefixTuningConfig defaults (prefix_length=30)",
+    description="prefix-tuning: trained key/value prefixes in every attention layer (adapters)",
+)
+def _prefix(model: EncoderClassifier, opts: dict) -> None:
+    # The adapters library, not peft: its prefixes are added inside the attention layers of a plain
+    # BertModel/RobertaModel/AlbertModel and it extends the attention mask itself, so our classifier
+    # and forward stay as they are. peft's prefix tuning needs a task-typed PeftModel
+    # (FEATURE_EXTRACTION) that feeds the prefixes through the model's past_key_values cache interface,
+    # which transformers keeps changing; the bottleneck adapters below use the same library.
+    from adapters import PrefixTuningConfig
+
+    _add_library_adapter(model, "prefix", PrefixTuningConfig(**opts))
+
+
+@register(
+    "houlsby",
+    # adapters' DoubleSeqBnConfig defaults: bottleneck adapters after the attention and the FFN
+    # sub-layers, D/16 wide, swish; Houlsby et al. tuned the width in {8, 64, 256}
+    defaults={"reduction_factor": 16, "non_linearity": "swish"},
+    source="Houlsby et al. (2019); adapters library DoubleSeqBnConfig (double_seq_bn) defaults: "
+    "reduction factor 16, swish",
+    description="Houlsby adapters: two sequential bottleneck adapters per layer (adapters)",
+)
+def _houlsby(model: EncoderClassifier, opts: dict) -> None:
+    from adapters import DoubleSeqBnConfig
+
+    _add_library_adapter(model, "houlsby", DoubleSeqBnConfig(**opts))
+
+
+@register(
+    "pfeiffer",
+    # adapters' SeqBnConfig defaults: one bottleneck adapter after the FFN, D/16 wide, relu
+    defaults={"reduction_factor": 16, "non_linearity": "relu"},
+    source="Pfeiffer et al. (2021), AdapterFusion; adapters library SeqBnConfig (seq_bn) defaults: "
+    "reduction factor 16, relu",
+    description="Pfeiffer adapters: one sequential bottleneck adapter per layer, after the FFN "
+    "(adapters)",
+)
+def _pfeiffer(model: EncoderClassifier, opts: dict) -> None:
+    from adapters import SeqBnConfig
+
+    _add_library_adapter(model, "pfeiffer", SeqBnConfig(**opts))
+
+
+@register(
+    "parallel",
+    # adapters' ParBnConfig defaults: a bottleneck adapter parallel to the FFN, D/2 wide, relu,
+    # output scaled by 4, up-projection initialised to zero (He et al.'s "mam_adapter" init)
+    defaults={"reduction_factor": 2, "non_linearity": "relu", "scaling": 4.0},
+    source="He et al. (2022), Towards a Unified View of PETL: parallel adapter at the FFN, scaling 4; "
+    "adapters library ParBnConfig (par_bn) defaults: reduction factor 2",
+    description="parallel adapter: a scaled bottleneck branch beside every FFN (adapters)",
+)
+def _parallel(model: EncoderClassifier, opts: dict) -> None:
+    from adapters import ParBnConfig
+
+    _add_library_adapter(model, "parallel", ParBnConfig(**opts))
+
+
+def library_adapter_params(model: EncoderClassifier) -> int | None:
+    """The method library's own count of the parameters it trains (None for methods without one).
+
+    peft: ``PeftModel.get_nb_trainable_parameters()``; adapters: ``adapter_summary(as_dict=True)``.
+    """
+    encoder = model.encoder
+    if hasattr(encoder, "get_nb_trainable_parameters"):
+        return encoder.get_nb_trainable_parameters()[0]
+    if hasattr(encoder, "adapter_summary"):
+        rows = encoder.adapter_summary(as_dict=True)
+        return sum(row["#param"] for row in rows if row["name"] != "Full model")
+    return None
