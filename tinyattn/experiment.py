@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from tinyattn.checkpoint import save_adapter
@@ -19,8 +20,8 @@ from tinyattn.model import DEFAULT_BACKBONE, count_parameters, load_tokenizer, s
 from tinyattn.records import RECORD_VERSION, provenance, run_id, write_json_atomic
 from tinyattn.train import TrainConfig, train
 
-# Parameters that say where things are, not what the run is: left out of the run id.
-_LOCATION_KEYS = ("data_dir", "out_dir", "progress", "save_adapter")
+# Parameters that say where things are or what a run is called, not what it is: not in the run id.
+_LOCATION_KEYS = ("label", "data_dir", "out_dir", "progress", "save_adapter")
 
 
 @dataclass
@@ -42,15 +43,22 @@ class RunParams:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     method_options: dict = field(default_factory=dict)
+    # tinyattn with E > 1: start the experts from the trained E = 1 twin of this run (the authors'
+    # two-stage recipe); the twin's adapter is reused when it was saved, else trained here first.
+    two_stage: bool = False
     head_dropout: float = 0.1
+    label: str | None = None  # the method's name in a study profile, e.g. "tinyattn_e4"
     data_dir: str | None = None
     out_dir: str = "results/runs"
     save_adapter: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
+        _check_types(self)
         get_task(self.task)  # unknown task -> ValueError naming it
         self.method_options = method_options(self.method, self.method_options)
+        if self.two_stage and (self.method != "tinyattn" or self.method_options["experts"] < 2):
+            raise ValueError("two_stage needs method 'tinyattn' with experts > 1")
 
     @classmethod
     def from_dict(cls, data: dict) -> RunParams:
@@ -67,6 +75,15 @@ class RunParams:
     def run_id(self) -> str:
         return run_id(self.identity())
 
+    @property
+    def adapter_dir(self) -> Path:
+        return Path(self.out_dir) / "adapters" / self.run_id
+
+    def stage_one(self) -> RunParams:
+        """The single-expert twin whose trained adapter starts this run's experts."""
+        options = {**self.method_options, "experts": 1, "init_from": None}
+        return replace(self, two_stage=False, label=None, method_options=options, save_adapter=True)
+
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             learning_rate=self.learning_rate,
@@ -81,6 +98,21 @@ class RunParams:
             seed=self.seed,
             progress=self.progress,
         )
+
+
+def _check_types(params: RunParams) -> None:
+    """Papermill passes parameters through untyped: name any of the wrong type."""
+    hints = typing.get_type_hints(RunParams)
+    for f in fields(params):
+        value, hint = getattr(params, f.name), hints[f.name]
+        allowed = typing.get_args(hint) or (hint,)
+        allowed = tuple(typing.get_origin(a) or a for a in allowed)
+        if float in allowed:
+            allowed += (int,)
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        if not ok:
+            names = " or ".join("None" if a is type(None) else a.__name__ for a in allowed)
+            raise TypeError(f"run parameter {f.name!r} must be {names}, got {value!r}")
 
 
 def run(params: RunParams, *, write: bool = True) -> tuple[dict, object]:
@@ -129,13 +161,12 @@ def _train_and_measure(params: RunParams) -> dict:
     train_data = encode(train_rows, spec, tokenizer, params.max_length)
     eval_data = encode(eval_rows, spec, tokenizer, params.max_length)
 
+    options, stage_one = params.method_options, None
+    if params.two_stage:
+        options, stage_one = _stage_one(params)
     set_seed(params.seed)  # the head and adapter initialisation depend on it
     model = build_model(
-        params.method,
-        params.backbone,
-        spec.num_labels,
-        params.method_options,
-        head_dropout=params.head_dropout,
+        params.method, params.backbone, spec.num_labels, options, head_dropout=params.head_dropout
     )
     counts = count_parameters(model)
     result = train(
@@ -157,6 +188,8 @@ def _train_and_measure(params: RunParams) -> dict:
             Path(params.out_dir) / "adapters" / params.run_id,
             extra={"task": spec.name, "run_id": params.run_id},
         )
+    if stage_one is not None:
+        result["stage_one"] = stage_one
     return {
         "task": spec.name,
         "method": params.method,
@@ -166,3 +199,20 @@ def _train_and_measure(params: RunParams) -> dict:
         **result,
         "_model": model,
     }
+
+
+def _stage_one(params: RunParams) -> tuple[dict, dict]:
+    """Options that start the experts from the E = 1 twin's adapter, training the twin if needed."""
+    twin = params.stage_one()
+    info = {"run_id": twin.run_id}
+    if (twin.adapter_dir / "adapter_config.json").is_file():
+        info["source"] = "saved adapter of the E=1 run"
+    else:
+        twin_record, _ = run(replace(twin, progress=params.progress), write=False)
+        info.update(
+            source="trained within this run",
+            wall_seconds=twin_record["wall_seconds"],
+            best=twin_record["best"],
+            evaluations=twin_record["evaluations"],
+        )
+    return {**params.method_options, "init_from": str(twin.adapter_dir)}, info
