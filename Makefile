@@ -25,3 +25,8 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check tinyattn tests
+
+# The main job: the default (quick) study profile, its aggregate, then the book.
+PROFILE ?= quick
+study: install
+	$(VENV)/bin/tinyattn study --profile $(PROFILE)

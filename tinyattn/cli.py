@@ -1,4 +1,4 @@
-"""The ``tinyattn`` command: ``params`` (parameter accounting) and ``train`` (one run)."""
+"""The ``tinyattn`` command: ``params``, ``methods``, ``train`` (one run) and ``study`` (a grid)."""
 
 from __future__ import annotations
 
@@ -139,6 +139,32 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from tinyattn.study import plan, run_study
+
+    if args.dry_run:
+        result = plan(args.profile, args.out, args.shard)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            for row in result["runs"]:
+                print(
+                    f"{row['status']:8s} {row['task']:6s} {row['method']:14s} seed {row['seed']:<4} "
+                    f"{row['run_id']}"
+                )
+            print(f"{result['counts']}; pending: about {result['estimated_cpu_hours']} CPU-hours")
+        return 0
+    outcome = run_study(
+        args.profile,
+        out_dir=args.out,
+        shard_spec=args.shard,
+        retry_failed=args.retry_failed,
+        jobs=args.jobs,
+    )
+    print(f"study {args.profile}: {outcome}")
+    return 1 if outcome["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyattn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the registered methods and their defaults")
     p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("study", help="run a study profile's grid through papermill, resumably")
+    p.add_argument(
+        "--profile", required=True, help="profiles/<NAME>.yaml, or a path to a YAML file"
+    )
+    p.add_argument("--shard", help="K/N: run only this machine's share of the grid")
+    p.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="list the runs and their status; run nothing",
+    )
+    p.add_argument("--json", action="store_true", help="with --dry-run: print one JSON object")
+    p.add_argument("--retry-failed", dest="retry_failed", action="store_true")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs at once (each gets cores/jobs threads)"
+    )
+    p.add_argument("--out", default="results/runs", help="folder of the run records")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("train", help="train one (task, method, seed) run and write its record")
     _add_method_flags(p)

@@ -1,0 +1,354 @@
+"""Study profiles -> runs; run them through papermill, resumably, in shards.
+
+A profile (``profiles/<name>.yaml``) names a backbone, tasks, methods, seeds and budgets. Each run's
+record lives at ``<out_dir>/<run_id>.json`` and its id is a hash of its parameters, so:
+
+- a run whose record says ``done`` is never run again; killing the runner loses only the run in flight
+  (it has no record yet, or a lock whose process is gone) and that run is redone;
+- a truncated or unreadable record is moved aside and the run redone;
+- ``--shard K/N`` gives each machine the (task, seed) groups whose position in the sorted list is
+  K-1 modulo N: the shards partition the grid, and their ``results/runs`` merge by copying files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from tinyattn.data import get_task
+from tinyattn.experiment import RunParams
+from tinyattn.records import CorruptRecordError, read_record, write_json_atomic
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES_DIR = REPO / "profiles"
+TRAIN_NOTEBOOK = REPO / "notebooks" / "train.ipynb"
+EXECUTED_DIR = Path("results") / "executed"
+
+# Planning figures for the packaged MiniLM-L6 on a 2-core CPU (measured here; see the book's protocol).
+# Mean tokens per example (MiniLM tokenizer) and full split sizes.
+TASK_SIZES = {  # task: (train examples, dev examples, mean train tokens, mean dev tokens)
+    "rte": (2490, 277, 66.6, 64.6),
+    "mrpc": (3668, 408, 53.4, 53.2),
+    "stsb": (5749, 1500, 27.6, 31.5),
+    "cola": (8551, 1043, 12.3, 11.7),
+    "sst2": (67349, 872, 13.2, 25.2),
+    "qnli": (104743, 5463, 51.2, 51.2),
+    "mnli": (392702, 9815, 39.0, 39.0),
+    "qqp": (363846, 40430, 30.0, 30.0),
+}
+# Training throughput in real tokens per second, per method (forward + backward + optimiser step).
+# Measured on MRPC batches of 32 (2 cores, fp32): head_only 3.9k, tinyattn 1.8k (E=4: 1.7k), LoRA 1.8k,
+# Pfeiffer 2.1k, full fine-tuning 1.0k tokens/s.
+TRAIN_TOKENS_PER_SECOND = {"full_ft": 1000.0, "head_only": 3900.0, "pfeiffer": 2100.0}
+DEFAULT_TRAIN_TOKENS_PER_SECOND = 1800.0
+EVAL_TOKENS_PER_SECOND = 4000.0
+RUN_OVERHEAD_SECONDS = 20.0  # kernel start, imports, model and data loading
+BACKBONE_SCALE = {"minilm-l6": 1.0, "roberta-base": 5.5, "bert-base": 5.5, "roberta-large": 18.0}
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load_profile(name: str) -> dict:
+    """A profile by name (``profiles/<name>.yaml``) or by path to a YAML file."""
+    path = Path(name)
+    if not path.suffix:
+        path = PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(
+            f"unknown study profile {name!r}; available: {', '.join(available_profiles())}"
+        )
+    profile = yaml.safe_load(path.read_text())
+    for key in ("tasks", "methods", "seeds"):
+        if key not in profile:
+            raise ValueError(f"profile {path} has no {key!r}")
+    profile.setdefault("name", path.stem)
+    return profile
+
+
+def expand(profile: dict, out_dir: str = "results/runs") -> list[RunParams]:
+    """Every run of a profile: tasks x seeds x methods, settings merged defaults < task < method."""
+    runs = []
+    defaults = dict(profile.get("defaults") or {})
+    if "backbone" in profile:
+        defaults["backbone"] = profile["backbone"]
+    for task, task_settings in profile["tasks"].items():
+        task_settings = dict(task_settings or {})
+        per_method = task_settings.pop("methods", {}) or {}
+        for seed in profile["seeds"]:
+            for label, method_settings in profile["methods"].items():
+                settings = {
+                    **defaults,
+                    **task_settings,
+                    **dict(method_settings or {}),
+                    **dict(per_method.get(label) or {}),
+                }
+                settings.setdefault("method", label)
+                runs.append(
+                    RunParams.from_dict(
+                        {**settings, "task": task, "seed": seed, "label": label, "out_dir": out_dir}
+                    )
+                )
+    ids = [r.run_id for r in runs]
+    duplicates = {i for i in ids if ids.count(i) > 1}
+    if duplicates:
+        raise ValueError(
+            f"profile {profile['name']!r} defines the same run twice: {sorted(duplicates)}"
+        )
+    return runs
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 1, 1
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError as err:
+        raise ValueError(f"--shard expects K/N (e.g. 2/4), got {text!r}") from err
+    if not 1 <= k <= n:
+        raise ValueError(f"--shard {text}: K must be between 1 and N")
+    return k, n
+
+
+def shard(runs: list[RunParams], k: int, n: int) -> list[RunParams]:
+    """The runs of shard k of n. Runs of one (task, seed) stay together (two-stage runs need their twin)."""
+    groups = sorted({(r.task, r.seed) for r in runs})
+    mine = {g for i, g in enumerate(groups) if i % n == k - 1}
+    return [r for r in runs if (r.task, r.seed) in mine]
+
+
+def run_status(params: RunParams) -> str:
+    """``done``, ``failed`` or ``pending`` (no record, or a record that cannot be trusted)."""
+    path = Path(params.out_dir) / f"{params.run_id}.json"
+    if not path.exists():
+        return "pending"
+    try:
+        status = read_record(path)["status"]
+    except CorruptRecordError:
+        return "pending"
+    return status if status in ("done", "failed") else "pending"
+
+
+def estimate_seconds(params: RunParams) -> float:
+    """A planning estimate of one run's CPU time on this machine class (2 cores, packaged MiniLM)."""
+    n_train, n_dev, train_len, dev_len = TASK_SIZES[get_task(params.task).name]
+    n_train = min(n_train, params.max_train_samples or n_train)
+    n_dev = min(n_dev, params.max_eval_samples or n_dev)
+    steps = params.max_steps or math.ceil(params.epochs * n_train / params.batch_size)
+    tokens = steps * params.batch_size * train_len
+    speed = TRAIN_TOKENS_PER_SECOND.get(params.method, DEFAULT_TRAIN_TOKENS_PER_SECOND)
+    experts = params.method_options.get("experts", 1) if params.method == "tinyattn" else 1
+    speed /= 1.0 + 0.05 * (experts - 1)
+    evals = math.ceil(
+        steps / max(1, math.ceil(n_train / params.batch_size)) * params.evals_per_epoch
+    )
+    seconds = (
+        tokens / speed + evals * n_dev * dev_len / EVAL_TOKENS_PER_SECOND + RUN_OVERHEAD_SECONDS
+    )
+    # A two-stage run reuses the adapter its E = 1 twin saved (the twin runs first in its group), so
+    # stage one is not counted again here.
+    return seconds * BACKBONE_SCALE.get(params.backbone, 10.0)
+
+
+def plan(profile_name: str, out_dir: str = "results/runs", shard_spec: str | None = None) -> dict:
+    """The dry run: every run of the (shard of the) profile with its status, and the CPU time pending."""
+    profile = load_profile(profile_name)
+    runs = shard(expand(profile, out_dir), *parse_shard(shard_spec))
+    rows = []
+    pending_seconds = 0.0
+    for params in runs:
+        status = run_status(params)
+        rows.append(
+            {
+                "run_id": params.run_id,
+                "task": params.task,
+                "method": params.label,
+                "seed": params.seed,
+                "status": status,
+            }
+        )
+        if status != "done":
+            pending_seconds += estimate_seconds(params)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "pending", "failed")}
+    return {
+        "profile": profile["name"],
+        "shard": shard_spec or "1/1",
+        "runs": rows,
+        "counts": counts,
+        "estimated_cpu_hours": round(pending_seconds / 3600, 3),
+    }
+
+
+# ----------------------------------------------------------------------------- execution
+class RunLock:
+    """An exclusive claim on one run, so two runners on one results folder never do it twice."""
+
+    def __init__(self, params: RunParams) -> None:
+        self.path = Path(params.out_dir) / ".locks" / f"{params.run_id}.lock"
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._stale():
+                    return False
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname()}, handle)
+            return True
+        return False
+
+    def _stale(self) -> bool:
+        try:
+            owner = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return True
+        if owner.get("host") != socket.gethostname():
+            return False  # another machine's claim on a shared folder: respect it
+        try:
+            os.kill(owner["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _set_aside_corrupt(params: RunParams) -> None:
+    path = Path(params.out_dir) / f"{params.run_id}.json"
+    if path.exists():
+        try:
+            read_record(path)
+        except CorruptRecordError:
+            path.rename(path.with_name(f"{path.name}.corrupt-{int(time.time())}"))
+
+
+def execute_run(
+    params: RunParams, notebook: Path = TRAIN_NOTEBOOK, kernel: str = "python3"
+) -> dict:
+    """Run one training notebook through papermill; return its record (a failed one on error)."""
+    import papermill
+
+    record_path = Path(params.out_dir) / f"{params.run_id}.json"
+    executed = EXECUTED_DIR / f"{params.run_id}.ipynb"
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    parameters = {**asdict(params), "progress": False}
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(executed),
+            parameters=parameters,
+            kernel_name=kernel,
+            progress_bar=False,
+            cwd=str(Path.cwd()),
+        )
+    except Exception as err:  # the notebook normally records its own failure; make sure one exists
+        if run_status(params) != "failed":
+            write_json_atomic(
+                record_path,
+                {
+                    "run_id": params.run_id,
+                    "status": "failed",
+                    "params": asdict(params),
+                    "error": f"{type(err).__name__}: {str(err)[-2000:]}",
+                },
+            )
+    return read_record(record_path) if record_path.exists() else {"status": "failed"}
+
+
+def run_study(
+    profile_name: str,
+    *,
+    out_dir: str = "results/runs",
+    shard_spec: str | None = None,
+    retry_failed: bool = False,
+    jobs: int = 1,
+    notebook: Path = TRAIN_NOTEBOOK,
+    log=print,
+) -> dict:
+    """Run every pending run of the profile (shard); keep going past failures; return the counts."""
+    runs = shard(expand(load_profile(profile_name), out_dir), *parse_shard(shard_spec))
+    todo = [
+        r
+        for r in runs
+        if run_status(r) == "pending" or (retry_failed and run_status(r) == "failed")
+    ]
+    for params in todo:
+        _set_aside_corrupt(params)
+    total_estimate = sum(estimate_seconds(r) for r in todo)
+    log(
+        f"study {profile_name} shard {shard_spec or '1/1'}: {len(runs)} runs, "
+        f"{len(runs) - len(todo)} already done or failed, {len(todo)} to run "
+        f"(about {total_estimate / 60:.0f} CPU-minutes)"
+    )
+    if jobs > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    started, finished, estimated_done = time.time(), 0, 0.0
+    outcome = {"done": 0, "failed": 0, "skipped": 0}
+
+    report_lock = threading.Lock()
+
+    def one(params: RunParams) -> dict | None:
+        lock = RunLock(params)
+        if not lock.acquire():
+            return None
+        try:
+            if run_status(params) == "done":  # finished by another runner meanwhile
+                return None
+            return execute_run(params, notebook)
+        finally:
+            lock.release()
+
+    def report(params: RunParams, record: dict | None) -> None:
+        nonlocal finished, estimated_done
+        with report_lock:
+            finished += 1
+            estimated_done += estimate_seconds(params)
+            if record is None:
+                outcome["skipped"] += 1
+                status = "skipped (another runner has it, or it is done)"
+            else:
+                status = record["status"] if record["status"] in outcome else "failed"
+                outcome[status] += 1
+                if status == "done":
+                    best = record["best"]["metrics"][record["select_metric"]]
+                    status += (
+                        f" {record['select_metric']}={best:.4f} in {record['wall_seconds']:.0f}s"
+                    )
+                else:
+                    status += f": {record.get('error', '')[:200]}"
+            elapsed = time.time() - started
+            rate = elapsed / estimated_done if estimated_done else 1.0
+            eta = (total_estimate - estimated_done) * rate / max(1, jobs)
+            log(
+                f"[{finished}/{len(todo)}] {params.task} {params.label} seed {params.seed}: {status}"
+                f" | elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min"
+            )
+
+    def one_group(group: list[RunParams]) -> None:
+        for params in group:  # in profile order: a two-stage run comes after its E=1 twin
+            report(params, one(params))
+
+    groups: dict[tuple, list[RunParams]] = {}
+    for params in todo:
+        groups.setdefault((params.task, params.seed), []).append(params)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for future in [pool.submit(one_group, g) for g in groups.values()]:
+            future.result()
+    return outcome
