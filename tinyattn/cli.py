@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, NotImplementedError) as err:
+    except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as err:
         print(f"tinyattn {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -229,6 +229,15 @@ class RunLock:
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
 
+    @staticmethod
+    def clear_stale(out_dir: str | Path) -> None:
+        """Remove the locks that runners on this machine left when they were killed."""
+        for path in (Path(out_dir) / ".locks").glob("*.lock"):
+            lock = RunLock.__new__(RunLock)
+            lock.path = path
+            if lock._stale():
+                path.unlink(missing_ok=True)
+
 
 def _set_aside_corrupt(params: RunParams) -> None:
     path = Path(params.out_dir) / f"{params.run_id}.json"
@@ -289,6 +298,7 @@ def run_study(
         for r in runs
         if run_status(r) == "pending" or (retry_failed and run_status(r) == "failed")
     ]
+    RunLock.clear_stale(out_dir)
     for params in todo:
         _set_aside_corrupt(params)
     total_estimate = sum(estimate_seconds(r) for r in todo)

@@ -1,0 +1,163 @@
+"""The batch runner: profiles -> runs through papermill, resume after a kill, shards, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tinyattn.cli import main as cli
+from tinyattn.study import (
+    TRAIN_NOTEBOOK,
+    expand,
+    load_profile,
+    parse_shard,
+    plan,
+    run_status,
+    run_study,
+    shard,
+)
+
+TOY = {
+    "name": "toy",
+    "backbone": "minilm-l6",
+    "seeds": [1],
+    "defaults": {"max_steps": 1, "batch_size": 8, "max_train_samples": 16, "max_eval_samples": 16},
+    "tasks": {"sst2": {}},
+    "methods": {
+        "head_only": {"method": "head_only", "learning_rate": 1.0e-3},
+        "tinyattn_e1": {"method": "tinyattn", "learning_rate": 1.0e-3},
+    },
+}
+
+
+@pytest.fixture
+def toy(tmp_path, data_dir, monkeypatch):
+    """A two-run profile in a fresh working folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TINYATTN_DATA_DIR", str(data_dir))
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(TOY))
+    return path
+
+
+def records(folder="results/runs") -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in Path(folder).glob("*.json")}
+
+
+def test_runner_end_to_end_through_papermill(toy, capsys):
+    outcome = run_study(str(toy), log=lambda msg: None)
+    assert outcome == {"done": 2, "failed": 0, "skipped": 0}
+    found = records()
+    planned = expand(load_profile(str(toy)))
+    assert set(found) == {p.run_id for p in planned}
+    assert all(r["status"] == "done" for r in found.values())
+    for params in planned:  # the executed notebook is kept where a user can open it
+        assert (Path("results/executed") / f"{params.run_id}.ipynb").is_file()
+    # a second start runs nothing
+    assert run_study(str(toy), log=lambda msg: None) == {"done": 0, "failed": 0, "skipped": 0}
+    assert cli(["study", "--profile", str(toy), "--dry-run", "--json"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in dry["runs"]] == ["done", "done"]
+    assert dry["estimated_cpu_hours"] == 0
+    assert {"run_id", "task", "method", "seed", "status"} <= set(dry["runs"][0])
+
+
+def test_kill_and_resume_runs_everything_exactly_once(toy):
+    profile = yaml.safe_load(toy.read_text())
+    profile["seeds"] = [1, 2]  # four runs
+    toy.write_text(yaml.safe_dump(profile))
+    command = [sys.executable, "-m", "tinyattn.cli", "study", "--profile", str(toy)]
+    first = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while not records() and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)  # the runner and its papermill kernel, mid-grid
+    first.wait()
+    done_before = {k: Path(f"results/runs/{k}.json").stat().st_mtime_ns for k in records()}
+    assert 1 <= len(done_before) < 4
+    subprocess.run(
+        command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600
+    )
+    found = records()
+    planned = {p.run_id for p in expand(load_profile(str(toy)))}
+    assert set(found) == planned and len(found) == 4
+    assert all(r["status"] == "done" for r in found.values())
+    for run_id, mtime in done_before.items():  # finished runs were not redone
+        assert Path(f"results/runs/{run_id}.json").stat().st_mtime_ns == mtime
+    assert not list(Path("results/runs/.locks").glob("*.lock"))
+
+
+def test_truncated_record_is_redone(toy):
+    planned = expand(load_profile(str(toy)))
+    target = Path("results/runs") / f"{planned[0].run_id}.json"
+    target.parent.mkdir(parents=True)
+    target.write_text('{"run_id": "' + planned[0].run_id + '", "status": "do')  # cut off mid-write
+    assert run_status(planned[0]) == "pending"
+    run_study(str(toy), log=lambda msg: None)
+    assert json.loads(target.read_text())["status"] == "done"
+    assert list(target.parent.glob(f"{target.name}.corrupt-*"))  # kept aside, not lost
+
+
+def test_shards_partition_the_grid():
+    runs = expand(load_profile("cpu"))
+    ids = [r.run_id for r in runs]
+    assert len(ids) == len(set(ids))
+    for n in (1, 2, 3, 4, 7):
+        parts = [shard(runs, k, n) for k in range(1, n + 1)]
+        union = [r.run_id for part in parts for r in part]
+        assert sorted(union) == sorted(ids)  # every run in exactly one shard
+        for part in parts:  # a (task, seed) group is never split: two-stage runs find their twin
+            groups = {(r.task, r.seed) for r in part}
+            assert all((r.task, r.seed) in groups for r in runs if r in part)
+    assert [r.run_id for r in shard(runs, 2, 4)] == [r.run_id for r in shard(runs, 2, 4)]
+    with pytest.raises(ValueError, match="K/N"):
+        parse_shard("2-4")
+    with pytest.raises(ValueError, match="between 1 and N"):
+        parse_shard("5/4")
+
+
+def test_profiles_expand_and_estimate():
+    quick = plan("quick")
+    assert len(quick["runs"]) == 12 and 0 < quick["estimated_cpu_hours"] <= 0.25
+    cpu = plan("cpu")
+    assert {r["task"] for r in cpu["runs"]} == {"rte", "mrpc", "stsb", "cola", "sst2"}
+    assert cpu["estimated_cpu_hours"] <= 13
+    per_method = {}
+    for row in cpu["runs"]:
+        per_method.setdefault(row["method"], []).append(row)
+    assert len({len(v) for v in per_method.values()}) == 1  # every method gets every task and seed
+
+
+def test_unknown_profile_and_bad_parameter_types_are_named(toy, capsys):
+    with pytest.raises(ValueError, match="unknown study profile 'nope'.*quick"):
+        load_profile("nope")
+    assert cli(["study", "--profile", "nope", "--dry-run"]) == 2
+    assert "unknown study profile" in capsys.readouterr().err
+    profile = yaml.safe_load(toy.read_text())
+    profile["defaults"]["epochs"] = "three"
+    toy.write_text(yaml.safe_dump(profile))
+    with pytest.raises(TypeError, match="'epochs' must be float or int, got 'three'"):
+        expand(load_profile(str(toy)))
+
+
+def test_notebook_rejects_a_parameter_of_the_wrong_type(tmp_path):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match="run parameter 'seed' must be int"):
+        papermill.execute_notebook(
+            str(TRAIN_NOTEBOOK),
+            str(tmp_path / "out.ipynb"),
+            parameters={"seed": "42"},
+            progress_bar=False,
+            kernel_name="python3",
+        )

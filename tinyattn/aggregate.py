@@ -1,0 +1,141 @@
+"""Run records -> tidy tables and the main comparison figure (what the aggregation notebook calls)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from tinyattn.records import CorruptRecordError, read_record
+
+SCORE_SCALE = 100.0  # GLUE convention: scores in points
+
+
+def load_records(
+    runs_dir: str | Path = "results/runs", run_ids: set[str] | None = None
+) -> pd.DataFrame:
+    """One row per finished run (``status == done``), optionally only the given run ids."""
+    rows = []
+    for path in sorted(Path(runs_dir).glob("*.json")):
+        try:
+            record = read_record(path)
+        except CorruptRecordError:
+            continue
+        if record["status"] != "done" or (run_ids is not None and record["run_id"] not in run_ids):
+            continue
+        rows.append(_row(record))
+    return pd.DataFrame(rows)
+
+
+def _row(record: dict) -> dict:
+    params, counts = record["params"], record["params_count"]
+    metric = record["select_metric"]
+    row = {
+        "run_id": record["run_id"],
+        "task": record["task"],
+        "method": params.get("label") or record["method"],
+        "library_method": record["method"],
+        "seed": record["seed"],
+        "backbone": params["backbone"],
+        "metric": metric,
+        "score": SCORE_SCALE * record["best"]["metrics"][metric],
+        "final_score": SCORE_SCALE * record["final"]["metrics"][metric],
+        "best_step": record["best"]["step"],
+        "steps": record["steps"],
+        "epochs": record["epochs_run"],
+        "train_examples": record["train_examples"],
+        "eval_examples": record["eval_examples"],
+        "learning_rate": params["learning_rate"],
+        "adapter_params": counts.get("deployed_adapter_params", counts["adapter_params"]),
+        "adapter_params_training": counts["adapter_params"],
+        "head_params": counts["head_params"],
+        "backbone_params": counts["backbone_params"],
+        "train_seconds": record["train_seconds"],
+        "eval_seconds": record["eval_seconds"],
+        "wall_seconds": record["wall_seconds"],
+        "tokens_per_second": record["tokens_per_second"],
+        "commit": record.get("provenance", {}).get("git", {}).get("commit"),
+        "machine": record.get("provenance", {}).get("machine", {}).get("processor"),
+    }
+    row["adapter_plus_head_params"] = row["adapter_params"] + row["head_params"]
+    row["adapter_percent"] = 100.0 * row["adapter_params"] / row["backbone_params"]
+    for name, value in record["best"]["metrics"].items():
+        row[f"best_{name}"] = SCORE_SCALE * value
+    return row
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per task x method: mean and std over seeds of the best dev score, n seeds, parameters, compute."""
+    grouped = runs.groupby(["task", "method"], sort=False)
+    summary = grouped.agg(
+        metric=("metric", "first"),
+        mean=("score", "mean"),
+        std=("score", "std"),
+        n_seeds=("seed", "nunique"),
+        adapter_params=("adapter_params", "first"),
+        adapter_plus_head_params=("adapter_plus_head_params", "first"),
+        adapter_percent=("adapter_percent", "first"),
+        cpu_hours=("wall_seconds", lambda s: s.sum() / 3600),
+    ).reset_index()
+    summary["std"] = summary["std"].fillna(0.0)  # one seed: no spread to report
+    return summary
+
+
+def score_table(summary: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
+    """Methods x tasks of "mean ± std", with the average over tasks (only for methods run on all)."""
+    tasks = list(dict.fromkeys(summary["task"]))
+    cells = summary.assign(
+        cell=summary.apply(lambda r: f"{r['mean']:.1f} ± {r['std']:.1f}", axis=1)
+    )
+    table = cells.pivot(index="method", columns="task", values="cell")[tasks]
+    means = summary.pivot(index="method", columns="task", values="mean")[tasks]
+    table["avg"] = (
+        means.mean(axis=1)
+        .where(means.notna().all(axis=1))
+        .map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+    )
+    params = summary.groupby("method")[["adapter_params", "adapter_percent"]].first()
+    table.insert(0, "adapter params", params["adapter_params"].map(lambda v: f"{int(v):,}"))
+    table.insert(1, "% of backbone", params["adapter_percent"].map(lambda v: f"{v:.3f}"))
+    order = method_order or list(dict.fromkeys(summary["method"]))
+    return table.loc[[m for m in order if m in table.index]]
+
+
+def comparison_figure(summary: pd.DataFrame):
+    """Score vs trainable parameters (% of the backbone, log scale), one panel per task."""
+    tasks = list(dict.fromkeys(summary["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    methods = list(dict.fromkeys(summary["method"]))
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    for ax, task in zip(axes[0], tasks):
+        part = summary[summary["task"] == task]
+        for _, row in part.iterrows():
+            x = max(row["adapter_percent"], 1e-3)  # the linear probe has no adapter
+            ax.errorbar(
+                x,
+                row["mean"],
+                yerr=row["std"],
+                fmt="o",
+                color=colours[row["method"]],
+                capsize=3,
+                label=row["method"],
+            )
+        ax.set_xscale("log")
+        ax.set(
+            title=task,
+            xlabel="trainable parameters outside the head (% of backbone)",
+            ylabel=f"dev {part['metric'].iloc[0]} (×100)",
+        )
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        ncol=min(len(labels), 6),
+        frameon=False,
+        bbox_to_anchor=(0.5, 1.08),
+    )
+    fig.tight_layout()
+    return fig
