@@ -85,19 +85,8 @@ class RunParams:
         return replace(self, two_stage=False, label=None, method_options=options, save_adapter=True)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            epochs=self.epochs,
-            max_steps=self.max_steps,
-            batch_size=self.batch_size,
-            eval_batch_size=self.eval_batch_size,
-            warmup_ratio=self.warmup_ratio,
-            scheduler=self.scheduler,
-            evals_per_epoch=self.evals_per_epoch,
-            seed=self.seed,
-            progress=self.progress,
-        )
+        shared = {f.name for f in fields(TrainConfig)} & {f.name for f in fields(self)}
+        return TrainConfig(**{name: getattr(self, name) for name in shared})
 
 
 def _check_types(params: RunParams) -> None:

@@ -41,7 +41,7 @@ def versions() -> dict[str, str | None]:
 
 
 def git_commit(path: str | Path = ".") -> dict:
-    """The commit of the checkout that ran the code, and whether it had uncommitted changes."""
+    """The commit of the checkout that ran the code, and which tracked files differed from it."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
@@ -60,7 +60,8 @@ def git_commit(path: str | Path = ".") -> dict:
         return {"commit": None, "dirty": None}
     if commit.returncode != 0:
         return {"commit": None, "dirty": None}
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    changed = [line[3:] for line in status.stdout.splitlines() if line.strip()]
+    return {"commit": commit.stdout.strip(), "dirty": bool(changed), "changed_files": changed}
 
 
 def machine() -> dict:
