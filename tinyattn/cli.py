@@ -1,4 +1,5 @@
-"""The ``tinyattn`` command: ``params``, ``methods``, ``train`` (one run) and ``study`` (a grid)."""
+"""The ``tinyattn`` command: ``params``, ``methods``, ``train`` (one run), ``study`` (a grid) and
+``bench`` (cost of the methods)."""
 
 from __future__ import annotations
 
@@ -165,6 +166,33 @@ def cmd_study(args) -> int:
     return 1 if outcome["failed"] else 0
 
 
+def cmd_bench(args) -> int:
+    from tinyattn.bench import run_benchmark
+    from tinyattn.records import git_commit, write_json_atomic
+
+    if args.quick:
+        settings = {"batch_size": 2, "lengths": (16,), "warmup": 1, "repeats": 2}
+    else:
+        settings = {
+            "batch_size": args.batch_size,
+            "lengths": tuple(args.lengths),
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+        }
+    result = run_benchmark(backbone=args.backbone, threads=args.threads, **settings)
+    result["git"] = git_commit()
+    if args.out:
+        write_json_atomic(args.out, result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key in ("train_step_ratio", "inference_ratio", "peak_memory_mb"):
+            print(key)
+            for name, value in result[key].items():
+                print(f"  {name:20s} {value:8.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyattn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="results/runs", help="folder of the run records")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("bench", help="training and inference cost of the methods, side by side")
+    p.add_argument("--quick", action="store_true", help="a tiny configuration that runs in seconds")
+    p.add_argument("--backbone", default="minilm-l6")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    p.add_argument("--lengths", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    p.add_argument("--out", help="also write the JSON here (e.g. results/bench/cpu.json)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="train one (task, method, seed) run and write its record")
     _add_method_flags(p)

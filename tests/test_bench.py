@@ -1,0 +1,51 @@
+"""The cost benchmark: valid JSON in quick mode, sound memory accounting and FLOPs."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from conftest import tiny_batch, tiny_encoder
+
+from tinyattn.bench import flops_per_token, training_memory_mb
+from tinyattn.cli import main as cli
+from tinyattn.methods import build_model
+
+
+def test_quick_benchmark_emits_the_promised_json(capsys, tmp_path):
+    assert cli(["bench", "--quick", "--json", "--out", str(tmp_path / "b.json")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "b.json").read_text()) == result
+    for key in ("tinyattn_averaged", "tinyattn_e4", "lora_merged", "backbone"):
+        assert result["inference_ratio"][key] > 0
+    assert result["inference_ratio"]["backbone"] == 1.0
+    for key in ("tinyattn_e1", "tinyattn_e4", "full_ft", "lora"):
+        assert result["train_step_ratio"][key] > 0
+    assert result["train_step_ratio"]["lora"] == 1.0
+    assert set(result["peak_memory_mb"]) >= {"full_ft", "lora", "tinyattn_e1", "tinyattn_e4"}
+    assert result["machine"]["processor"] and result["versions"]["torch"]
+
+
+def test_memory_accounting_counts_gradients_and_optimizer_state():
+    batch = tiny_batch()
+    labels = torch.tensor([0, 1, 0])
+    model = build_model("tinyattn", tiny_encoder("bert"), 2, {"experts": 2})
+    memory = training_memory_mb(model, batch, labels)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) * 4 / 2**20
+    assert memory["gradients_mb"] == trainable and memory["optimizer_mb"] == 2 * trainable
+    assert memory["activations_mb"] > 0
+    probe = training_memory_mb(build_model("head_only", tiny_encoder("bert"), 2), batch, labels)
+    full = training_memory_mb(build_model("full_ft", tiny_encoder("bert"), 2), batch, labels)
+    # a linear probe saves almost nothing for backward; full fine-tuning saves every layer's inputs
+    assert probe["activations_mb"] < memory["activations_mb"] <= full["activations_mb"] * 1.5
+    assert full["gradients_mb"] > memory["gradients_mb"]
+
+
+def test_flops_per_token():
+    args = dict(hidden=384, layers=6, intermediate=1536, length=128)
+    base = flops_per_token("backbone", **args)
+    assert flops_per_token("lora_merged", **args) == base
+    assert (
+        base < flops_per_token("tinyattn_averaged", **args) < flops_per_token("tinyattn_e4", **args)
+    )
+    assert flops_per_token("tinyattn_averaged", **args) / base < 1.01  # the adapter is tiny

@@ -1,0 +1,229 @@
+"""Training and inference cost of the methods, side by side, in one process.
+
+Every method is built once on the same backbone; timings interleave the methods (method A, B, C, A, B,
+C, ...) after warm-up, so that drift in the machine's speed falls on all of them alike; medians and
+inter-quartile ranges are reported. Training memory is counted tensor by tensor (saved activations,
+gradients, optimiser state), which is exact on any device. Analytic FLOPs per token complete it.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from functools import partial
+
+import torch
+
+from tinyattn.methods import build_model
+from tinyattn.model import DEFAULT_BACKBONE, load_encoder
+from tinyattn.records import machine, versions
+
+TRAIN_METHODS = {  # bench name -> (registered method, options)
+    "full_ft": ("full_ft", {}),
+    "lora": ("lora", {}),
+    "houlsby": ("houlsby", {}),
+    "pfeiffer": ("pfeiffer", {}),
+    "prefix": ("prefix", {}),
+    "tinyattn_e1": ("tinyattn", {}),
+    "tinyattn_e4": ("tinyattn", {"experts": 4}),
+}
+INFER_METHODS = (
+    "backbone",
+    "tinyattn_e4",
+    "tinyattn_averaged",
+    "lora_unmerged",
+    "lora_merged",
+    "houlsby",
+    "pfeiffer",
+)
+
+
+def _batch(batch_size: int, length: int, vocab: int, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, min(vocab, 20000), (batch_size, length), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _inference_model(name: str, encoder):
+    """The deployed form of each method: merged / averaged where the method allows it."""
+    from tinyattn.inject import average_experts
+
+    if name == "backbone":
+        return build_model("head_only", encoder, 2)
+    if name in ("tinyattn_e4", "tinyattn_averaged"):
+        model = build_model("tinyattn", encoder, 2, {"experts": 4})
+        return average_experts(model) if name == "tinyattn_averaged" else model
+    if name.startswith("lora"):
+        model = build_model("lora", encoder, 2)
+        with torch.no_grad():  # LoRA's B starts at zero; give it weights so merging is real work
+            for pname, param in model.named_parameters():
+                if "lora_B" in pname:
+                    param.normal_(0, 0.01)
+        if name == "lora_merged":
+            model.encoder = model.encoder.merge_and_unload()
+        return model
+    return build_model(name, encoder, 2)
+
+
+def _train_step(model, optim, batch: dict, labels: torch.Tensor) -> None:
+    torch.nn.functional.cross_entropy(model(**batch), labels).backward()
+    optim.step()
+    optim.zero_grad(set_to_none=True)
+
+
+def _timed(fn, sync) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def _summary(times: list[float]) -> dict:
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return {"median_s": statistics.median(times), "q1_s": q[0], "q3_s": q[2], "n": len(times)}
+
+
+def training_memory_mb(model, batch: dict, labels: torch.Tensor) -> dict:
+    """Memory one training step needs beyond the model's weights, counted tensor by tensor.
+
+    Activations saved for the backward pass (each storage once, parameters excluded), the trainable
+    parameters' gradients, and AdamW's two moments. Exact and the same on every device, unlike the
+    process's resident-set peak on a CPU.
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = torch.nn.functional.cross_entropy(model(**batch), labels)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    mb = 2**20
+    return {
+        "activations_mb": sum(saved.values()) / mb,
+        "gradients_mb": trainable / mb,
+        "optimizer_mb": 2 * trainable / mb,
+        "total_mb": (sum(saved.values()) + 3 * trainable) / mb,
+    }
+
+
+def flops_per_token(
+    method: str,
+    hidden: int,
+    layers: int,
+    intermediate: int,
+    length: int,
+    options: dict | None = None,
+) -> float:
+    """Analytic forward FLOPs per token (multiply-add = 2 FLOPs) of the backbone plus the method."""
+    D, n, d = hidden, length, (options or {}).get("head_dim", 1)
+    backbone = layers * (2 * (4 * D * D + 2 * D * intermediate) + 4 * n * D)
+    tiny = 2 * 3 * D * d + 4 * n * d + 2 * d * D  # q/k/v, scores and mixing, output; one expert
+    extra = {
+        "backbone": 0,
+        "full_ft": 0,
+        "lora_merged": 0,
+        "lora": layers * 2 * 2 * (2 * D * 8),  # r = 8 on W_q and W_v: down and up projections
+        "lora_unmerged": layers * 2 * 2 * (2 * D * 8),
+        "houlsby": layers * 2 * 2 * (2 * D * (D // 16)),
+        "pfeiffer": layers * 2 * (2 * D * (D // 16)),
+        "prefix": layers * 4 * 30 * D,
+        "tinyattn_e1": layers * tiny,
+        "tinyattn_averaged": layers * tiny,
+        "tinyattn_e4": layers * 4 * tiny,
+    }
+    return float(backbone + extra[method])
+
+
+def run_benchmark(
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    batch_size: int = 32,
+    lengths=(128,),
+    warmup: int = 2,
+    repeats: int = 7,
+    device: str | None = None,
+    threads: int | None = None,
+) -> dict:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if threads:
+        torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    base = load_encoder(backbone)
+    cfg = base.config
+    results: dict = {
+        "backbone": backbone,
+        "batch_size": batch_size,
+        "lengths": list(lengths),
+        "warmup": warmup,
+        "repeats": repeats,
+        "device": device,
+        "machine": machine(),
+        "versions": versions(),
+        "train": {},
+        "inference": {},
+        "flops_per_token": {},
+    }
+    for length in lengths:
+        batch = {k: v.to(device) for k, v in _batch(batch_size, length, cfg.vocab_size).items()}
+        labels = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # training step: forward + backward + AdamW step
+        models, optims = {}, {}
+        for name, (method, options) in TRAIN_METHODS.items():
+            models[name] = build_model(method, copy.deepcopy(base), 2, options).to(device).train()
+            optims[name] = torch.optim.AdamW(
+                [p for p in models[name].parameters() if p.requires_grad], lr=1e-5
+            )
+        times = {name: [] for name in models}
+        for rep in range(warmup + repeats):
+            for name, model in models.items():
+                elapsed = _timed(partial(_train_step, model, optims[name], batch, labels), sync)
+                if rep >= warmup:
+                    times[name].append(elapsed)
+        results["train"][str(length)] = {
+            name: {
+                **_summary(t),
+                "tokens_per_s": batch_size * length / statistics.median(t),
+                "memory": training_memory_mb(models[name], batch, labels),
+            }
+            for name, t in times.items()
+        }
+        del models, optims
+        # inference: deployed forms, eval mode, no gradients
+        infer = {
+            name: _inference_model(name, copy.deepcopy(base)).to(device).eval()
+            for name in INFER_METHODS
+        }
+        times = {name: [] for name in infer}
+        with torch.inference_mode():
+            for rep in range(warmup + repeats):
+                for name, model in infer.items():
+                    elapsed = _timed(partial(model, **batch), sync)
+                    if rep >= warmup:
+                        times[name].append(elapsed)
+        results["inference"][str(length)] = {name: _summary(t) for name, t in times.items()}
+        del infer
+        results["flops_per_token"][str(length)] = {
+            name: flops_per_token(
+                name, cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, length
+            )
+            for name in (*TRAIN_METHODS, *INFER_METHODS)
+        }
+    main = str(lengths[-1])
+    train, infer = results["train"][main], results["inference"][main]
+    results["train_step_ratio"] = {
+        name: train[name]["median_s"] / train["lora"]["median_s"] for name in train
+    }
+    results["inference_ratio"] = {
+        name: infer[name]["median_s"] / infer["backbone"]["median_s"] for name in infer
+    }
+    results["peak_memory_mb"] = {name: train[name]["memory"]["total_mb"] for name in train}
+    return results
