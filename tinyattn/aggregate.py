@@ -25,7 +25,21 @@ def load_records(
         if record["status"] != "done" or (run_ids is not None and record["run_id"] not in run_ids):
             continue
         rows.append(_row(record))
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    # A two-stage run's compute includes its E = 1 twin's when it started from the twin's adapter.
+    walls = {}
+    for path in Path(runs_dir).glob("*.json"):
+        try:
+            record = read_record(path)
+        except CorruptRecordError:
+            continue
+        walls[record["run_id"]] = record.get("wall_seconds", 0.0)
+    frame["compute_seconds"] = frame["wall_seconds"] + frame["stage_one_run_id"].map(
+        lambda rid: walls.get(rid, 0.0) if isinstance(rid, str) else 0.0
+    )
+    return frame
 
 
 def _row(record: dict) -> dict:
@@ -55,6 +69,7 @@ def _row(record: dict) -> dict:
         "eval_seconds": record["eval_seconds"],
         "wall_seconds": record["wall_seconds"],
         "tokens_per_second": record["tokens_per_second"],
+        "stage_one_run_id": _reused_stage_one(record),
         "commit": record.get("provenance", {}).get("git", {}).get("commit"),
         "machine": record.get("provenance", {}).get("machine", {}).get("processor"),
     }
@@ -63,6 +78,11 @@ def _row(record: dict) -> dict:
     for name, value in record["best"]["metrics"].items():
         row[f"best_{name}"] = SCORE_SCALE * value
     return row
+
+
+def _reused_stage_one(record: dict) -> str | None:
+    stage = record.get("stage_one")
+    return stage["run_id"] if stage and stage.get("source", "").startswith("saved") else None
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -76,30 +96,46 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
         adapter_params=("adapter_params", "first"),
         adapter_plus_head_params=("adapter_plus_head_params", "first"),
         adapter_percent=("adapter_percent", "first"),
-        cpu_hours=("wall_seconds", lambda s: s.sum() / 3600),
+        cpu_hours=("compute_seconds", lambda s: s.sum() / 3600),
     ).reset_index()
     summary["std"] = summary["std"].fillna(0.0)  # one seed: no spread to report
     return summary
 
 
 def score_table(summary: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
-    """Methods x tasks of "mean ± std", with the average over tasks (only for methods run on all)."""
+    """Methods x tasks of "mean ± std" ("mean" alone for one seed; "—" where a run is missing), the
+    number of seeds, and the average over tasks (only for methods run on every task)."""
     tasks = list(dict.fromkeys(summary["task"]))
-    cells = summary.assign(
-        cell=summary.apply(lambda r: f"{r['mean']:.1f} ± {r['std']:.1f}", axis=1)
-    )
-    table = cells.pivot(index="method", columns="task", values="cell")[tasks]
+
+    def cell(row) -> str:
+        return f"{row['mean']:.1f}" + (f" ± {row['std']:.1f}" if row["n_seeds"] > 1 else "")
+
+    cells = summary.assign(cell=summary.apply(cell, axis=1))
+    table = cells.pivot(index="method", columns="task", values="cell")[tasks].fillna("—")
     means = summary.pivot(index="method", columns="task", values="mean")[tasks]
     table["avg"] = (
         means.mean(axis=1)
         .where(means.notna().all(axis=1))
-        .map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+        .map(lambda v: "—" if pd.isna(v) else f"{v:.1f}")
     )
-    params = summary.groupby("method")[["adapter_params", "adapter_percent"]].first()
+    per_method = summary.groupby("method")
+    params = per_method[["adapter_params", "adapter_percent"]].first()
     table.insert(0, "adapter params", params["adapter_params"].map(lambda v: f"{int(v):,}"))
     table.insert(1, "% of backbone", params["adapter_percent"].map(lambda v: f"{v:.3f}"))
+    table.insert(2, "seeds", per_method["n_seeds"].min())
     order = method_order or list(dict.fromkeys(summary["method"]))
-    return table.loc[[m for m in order if m in table.index]]
+    table = table.loc[[m for m in order if m in table.index]]
+    return table.rename_axis(index=None, columns=None)
+
+
+def difference_to(summary: pd.DataFrame, reference: str, method_order: list[str] | None = None):
+    """Each method's mean score minus the reference method's, per task (NaN where either is missing)."""
+    means = summary.pivot(index="method", columns="task", values="mean")
+    order = method_order or list(dict.fromkeys(summary["method"]))
+    means = means.reindex([m for m in order if m in means.index])
+    if reference not in means.index:
+        raise ValueError(f"no finished run of the reference method {reference!r}")
+    return means.sub(means.loc[reference], axis=1).rename_axis(index=None, columns=None)
 
 
 def comparison_figure(summary: pd.DataFrame):

@@ -171,7 +171,7 @@ BITFIT_BIAS_TERMS = {
     "bitfit",
     # all bias terms of the encoder (LayerNorm biases included), as the BitFit paper's main results
     defaults={"bias_terms": ["all"]},
-    source="Ben Zaken, Ravfogel & Goldberg (2022), BitFit; their code's --bias-terms all",
+    source="Ben Zaken, Goldberg & Ravfogel (2022), BitFit; their code's --bias-terms all",
     description="BitFit: only the encoder's bias terms (and the head) train",
 )
 def _bitfit(model: EncoderClassifier, opts: dict) -> None:

@@ -1,0 +1,71 @@
+"""Aggregation: records -> tidy tables, on hand-made records."""
+
+from __future__ import annotations
+
+import pytest
+
+from tinyattn.aggregate import difference_to, load_records, score_table, summarise
+from tinyattn.records import write_json_atomic
+
+
+def record(run_id, task, label, seed, score, wall=10.0, stage_one=None, status="done"):
+    metric = "accuracy"
+    rec = {
+        "run_id": run_id,
+        "status": status,
+        "task": task,
+        "method": "x",
+        "seed": seed,
+        "select_metric": metric,
+        "params": {"label": label, "backbone": "minilm-l6", "learning_rate": 1e-3},
+        "params_count": {"adapter_params": 100, "head_params": 10, "backbone_params": 10_000},
+        "best": {"step": 5, "metrics": {metric: score}},
+        "final": {"step": 9, "metrics": {metric: score}},
+        "steps": 9,
+        "epochs_run": 1.0,
+        "train_examples": 50,
+        "eval_examples": 20,
+        "train_seconds": wall / 2,
+        "eval_seconds": 1.0,
+        "wall_seconds": wall,
+        "tokens_per_second": 1.0,
+    }
+    if stage_one:
+        rec["stage_one"] = {"run_id": stage_one, "source": "saved adapter of the E=1 run"}
+    return rec
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    for rec in [
+        record("a1", "sst2", "a", 1, 0.80),
+        record("a2", "sst2", "a", 2, 0.90),
+        record("a3", "rte", "a", 1, 0.60),
+        record("b1", "sst2", "b", 1, 0.70, wall=5.0, stage_one="a1"),
+        record("c1", "sst2", "c", 1, 0.99, status="failed"),
+    ]:
+        write_json_atomic(tmp_path / f"{rec['run_id']}.json", rec)
+    (tmp_path / "broken.json").write_text('{"run_id": "z", "sta')
+    return tmp_path
+
+
+def test_tables(runs_dir):
+    runs = load_records(runs_dir)
+    assert set(runs["run_id"]) == {"a1", "a2", "a3", "b1"}  # failed and unreadable records left out
+    assert runs.set_index("run_id").loc["b1", "compute_seconds"] == 15.0  # its stage one counted
+    summary = summarise(runs).set_index(["task", "method"])
+    assert summary.loc[("sst2", "a"), "mean"] == pytest.approx(85.0)
+    assert summary.loc[("sst2", "a"), "std"] == pytest.approx(7.0710678)
+    assert summary.loc[("sst2", "a"), "n_seeds"] == 2
+    table = score_table(summary.reset_index(), method_order=["a", "b"])
+    assert table.loc["a", "sst2"] == "85.0 ± 7.1" and table.loc["b", "sst2"] == "70.0"
+    assert table.loc["b", "rte"] == "—" and table.loc["b", "avg"] == "—"
+    assert table.loc["a", "avg"] == "72.5" and table.loc["b", "seeds"] == 1
+    diff = difference_to(summary.reset_index(), "a")
+    assert diff.loc["b", "sst2"] == pytest.approx(-15.0)
+    with pytest.raises(ValueError, match="reference method 'zzz'"):
+        difference_to(summary.reset_index(), "zzz")
+
+
+def test_selected_run_ids_only(runs_dir):
+    assert set(load_records(runs_dir, run_ids={"a1"})["run_id"]) == {"a1"}
