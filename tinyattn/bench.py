@@ -227,3 +227,36 @@ def run_benchmark(
     }
     results["peak_memory_mb"] = {name: train[name]["memory"]["total_mb"] for name in train}
     return results
+
+
+def cost_tables(bench: dict):
+    """The benchmark JSON as two tables (training, inference) at its longest sequence length."""
+    import pandas as pd
+
+    length = str(bench["lengths"][-1])
+    flops = bench["flops_per_token"][length]
+    train = pd.DataFrame(
+        {
+            name: {
+                "step ms (median)": 1000 * row["median_s"],
+                "IQR ms": 1000 * (row["q3_s"] - row["q1_s"]),
+                "tokens/s": row["tokens_per_s"],
+                "× LoRA": bench["train_step_ratio"][name],
+                "memory MB": row["memory"]["total_mb"],
+                "GFLOPs/token": flops[name] / 1e9,
+            }
+            for name, row in bench["train"][length].items()
+        }
+    ).T.round(3)
+    infer = pd.DataFrame(
+        {
+            name: {
+                "batch ms (median)": 1000 * row["median_s"],
+                "IQR ms": 1000 * (row["q3_s"] - row["q1_s"]),
+                "× backbone": bench["inference_ratio"][name],
+                "GFLOPs/token": flops[name] / 1e9,
+            }
+            for name, row in bench["inference"][length].items()
+        }
+    ).T.round(3)
+    return train, infer

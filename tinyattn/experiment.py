@@ -6,6 +6,7 @@ is a field of ``RunParams``, and the record stores all of them.
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 import typing
@@ -125,7 +126,9 @@ def run(params: RunParams, *, write: bool = True) -> tuple[dict, object]:
         model = record.pop("_model")
     except Exception as err:
         record.update(
-            status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()
+            status="failed",
+            error=_portable(f"{type(err).__name__}: {err}"),
+            traceback=_portable(traceback.format_exc()),
         )
         record["wall_seconds"] = time.time() - started
         if write:
@@ -188,6 +191,17 @@ def _train_and_measure(params: RunParams) -> dict:
         **result,
         "_model": model,
     }
+
+
+def _portable(text: str) -> str:
+    """Text for a record that others read: this machine's folders replaced by placeholders."""
+    for folder, name in (
+        (sys.prefix, "<env>"),
+        (str(Path.cwd()), "<cwd>"),
+        (str(Path.home()), "~"),
+    ):
+        text = text.replace(folder, name)
+    return text
 
 
 def _stage_one(params: RunParams) -> tuple[dict, dict]:

@@ -124,7 +124,12 @@ def train(
     eval_loader = make_dataloader(eval_data, tokenizer, config.eval_batch_size, shuffle=False)
     steps_per_epoch = len(train_loader)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
+    k = config.evals_per_epoch
+
+    def is_eval_step(step: int) -> bool:  # K evenly spaced points per epoch, and the last step
+        return (step * k) // steps_per_epoch > (
+            (step - 1) * k
+        ) // steps_per_epoch or step == total_steps
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
@@ -166,7 +171,7 @@ def train(
             tokens += int(batch["attention_mask"].sum())
             loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
             bar.update(1)
-            if step % eval_every == 0 or step == total_steps:
+            if is_eval_step(step):
                 train_seconds += time.perf_counter() - tick
                 tick = time.perf_counter()
                 with eval_context(accelerator.unwrap_model(model)):

@@ -1,0 +1,49 @@
+"""The committed results themselves: every record is complete, and every method of the baselines
+profile beat the majority class on its SST-2 slice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tinyattn.data import load_glue_task
+from tinyattn.metrics import majority_baseline
+from tinyattn.records import read_record
+from tinyattn.study import expand, load_profile
+
+RUNS = Path(__file__).resolve().parent.parent / "results" / "runs"
+
+
+def test_every_committed_record_is_complete():
+    paths = sorted(RUNS.glob("*.json"))
+    assert paths, "no run records committed"
+    for path in paths:
+        record = read_record(path)
+        assert record["run_id"] == path.stem
+        if record["status"] == "done":
+            assert record["evaluations"] and record["best"] in record["evaluations"]
+            assert record["provenance"]["git"]["commit"]
+            assert record["provenance"]["versions"]["torch"]
+            assert "/work/" not in path.read_text()  # no absolute paths of the machine that ran it
+
+
+def test_every_baseline_beats_the_majority_class(data_dir):
+    planned = expand(load_profile("baselines"), str(RUNS))
+    records = {p.label: RUNS / f"{p.run_id}.json" for p in planned}
+    missing = [label for label, path in records.items() if not path.exists()]
+    if len(missing) == len(records):
+        pytest.skip("the baselines profile has not been run")
+    train = [r["label"] for r in load_glue_task("sst2", "train", data_dir)]
+    dev = [r["label"] for r in load_glue_task("sst2", "validation", data_dir)]
+    majority = majority_baseline("sst2", train, dev)["accuracy"]
+    best_per_method: dict[str, float] = {}
+    for label, path in records.items():
+        if path.exists():
+            record = read_record(path)
+            accuracy = record["best"]["metrics"]["accuracy"]
+            assert accuracy > majority, f"{label}: {accuracy:.3f} vs majority {majority:.3f}"
+            method = record["method"]
+            best_per_method[method] = max(best_per_method.get(method, 0.0), accuracy)
+    for method, accuracy in best_per_method.items():  # clearly, at one of its learning rates
+        assert accuracy > majority + 0.05, f"{method}: {accuracy:.3f} vs majority {majority:.3f}"
