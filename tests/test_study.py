@@ -126,10 +126,10 @@ def test_shards_partition_the_grid():
         parse_shard("5/4")
 
 
-def test_profiles_expand_and_estimate():
-    quick = plan("quick")
+def test_profiles_expand_and_estimate(tmp_path):
+    quick = plan("quick", out_dir=str(tmp_path))  # an empty results folder: every run pending
     assert len(quick["runs"]) == 12 and 0 < quick["estimated_cpu_hours"] <= 0.25
-    cpu = plan("cpu")
+    cpu = plan("cpu", out_dir=str(tmp_path))
     assert {r["task"] for r in cpu["runs"]} == {"rte", "mrpc", "stsb", "cola", "sst2"}
     assert cpu["estimated_cpu_hours"] <= 13
     per_method = {}
