@@ -36,6 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 COMBINES = ("mean", "sequential")
 CONTEXTS = ("full", "self")
@@ -120,8 +121,18 @@ class TinyAttention(nn.Module):
         )
 
     # ------------------------------------------------------------------ forward
+    #: Recompute the module in the backward pass instead of keeping its activations (its attention
+    #: probabilities, B x E x T x T, and LayerNorm output): less training memory for a little compute.
+    #: Dropout masks are replayed, so gradients are unchanged. Off by default.
+    recompute: bool = False
+
     def forward(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None):
         """hidden_states (B, T, D); padding_mask (B, T), nonzero/True at real tokens. Returns (B, T, D)."""
+        if self.recompute and self.training and torch.is_grad_enabled():
+            return checkpoint(self._update, hidden_states, padding_mask, use_reentrant=False)
+        return self._update(hidden_states, padding_mask)
+
+    def _update(self, hidden_states, padding_mask):
         if self.combine == "mean" or self.experts == 1:
             return self._mean_update(hidden_states, padding_mask)
         h = hidden_states

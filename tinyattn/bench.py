@@ -27,6 +27,7 @@ TRAIN_METHODS = {  # bench name -> (registered method, options)
     "prefix": ("prefix", {}),
     "tinyattn_e1": ("tinyattn", {}),
     "tinyattn_e4": ("tinyattn", {"experts": 4}),
+    "tinyattn_e4_recompute": ("tinyattn", {"experts": 4}),  # the adapter recomputed in backward
 }
 INFER_METHODS = (
     "backbone",
@@ -139,6 +140,7 @@ def flops_per_token(
         "tinyattn_e1": layers * tiny,
         "tinyattn_averaged": layers * tiny,
         "tinyattn_e4": layers * 4 * tiny,
+        "tinyattn_e4_recompute": layers * 4 * tiny,  # plus the adapter's forward again in backward
     }
     return float(backbone + extra[method])
 
@@ -179,6 +181,9 @@ def run_benchmark(
         models, optims = {}, {}
         for name, (method, options) in TRAIN_METHODS.items():
             models[name] = build_model(method, copy.deepcopy(base), 2, options).to(device).train()
+            if name.endswith("_recompute"):
+                for layer in models[name].tiny_attention.layers:
+                    layer.recompute = True
             optims[name] = torch.optim.AdamW(
                 [p for p in models[name].parameters() if p.requires_grad], lr=1e-5
             )
