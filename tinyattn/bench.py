@@ -1,7 +1,7 @@
 """Training and inference cost of the methods, side by side, in one process.
 
-Every method is built once on the same backbone; timings interleave the methods (method A, B, C, A, B,
-C, ...) after warm-up, so that drift in the machine's speed falls on all of them alike; medians and
+Every method is built once on the same backbone; timings interleave the methods (A, B, C, then B, C, A,
+...: the order rotates every repetition) after warm-up, so that drift in the machine's speed falls on all of them alike; medians and
 inter-quartile ranges are reported. Training memory is counted tensor by tensor (saved activations,
 gradients, optimiser state), which is exact on any device. Analytic FLOPs per token complete it.
 """
@@ -65,6 +65,14 @@ def _inference_model(name: str, encoder):
             model.encoder = model.encoder.merge_and_unload()
         return model
     return build_model(name, encoder, 2)
+
+
+def _rotated(models: dict, rep: int) -> list:
+    """The methods in an order that starts one further along each repetition: whatever the machine
+    does to the first (or last) measurement of a round falls on every method alike."""
+    items = list(models.items())
+    shift = rep % len(items)
+    return items[shift:] + items[:shift]
 
 
 def _train_step(model, optim, batch: dict, labels: torch.Tensor) -> None:
@@ -189,7 +197,7 @@ def run_benchmark(
             )
         times = {name: [] for name in models}
         for rep in range(warmup + repeats):
-            for name, model in models.items():
+            for name, model in _rotated(models, rep):
                 elapsed = _timed(partial(_train_step, model, optims[name], batch, labels), sync)
                 if rep >= warmup:
                     times[name].append(elapsed)
@@ -210,7 +218,7 @@ def run_benchmark(
         times = {name: [] for name in infer}
         with torch.inference_mode():
             for rep in range(warmup + repeats):
-                for name, model in infer.items():
+                for name, model in _rotated(infer, rep):
                     elapsed = _timed(partial(model, **batch), sync)
                     if rep >= warmup:
                         times[name].append(elapsed)
