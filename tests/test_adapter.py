@@ -204,7 +204,9 @@ def test_recompute_gives_the_same_gradients_with_dropout():
         module.recompute = recompute
         torch.manual_seed(0)
         count = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: count.append(1) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t, c=count: c.append(1) or t, lambda t: t
+        ):
             out = module(x.clone().requires_grad_(), mask)
         saved.append(len(count))
         out.pow(2).sum().backward()
