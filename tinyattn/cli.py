@@ -150,7 +150,7 @@ def cmd_study(args) -> int:
         else:
             for row in result["runs"]:
                 print(
-                    f"{row['status']:8s} {row['task']:6s} {row['method']:14s} seed {row['seed']:<4} "
+                    f"{row['status']:15s} {row['task']:6s} {row['method']:14s} seed {row['seed']:<4} "
                     f"{row['run_id']}"
                 )
             print(f"{result['counts']}; pending: about {result['estimated_cpu_hours']} CPU-hours")
@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as err:
+        # TuningIncompleteError is a ValueError: a study whose learning rates are not chosen yet
         print(f"tinyattn {args.command}: error: {err}", file=sys.stderr)
         return 2
 

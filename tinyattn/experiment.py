@@ -14,7 +14,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from tinyattn.checkpoint import save_adapter
-from tinyattn.data import encode, get_task, load_glue_task, resolve_data_dir, subsample
+from tinyattn.data import (
+    encode,
+    get_task,
+    load_glue_task,
+    resolve_data_dir,
+    split_train_heldout,
+    subsample,
+)
 from tinyattn.inject import experts_averaged
 from tinyattn.methods import build_model, method_options
 from tinyattn.model import DEFAULT_BACKBONE, count_parameters, load_tokenizer, set_seed
@@ -23,6 +30,9 @@ from tinyattn.train import TrainConfig, train
 
 # Parameters that say where things are or what a run is called, not what it is: not in the run id.
 _LOCATION_KEYS = ("label", "data_dir", "out_dir", "progress", "save_adapter")
+# Parameters added after the first records were written: left out of the run id while at their
+# default, so that every earlier record keeps its id.
+_OMITTED_AT_DEFAULT = {"heldout_fraction": None}
 
 
 @dataclass
@@ -48,6 +58,9 @@ class RunParams:
     # two-stage recipe); the twin's adapter is reused when it was saved, else trained here first.
     two_stage: bool = False
     head_dropout: float = 0.1
+    # Model selection without the dev set: hold out this fraction of the (capped) training set,
+    # stratified, train on the rest and evaluate on the held-out part instead of the dev set.
+    heldout_fraction: float | None = None
     label: str | None = None  # the method's name in a study profile, e.g. "tinyattn_e4"
     data_dir: str | None = None
     out_dir: str = "results/runs"
@@ -60,6 +73,8 @@ class RunParams:
         self.method_options = method_options(self.method, self.method_options)
         if self.two_stage and (self.method != "tinyattn" or self.method_options["experts"] < 2):
             raise ValueError("two_stage needs method 'tinyattn' with experts > 1")
+        if self.heldout_fraction is not None and not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> RunParams:
@@ -70,7 +85,12 @@ class RunParams:
         return cls(**data)
 
     def identity(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in _LOCATION_KEYS}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in _LOCATION_KEYS
+            and not (k in _OMITTED_AT_DEFAULT and v == _OMITTED_AT_DEFAULT[k])
+        }
 
     @property
     def run_id(self) -> str:
@@ -146,9 +166,15 @@ def _train_and_measure(params: RunParams) -> dict:
     train_rows = subsample(
         load_glue_task(spec.name, "train", data_dir), params.max_train_samples, params.seed
     )
-    eval_rows = subsample(
-        load_glue_task(spec.name, "validation", data_dir), params.max_eval_samples, params.seed
-    )
+    if params.heldout_fraction is None:
+        eval_split = "validation"
+        eval_rows = load_glue_task(spec.name, "validation", data_dir)
+    else:
+        eval_split = f"heldout {params.heldout_fraction:g} of train"
+        train_rows, eval_rows = split_train_heldout(
+            train_rows, params.heldout_fraction, params.seed
+        )
+    eval_rows = subsample(eval_rows, params.max_eval_samples, params.seed)
     tokenizer = load_tokenizer(params.backbone)
     train_data = encode(train_rows, spec, tokenizer, params.max_length)
     eval_data = encode(eval_rows, spec, tokenizer, params.max_length)
@@ -187,6 +213,7 @@ def _train_and_measure(params: RunParams) -> dict:
         "method": params.method,
         "seed": params.seed,
         "data_source": "local folder" if data_dir else "hub:nyu-mll/glue",
+        "eval_split": eval_split,
         "params_count": counts,
         **result,
         "_model": model,

@@ -27,6 +27,7 @@ import yaml
 from tinyattn.data import get_task
 from tinyattn.experiment import RunParams
 from tinyattn.records import CorruptRecordError, read_record, write_json_atomic
+from tinyattn.tuning import TuningIncompleteError, select_learning_rates
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO / "profiles"
@@ -76,12 +77,22 @@ def load_profile(name: str) -> dict:
     return profile
 
 
-def expand(profile: dict, out_dir: str = "results/runs") -> list[RunParams]:
-    """Every run of a profile: tasks x seeds x methods, settings merged defaults < task < method."""
+def expand(
+    profile: dict, out_dir: str = "results/runs", *, untuned_ok: bool = False
+) -> list[RunParams]:
+    """Every run of a profile: tasks x seeds x methods, settings merged defaults < task < method.
+
+    A method may give ``learning_rates: [...]`` (a tuning grid: one run per value). A profile that
+    names ``tuning: <profile>`` takes each method's learning rate from that tuning grid's choice
+    (``tuned_as: <label>`` borrows another method's); until the grid is done this raises
+    ``TuningIncompleteError``, or with ``untuned_ok`` uses the middle of the method's grid as a
+    placeholder (for planning only).
+    """
     runs = []
     defaults = dict(profile.get("defaults") or {})
     if "backbone" in profile:
         defaults["backbone"] = profile["backbone"]
+    tuned = _tuned_rates(profile, out_dir, untuned_ok)
     for task, task_settings in profile["tasks"].items():
         task_settings = dict(task_settings or {})
         per_method = task_settings.pop("methods", {}) or {}
@@ -94,11 +105,24 @@ def expand(profile: dict, out_dir: str = "results/runs") -> list[RunParams]:
                     **dict(per_method.get(label) or {}),
                 }
                 settings.setdefault("method", label)
-                runs.append(
-                    RunParams.from_dict(
-                        {**settings, "task": task, "seed": seed, "label": label, "out_dir": out_dir}
+                source = settings.pop("tuned_as", label)
+                grid = settings.pop("learning_rates", None)
+                if tuned is not None and "learning_rate" not in settings:
+                    if source not in tuned:
+                        raise ValueError(
+                            f"profile {profile['name']!r}: method {label!r} has no tuned learning "
+                            f"rate in tuning profile {profile['tuning']!r} (tuned_as {source!r})"
+                        )
+                    settings["learning_rate"] = tuned[source]
+                for lr in grid or [settings.get("learning_rate")]:
+                    if lr is not None:
+                        settings["learning_rate"] = float(lr)
+                    runs.append(
+                        RunParams.from_dict(
+                            {**settings, "task": task, "seed": seed, "label": label}
+                            | {"out_dir": out_dir}
+                        )
                     )
-                )
     ids = [r.run_id for r in runs]
     duplicates = {i for i in ids if ids.count(i) > 1}
     if duplicates:
@@ -106,6 +130,22 @@ def expand(profile: dict, out_dir: str = "results/runs") -> list[RunParams]:
             f"profile {profile['name']!r} defines the same run twice: {sorted(duplicates)}"
         )
     return runs
+
+
+def _tuned_rates(profile: dict, out_dir: str, untuned_ok: bool) -> dict[str, float] | None:
+    """The learning rates a profile's ``tuning`` profile chose (None when it names none)."""
+    if "tuning" not in profile:
+        return None
+    try:
+        return select_learning_rates(profile["tuning"], out_dir)
+    except TuningIncompleteError:
+        if not untuned_ok:
+            raise
+    grids = load_profile(profile["tuning"])["methods"]
+    return {
+        label: float(sorted(m["learning_rates"])[len(m["learning_rates"]) // 2])
+        for label, m in grids.items()
+    }
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -163,11 +203,17 @@ def estimate_seconds(params: RunParams) -> float:
 def plan(profile_name: str, out_dir: str = "results/runs", shard_spec: str | None = None) -> dict:
     """The dry run: every run of the (shard of the) profile with its status, and the CPU time pending."""
     profile = load_profile(profile_name)
-    runs = shard(expand(profile, out_dir), *parse_shard(shard_spec))
+    awaiting = False
+    if "tuning" in profile:
+        try:
+            select_learning_rates(profile["tuning"], out_dir)
+        except TuningIncompleteError:
+            awaiting = True  # planned with placeholder learning rates; nothing can run yet
+    runs = shard(expand(profile, out_dir, untuned_ok=True), *parse_shard(shard_spec))
     rows = []
     pending_seconds = 0.0
     for params in runs:
-        status = run_status(params)
+        status = "awaiting tuning" if awaiting else run_status(params)
         rows.append(
             {
                 "run_id": params.run_id,
@@ -179,9 +225,11 @@ def plan(profile_name: str, out_dir: str = "results/runs", shard_spec: str | Non
         )
         if status != "done":
             pending_seconds += estimate_seconds(params)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "pending", "failed")}
+    states = ("done", "pending", "failed") + (("awaiting tuning",) if awaiting else ())
+    counts = {s: sum(r["status"] == s for r in rows) for s in states}
     return {
         "profile": profile["name"],
+        "tuning": profile.get("tuning"),
         "shard": shard_spec or "1/1",
         "runs": rows,
         "counts": counts,
