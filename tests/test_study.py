@@ -161,3 +161,47 @@ def test_notebook_rejects_a_parameter_of_the_wrong_type(tmp_path):
             progress_bar=False,
             kernel_name="python3",
         )
+
+
+def test_training_notebook_declares_every_run_parameter():
+    import papermill
+
+    from tinyattn.experiment import RunParams
+
+    assert set(RunParams.names()) <= set(papermill.inspect_notebook(str(TRAIN_NOTEBOOK)))
+
+
+def test_tuning_grid_on_heldout_data_then_a_tuned_profile(tmp_path, data_dir, monkeypatch):
+    """A learning-rate grid scored on held-out training data; a study then takes the chosen rate."""
+    from tinyattn.tuning import TuningIncompleteError, select_learning_rates, selection_table
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TINYATTN_DATA_DIR", str(data_dir))
+    tune = {
+        **TOY,
+        "name": "toytune",
+        "defaults": {**TOY["defaults"], "heldout_fraction": 0.25, "max_eval_samples": None},
+        "methods": {"head_only": {"method": "head_only", "learning_rates": [1.0e-4, 1.0e-1]}},
+    }
+    study = {
+        **TOY,
+        "name": "toystudy",
+        "tuning": str(tmp_path / "toytune.yaml"),
+        "methods": {"head_only": {"method": "head_only"}},
+    }
+    (tmp_path / "toytune.yaml").write_text(yaml.safe_dump(tune))
+    (tmp_path / "toystudy.yaml").write_text(yaml.safe_dump(study))
+    assert plan(str(tmp_path / "toystudy.yaml"))["counts"]["awaiting tuning"] == 1
+    with pytest.raises(TuningIncompleteError, match="2 of 2 runs not done"):
+        run_study(str(tmp_path / "toystudy.yaml"), log=lambda msg: None)
+
+    assert run_study(str(tmp_path / "toytune.yaml"), log=lambda msg: None)["done"] == 2
+    for record in records().values():
+        assert record["eval_split"] == "heldout 0.25 of train"
+        assert (record["train_examples"], record["eval_examples"]) == (12, 4)  # 16 split 3:1
+    table = selection_table(str(tmp_path / "toytune.yaml"))
+    assert table["chosen"].sum() == 1
+    chosen = select_learning_rates(str(tmp_path / "toytune.yaml"))
+    assert chosen["head_only"] == table.loc[table["chosen"], "learning_rate"].item()
+    (planned,) = expand(load_profile(str(tmp_path / "toystudy.yaml")))
+    assert planned.learning_rate == chosen["head_only"] and planned.heldout_fraction is None

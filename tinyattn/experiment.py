@@ -77,6 +77,11 @@ class RunParams:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
 
     @classmethod
+    def names(cls) -> list[str]:
+        """Every parameter's name (the training notebook's parameters cell defines each one)."""
+        return [f.name for f in fields(cls)]
+
+    @classmethod
     def from_dict(cls, data: dict) -> RunParams:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known

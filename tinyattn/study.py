@@ -306,6 +306,12 @@ def execute_run(
     executed = EXECUTED_DIR / f"{params.run_id}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
     parameters = {**asdict(params), "progress": False}
+    declared = set(papermill.inspect_notebook(str(notebook)))
+    missing = sorted(set(parameters) - declared)
+    if missing:  # papermill would only warn, and the run would silently ignore them
+        raise ValueError(
+            f"notebook {notebook} has no parameter(s) {missing} in its parameters cell"
+        )
     try:
         papermill.execute_notebook(
             str(notebook),
