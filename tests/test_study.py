@@ -109,7 +109,7 @@ def test_truncated_record_is_redone(toy):
 
 
 def test_shards_partition_the_grid():
-    runs = expand(load_profile("cpu"))
+    runs = expand(load_profile("cpu"), untuned_ok=True)
     ids = [r.run_id for r in runs]
     assert len(ids) == len(set(ids))
     for n in (1, 2, 3, 4, 7):
@@ -136,6 +136,27 @@ def test_profiles_expand_and_estimate(tmp_path):
     for row in cpu["runs"]:
         per_method.setdefault(row["method"], []).append(row)
     assert len({len(v) for v in per_method.values()}) == 1  # every method gets every task and seed
+    assert cpu["tuning"] == "tune" and set(cpu["counts"]) >= {"awaiting tuning"}
+
+
+def test_tuning_and_ablations_share_the_cpu_studys_budget(tmp_path):
+    cpu, tune, ablations = (load_profile(n) for n in ("cpu", "tune", "ablations"))
+    for task, budget in tune["tasks"].items():
+        assert budget == cpu["tasks"][task]  # same epochs and caps as the study they tune
+
+    def training(defaults: dict) -> dict:  # what shapes training (evaluations and selection aside)
+        return {
+            k: v for k, v in defaults.items() if k not in ("heldout_fraction", "evals_per_epoch")
+        }
+
+    assert training(tune["defaults"]) == training(cpu["defaults"])
+    tuned = {label for label in cpu["methods"]} - {"tinyattn_e4"}
+    assert set(tune["methods"]) == tuned  # every method tuned (E = 4 borrows E = 1's rate)
+    assert all(len(m["learning_rates"]) == 3 for m in tune["methods"].values())
+    shared = {r.run_id for r in expand(cpu, str(tmp_path), untuned_ok=True)} & {
+        r.run_id for r in expand(ablations, str(tmp_path), untuned_ok=True)
+    }
+    assert len(shared) == 3 * 2 * 3  # tinyattn_e1, tinyattn_e4, pfeiffer x MRPC, SST-2 x 3 seeds
 
 
 def test_unknown_profile_and_bad_parameter_types_are_named(toy, capsys):
