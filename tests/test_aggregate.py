@@ -69,3 +69,47 @@ def test_tables(runs_dir):
 
 def test_selected_run_ids_only(runs_dir):
     assert set(load_records(runs_dir, run_ids={"a1"})["run_id"]) == {"a1"}
+
+
+def synthetic_runs(shift: float, noise: float, seeds=range(5), tasks=("rte", "sst2")):
+    """Method ref = method other + shift, plus seeded noise, on every (task, seed)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for task in tasks:
+        for seed in seeds:
+            base = 70.0 + rng.normal()
+            rows.append({"task": task, "seed": seed, "method": "other", "score": base})
+            value = base + shift + noise * rng.normal()
+            rows.append({"task": task, "seed": seed, "method": "ref", "score": value})
+    return pd.DataFrame(rows).assign(final_score=lambda f: f["score"] - 1.0)
+
+
+def test_paired_comparison_finds_a_real_difference_and_not_a_spurious_one():
+    from tinyattn.aggregate import paired_comparison
+
+    (clear,) = paired_comparison(synthetic_runs(2.0, 0.3), "ref").to_dict("records")
+    assert clear["pairs"] == 10 and clear["reference_wins"] == 1.0
+    assert 1.5 < clear["ci_low"] < clear["mean_difference"] < clear["ci_high"] < 2.5
+    (null,) = paired_comparison(synthetic_runs(0.0, 1.0), "ref").to_dict("records")
+    assert null["ci_low"] < 0 < null["ci_high"]  # no difference: the interval covers zero
+    partial = synthetic_runs(2.0, 0.3)
+    partial = partial[~((partial["method"] == "other") & (partial["seed"] == 0))]
+    assert paired_comparison(partial, "ref")["pairs"].item() == 8  # only pairs both finished
+    with pytest.raises(ValueError, match="reference method 'zzz'"):
+        paired_comparison(partial, "zzz")
+
+
+def test_task_average_counts_only_seeds_that_finished_every_task():
+    from tinyattn.aggregate import summarise, task_average
+
+    runs = synthetic_runs(2.0, 0.0, seeds=range(3))
+    runs = runs[~((runs["method"] == "other") & (runs["task"] == "rte") & (runs["seed"] == 2))]
+    avg = task_average(runs).set_index("method")
+    assert avg.loc["other", "n_seeds"] == 2 and avg.loc["ref", "n_seeds"] == 3
+    final = task_average(runs, "final_score").set_index("method")
+    assert final.loc["ref", "mean"] == pytest.approx(avg.loc["ref", "mean"] - 1.0)
+    with pytest.raises(ValueError, match="unknown score column"):
+        summarise(runs, "dev")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from tinyattn.records import CorruptRecordError, read_record
@@ -85,13 +86,23 @@ def _reused_stage_one(record: dict) -> str | None:
     return stage["run_id"] if stage and stage.get("source", "").startswith("saved") else None
 
 
-def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per task x method: mean and std over seeds of the best dev score, n seeds, parameters, compute."""
+# The two selection protocols a run record supports (both columns of ``load_records``):
+PROTOCOLS = {
+    "score": "best dev checkpoint (the papers' protocol: selects on the dev set it reports)",
+    "final_score": "end of training (nothing selected on the dev set)",
+}
+
+
+def summarise(runs: pd.DataFrame, score: str = "score") -> pd.DataFrame:
+    """Per task x method: mean and std over seeds of a score column (``score``: best dev checkpoint;
+    ``final_score``: end of training), n seeds, parameters, compute."""
+    if score not in PROTOCOLS:
+        raise ValueError(f"unknown score column {score!r}; choose one of {sorted(PROTOCOLS)}")
     grouped = runs.groupby(["task", "method"], sort=False)
     summary = grouped.agg(
         metric=("metric", "first"),
-        mean=("score", "mean"),
-        std=("score", "std"),
+        mean=(score, "mean"),
+        std=(score, "std"),
         n_seeds=("seed", "nunique"),
         adapter_params=("adapter_params", "first"),
         adapter_plus_head_params=("adapter_plus_head_params", "first"),
@@ -119,13 +130,90 @@ def score_table(summary: pd.DataFrame, method_order: list[str] | None = None) ->
         .map(lambda v: "—" if pd.isna(v) else f"{v:.1f}")
     )
     per_method = summary.groupby("method")
-    params = per_method[["adapter_params", "adapter_percent"]].first()
+    params = per_method.agg(  # the head is largest for classification (STS-B's has one output)
+        adapter_params=("adapter_params", "first"),
+        adapter_plus_head_params=("adapter_plus_head_params", "max"),
+        adapter_percent=("adapter_percent", "first"),
+    )
     table.insert(0, "adapter params", params["adapter_params"].map(lambda v: f"{int(v):,}"))
-    table.insert(1, "% of backbone", params["adapter_percent"].map(lambda v: f"{v:.3f}"))
-    table.insert(2, "seeds", per_method["n_seeds"].min())
+    table.insert(1, "with head", params["adapter_plus_head_params"].map(lambda v: f"{int(v):,}"))
+    table.insert(2, "% of backbone", params["adapter_percent"].map(lambda v: f"{v:.3f}"))
+    table.insert(3, "seeds", per_method["n_seeds"].min())
     order = method_order or list(dict.fromkeys(summary["method"]))
     table = table.loc[[m for m in order if m in table.index]]
     return table.rename_axis(index=None, columns=None)
+
+
+def task_average(runs: pd.DataFrame, score: str = "score") -> pd.DataFrame:
+    """Per method: the average over tasks, as mean ± std over seeds of each seed's task average.
+
+    Only (method, seed) pairs that finished every task of the study count, so the average is never
+    taken over a different set of tasks for different methods.
+    """
+    tasks = runs["task"].nunique()
+    per_seed = runs.groupby(["method", "seed"], sort=False).agg(
+        tasks=("task", "nunique"), average=(score, "mean")
+    )
+    per_seed = per_seed[per_seed["tasks"] == tasks].reset_index()
+    out = per_seed.groupby("method", sort=False)["average"].agg(["mean", "std", "count"])
+    return out.rename(columns={"count": "n_seeds"}).fillna({"std": 0.0}).reset_index()
+
+
+def paired_comparison(
+    runs: pd.DataFrame,
+    reference: str,
+    score: str = "score",
+    *,
+    resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The reference method minus each other method, paired on (task, seed), with a bootstrap CI.
+
+    For each other method: the number of (task, seed) pairs both finished, the mean difference in points
+    over those pairs, a percentile bootstrap confidence interval of that mean (pairs resampled with
+    replacement), and the share of pairs the reference wins. Positive: the reference scored higher.
+    """
+    from scipy.stats import bootstrap
+
+    scores = runs.pivot_table(index=["task", "seed"], columns="method", values=score)
+    if reference not in scores.columns:
+        raise ValueError(f"no finished run of the reference method {reference!r}")
+    rows = []
+    for method in [m for m in dict.fromkeys(runs["method"]) if m != reference]:
+        diff = (scores[reference] - scores[method]).dropna().to_numpy()
+        row = {"method": method, "pairs": len(diff), "mean_difference": float("nan")}
+        row.update(ci_low=float("nan"), ci_high=float("nan"), reference_wins=float("nan"))
+        if len(diff):
+            row["mean_difference"] = float(diff.mean())
+            row["reference_wins"] = float((diff > 0).mean())
+        if len(diff) > 1 and diff.std() > 0:
+            ci = bootstrap(
+                (diff,),
+                np.mean,
+                n_resamples=resamples,
+                confidence_level=confidence,
+                method="percentile",
+                random_state=np.random.default_rng(seed),
+            ).confidence_interval
+            row.update(ci_low=float(ci.low), ci_high=float(ci.high))
+        elif len(diff) > 1:  # every pair differs by the same amount
+            row.update(ci_low=row["mean_difference"], ci_high=row["mean_difference"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compute_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per method: runs finished, CPU-hours in all (two-stage runs with their E = 1 stage) and per run,
+    training throughput."""
+    grouped = runs.groupby("method", sort=False)
+    table = grouped.agg(
+        runs=("run_id", "count"),
+        cpu_hours=("compute_seconds", lambda s: s.sum() / 3600),
+        minutes_per_run=("compute_seconds", lambda s: s.mean() / 60),
+        tokens_per_second=("tokens_per_second", "median"),
+    )
+    return table.reset_index()
 
 
 def difference_to(summary: pd.DataFrame, reference: str, method_order: list[str] | None = None):

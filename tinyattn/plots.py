@@ -29,3 +29,31 @@ def learning_curve(record: dict):
     )
     fig.tight_layout()
     return fig
+
+
+def tuning_curves_figure(curves: pd.DataFrame, task: str, methods: list[str]):
+    """One panel per method: held-out score (solid) by epoch at each learning rate of its grid."""
+    import seaborn as sns
+
+    part = curves[curves["task"] == task].copy()
+    part["rate"] = part["learning_rate"].map(lambda v: f"{v:.0e}")
+    order = [m for m in methods if m in set(part["method"])]
+    grid = sns.relplot(
+        data=part,
+        x="epoch",
+        y="heldout_score",
+        hue="rate",
+        col="method",
+        col_order=order,
+        col_wrap=min(5, max(1, len(order))),
+        kind="line",
+        marker="o",
+        height=2.3,
+        aspect=1.15,
+        facet_kws={"sharey": True},
+        palette="viridis",
+    )
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels("epoch", f"held-out {part['metric'].iloc[0]} (×100)")
+    grid.figure.suptitle(f"{task}: learning curves of the tuning grid", y=1.03)
+    return grid.figure

@@ -61,6 +61,30 @@ def tuning_table(profile_name: str, out_dir: str = "results/runs") -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def tuning_curves(profile_name: str, out_dir: str = "results/runs") -> pd.DataFrame:
+    """Every evaluation of every finished tuning run: its held-out score and training loss by epoch."""
+    rows = []
+    for row in tuning_table(profile_name, out_dir).itertuples():
+        if row.status != "done":
+            continue
+        record = read_record(Path(out_dir) / f"{row.run_id}.json")
+        metric = record["select_metric"]
+        for e in record["evaluations"]:
+            rows.append(
+                {
+                    "method": row.method,
+                    "learning_rate": row.learning_rate,
+                    "task": row.task,
+                    "epoch": e["epoch"],
+                    "step": e["step"],
+                    "heldout_score": SCORE_SCALE * e["metrics"][metric],
+                    "train_loss": e["train_loss"],
+                    "metric": metric,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def select_learning_rates(profile_name: str, out_dir: str = "results/runs") -> dict[str, float]:
     """Each method's chosen learning rate; raises ``TuningIncompleteError`` until the grid is done."""
     table = tuning_table(profile_name, out_dir)
