@@ -57,3 +57,19 @@ def tuning_curves_figure(curves: pd.DataFrame, task: str, methods: list[str]):
     grid.set_axis_labels("epoch", f"held-out {part['metric'].iloc[0]} (×100)")
     grid.figure.suptitle(f"{task}: learning curves of the tuning grid", y=1.03)
     return grid.figure
+
+
+def ablation_sweep_figure(summary: pd.DataFrame, x_of: dict[str, float], xlabel: str):
+    """Mean ± std over seeds against one varied setting (methods mapped to x by ``x_of``), per task."""
+    part = summary[summary["method"].isin(list(x_of))].assign(x=lambda f: f["method"].map(x_of))
+    tasks = list(dict.fromkeys(part["task"]))
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.2 * max(1, len(tasks)), 3.3))
+    for ax, task in zip(getattr(axes, "flat", [axes]), tasks):
+        rows = part[part["task"] == task].sort_values("x")
+        ax.errorbar(rows["x"], rows["mean"], yerr=rows["std"], marker="o", capsize=3)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(x_of.values()), [f"{v:g}" for v in sorted(x_of.values())])
+        ax.set(title=task, xlabel=xlabel, ylabel=f"dev {rows['metric'].iloc[0]} (×100)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,102 @@
+"""The book's study chapters render a finished study: fake records for every planned run, then the
+chapter notebooks executed on them (the real records arrive over several sessions)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import papermill
+import pytest
+
+from tinyattn.records import write_json_atomic
+from tinyattn.study import expand, load_profile
+
+BOOK = Path(__file__).resolve().parent.parent / "book"
+
+
+def fake_record(params, score: float) -> dict:
+    metric = "pearson" if params.task == "stsb" else "accuracy"
+    curve = [score * f for f in (0.8, 0.95, 1.0)]
+    evaluations = [
+        {
+            "step": 10 * (i + 1),
+            "epoch": i + 1.0,
+            "train_loss": 1.0 / (i + 1),
+            "metrics": {metric: s},
+        }
+        for i, s in enumerate(curve)
+    ]
+    record = {
+        "run_id": params.run_id,
+        "status": "done",
+        "task": params.task,
+        "method": params.method,
+        "seed": params.seed,
+        "select_metric": metric,
+        "params": {"label": params.label, "backbone": params.backbone, **vars(params)},
+        "params_count": {"adapter_params": 1000, "head_params": 770, "backbone_params": 22_565_376},
+        "best": evaluations[-1],
+        "final": evaluations[-1],
+        "evaluations": evaluations,
+        "steps": 30,
+        "epochs_run": 3.0,
+        "train_examples": 100,
+        "eval_examples": 50,
+        "train_seconds": 60.0,
+        "eval_seconds": 5.0,
+        "wall_seconds": 70.0,
+        "tokens_per_second": 1800.0,
+    }
+    if params.two_stage:
+        record["stage_one"] = {"run_id": params.stage_one().run_id, "source": "saved adapter"}
+    return record
+
+
+def noise(*key) -> float:
+    return (zlib.crc32(repr(key).encode()) % 1000) / 1000.0  # deterministic, in [0, 1)
+
+
+def write_profile(name: str, out: Path, bonus: dict[str, float]) -> int:
+    runs = expand(load_profile(name), str(out))
+    for p in runs:
+        score = 0.6 + 0.05 * noise(p.task, p.seed, p.label, p.learning_rate)
+        write_json_atomic(out / f"{p.run_id}.json", fake_record(p, score + bonus.get(p.label, 0)))
+    return len(runs)
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    write_profile("tune", out, {})
+    write_profile("cpu", out, {"tinyattn_e4": 0.2})
+    write_profile("ablations", out, {"tinyattn_e1": 0.2, "tinyattn_e4": 0.2})
+    return out
+
+
+def execute(chapter: str, runs_dir: Path, tmp_path: Path) -> str:
+    out = tmp_path / chapter
+    papermill.execute_notebook(
+        str(BOOK / chapter),
+        str(out),
+        parameters={"runs_dir": str(runs_dir)},
+        cwd=str(BOOK),
+        progress_bar=False,
+    )
+    cells = json.loads(out.read_text())["cells"]
+    return json.dumps([c.get("outputs", []) for c in cells])  # what the reader sees, not the code
+
+
+def test_glue_chapter_gives_a_verdict_on_a_finished_study(finished_study, tmp_path):
+    text = execute("glue.ipynb", finished_study, tmp_path)
+    assert "165 of 165 runs of the `cpu` profile are done" in text
+    assert "C1 holds on MiniLM-L6" in text  # tinyattn_e4 is 20 points ahead on every pair
+    assert "Provisional" not in text and "No verdict yet" not in text
+
+
+def test_context_chapter_gives_a_verdict_on_finished_ablations(finished_study, tmp_path):
+    text = execute("context.ipynb", finished_study, tmp_path)
+    assert "78 of 78 runs of the `ablations` profile are done" in text
+    # the no-context and bottleneck variants are 20 points behind tinyattn_e1 on every pair
+    assert "C3 holds on MiniLM-L6" in text
