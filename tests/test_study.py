@@ -226,3 +226,20 @@ def test_tuning_grid_on_heldout_data_then_a_tuned_profile(tmp_path, data_dir, mo
     assert chosen["head_only"] == table.loc[table["chosen"], "learning_rate"].item()
     (planned,) = expand(load_profile(str(tmp_path / "toystudy.yaml")))
     assert planned.learning_rate == chosen["head_only"] and planned.heldout_fraction is None
+
+
+def test_work_units_keep_two_stage_runs_after_their_twin_and_nothing_else_together():
+    from tinyattn.study import work_units
+
+    runs = expand(load_profile("ablations"), untuned_ok=True)
+    units = work_units(runs)
+    assert sorted(r.run_id for u in units for r in u) == sorted(r.run_id for r in runs)
+    for unit in units:
+        ids = [r.run_id for r in unit]
+        if len(unit) > 1:  # one E = 1 twin, then the E = 2, 4, 8 runs that start from it
+            assert not unit[0].two_stage and all(r.two_stage for r in unit[1:])
+            assert {r.stage_one().run_id for r in unit[1:]} == {ids[0]}
+    assert sum(len(u) > 1 for u in units) == 2 * 3  # one per (task, seed)
+    assert len(work_units([r for r in runs if not r.two_stage])) == sum(
+        not r.two_stage for r in runs
+    )

@@ -409,10 +409,21 @@ def run_study(
         for params in group:  # in profile order: a two-stage run comes after its E=1 twin
             report(params, one(params))
 
-    groups: dict[tuple, list[RunParams]] = {}
-    for params in todo:
-        groups.setdefault((params.task, params.seed), []).append(params)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for future in [pool.submit(one_group, g) for g in groups.values()]:
+        for future in [pool.submit(one_group, g) for g in work_units(todo)]:
             future.result()
     return outcome
+
+
+def work_units(todo: list[RunParams]) -> list[list[RunParams]]:
+    """The runs in units that may run in parallel: each run alone, except that a two-stage run goes
+    after its E = 1 twin in one unit when both are to run (so the twin's saved adapter is there)."""
+    units: dict[str, list[RunParams]] = {p.run_id: [p] for p in todo}
+    for params in todo:
+        if params.two_stage:
+            twin = params.stage_one().run_id
+            if twin in units and params.run_id in units and units[twin] is not units[params.run_id]:
+                units[twin].extend(units[params.run_id])
+                units[params.run_id] = units[twin]
+    unique = {id(u): u for u in units.values()}
+    return list(unique.values())
