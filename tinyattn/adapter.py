@@ -140,18 +140,25 @@ class TinyAttention(nn.Module):
             h = h + self._mean_update(h, padding_mask, expert=e) / self.experts
         return h - hidden_states
 
+    def _qkv(self, x, sl: slice):
+        """Queries, keys and values of the experts in ``sl``, each (B, E, T, d)."""
+        B, T, D = x.shape
+        w_all = self.qkv_weight[sl]
+        E, d = w_all.shape[0], self.head_dim
+        # Fold each expert's LayerNorm affine into its q/k/v projection: one matmul for all experts.
+        x_hat = F.layer_norm(x, (D,))  # (B, T, D)
+        w = w_all * self.norm_weight[sl, None, :]  # (E, 3d, D)
+        b = self.qkv_bias[sl] + torch.einsum("eod,ed->eo", w_all, self.norm_bias[sl])
+        qkv = F.linear(x_hat, w.reshape(E * 3 * d, D), b.reshape(E * 3 * d))  # (B, T, E*3d)
+        return qkv.view(B, T, E, 3, d).permute(3, 0, 2, 1, 4)
+
     def _mean_update(self, x, padding_mask, expert: int | None = None):
         """Mean over experts of their updates (or one expert's update when ``expert`` is given)."""
         sl = slice(None) if expert is None else slice(expert, expert + 1)
         E = self.experts if expert is None else 1
         B, T, D = x.shape
         d = self.head_dim
-        # Fold each expert's LayerNorm affine into its q/k/v projection: one matmul for all experts.
-        x_hat = F.layer_norm(x, (D,))  # (B, T, D)
-        w = self.qkv_weight[sl] * self.norm_weight[sl, None, :]  # (E, 3d, D)
-        b = self.qkv_bias[sl] + torch.einsum("eod,ed->eo", self.qkv_weight[sl], self.norm_bias[sl])
-        qkv = F.linear(x_hat, w.reshape(E * 3 * d, D), b.reshape(E * 3 * d))  # (B, T, E*3d)
-        q, k, v = qkv.view(B, T, E, 3, d).permute(3, 0, 2, 1, 4)  # each (B, E, T, d)
+        q, k, v = self._qkv(x, sl)  # each (B, E, T, d)
         if self.context == "self":
             o = v  # softmax over the token itself is 1: the value passes through
         else:
@@ -164,6 +171,30 @@ class TinyAttention(nn.Module):
         o = o.transpose(1, 2).reshape(B, T, E * d)  # (B, T, E*d)
         u = self.out_weight[sl].permute(1, 0, 2).reshape(D, E * d)  # (D, E*d)
         return F.linear(o, u / E, self.out_bias[sl].mean(0))  # (B, T, D)
+
+    def attention_probs(
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Every expert's attention probabilities (B, E, T, T) as ``forward`` uses them in eval mode.
+
+        Padding keys get probability 0; with ``context="self"`` it is the identity (every token,
+        padding included, attends only to itself).
+        """
+        if self.combine == "sequential" and self.experts > 1:
+            raise NotImplementedError(
+                "attention_probs: with combine='sequential' each expert reads the previous one's "
+                "output, so its attention depends on the others; only combine='mean' is supported"
+            )
+        B, T, _ = hidden_states.shape
+        if self.context == "self":
+            eye = torch.eye(T, device=hidden_states.device, dtype=hidden_states.dtype)
+            return eye.expand(B, self.experts, T, T).clone()
+        q, k, _ = self._qkv(hidden_states, slice(None))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, E, T, T)
+        if padding_mask is not None:
+            keep = padding_mask.bool()[:, None, None, :]
+            scores = scores.masked_fill(~keep, float("-inf"))
+        return scores.softmax(dim=-1)
 
     # ------------------------------------------------------------------ experts
     def average_experts(self) -> TinyAttention:

@@ -166,6 +166,16 @@ def cmd_study(args) -> int:
     return 1 if outcome["failed"] else 0
 
 
+def cmd_analyse(args) -> int:
+    from tinyattn.study import run_analyses
+
+    done = run_analyses(
+        args.profile, out_dir=args.out, analysis_dir=args.analysis, force=args.force
+    )
+    print(f"analysed {len(done)} run(s) of {args.profile}: {', '.join(done) or 'none pending'}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from tinyattn.bench import run_benchmark
     from tinyattn.records import git_commit, write_json_atomic
@@ -224,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="results/runs", help="folder of the run records")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser(
+        "analyse", help="run the experts analysis notebook on a profile's trained 4-expert adapters"
+    )
+    p.add_argument("--profile", required=True, help="e.g. ablations")
+    p.add_argument("--out", default="results/runs", help="folder of the run records")
+    p.add_argument("--analysis", default="results/analysis", help="folder for the reports")
+    p.add_argument("--force", action="store_true", help="redo runs analysed before")
+    p.set_defaults(func=cmd_analyse)
 
     p = sub.add_parser("bench", help="training and inference cost of the methods, side by side")
     p.add_argument("--quick", action="store_true", help="a tiny configuration that runs in seconds")

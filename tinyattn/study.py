@@ -32,6 +32,7 @@ from tinyattn.tuning import TuningIncompleteError, select_learning_rates
 REPO = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO / "profiles"
 TRAIN_NOTEBOOK = REPO / "notebooks" / "train.ipynb"
+EXPERTS_NOTEBOOK = REPO / "notebooks" / "experts.ipynb"
 EXECUTED_DIR = Path("results") / "executed"
 
 # Planning figures for the packaged MiniLM-L6 on a 2-core CPU (measured here; see the book's protocol).
@@ -427,3 +428,56 @@ def work_units(todo: list[RunParams]) -> list[list[RunParams]]:
                 units[params.run_id] = units[twin]
     unique = {id(u): u for u in units.values()}
     return list(unique.values())
+
+
+def run_analyses(
+    profile_name: str,
+    *,
+    out_dir: str = "results/runs",
+    analysis_dir: str = "results/analysis",
+    experts_label: str = "tinyattn_e4",
+    independent_label: str = "tinyattn_e4_indep",
+    force: bool = False,
+    notebook_parameters: dict | None = None,
+    notebook: Path = EXPERTS_NOTEBOOK,
+    log=print,
+) -> list[str]:
+    """Run the experts analysis notebook on every finished ``experts_label`` run of a profile that
+    saved its adapter, with the same task and seed's ``independent_label`` run beside it when there
+    is one; the executed notebook and its report go to ``analysis_dir``. Returns the analysed run ids;
+    runs analysed before are skipped unless ``force``. ``notebook_parameters`` override the notebook's
+    other parameters (sample sizes, repeats)."""
+    import papermill
+
+    runs = expand(load_profile(profile_name), out_dir)
+    independent = {(r.task, r.seed): r for r in runs if r.label == independent_label}
+    analysed = []
+    for params in [r for r in runs if r.label == experts_label]:
+        report = Path(analysis_dir) / f"{params.run_id}.json"
+        if (report.exists() and not force) or not _analysable(params):
+            continue
+        other = independent.get((params.task, params.seed))
+        parameters = {
+            "task": params.task,
+            "run_id": params.run_id,
+            "independent_run_id": other.run_id if other and _analysable(other) else None,
+            "runs_dir": out_dir,
+            "out_dir": analysis_dir,
+            **(notebook_parameters or {}),
+        }
+        log(f"analysing {params.run_id} (independent: {parameters['independent_run_id']})")
+        Path(analysis_dir).mkdir(parents=True, exist_ok=True)
+        papermill.execute_notebook(
+            str(notebook),
+            str(Path(analysis_dir) / f"{params.run_id}.ipynb"),
+            parameters=parameters,
+            progress_bar=False,
+            cwd=str(Path.cwd()),
+        )
+        analysed.append(params.run_id)
+    return analysed
+
+
+def _analysable(params: RunParams) -> bool:
+    """Finished, with its trained adapter saved."""
+    return run_status(params) == "done" and (params.adapter_dir / "adapter_config.json").is_file()

@@ -1,0 +1,268 @@
+"""Heads as experts: attention probabilities, statistics, deployment variants, and the notebook."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_batch, tiny_encoder
+
+from tinyattn import experts
+from tinyattn.adapter import TinyAttention
+from tinyattn.checkpoint import trainable_state
+from tinyattn.methods import build_model
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "notebooks" / "experts.ipynb"
+
+
+def randomised(module: TinyAttention, seed: int = 0, scale: float = 0.5) -> TinyAttention:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return module.eval()
+
+
+def hidden(B=2, T=7, D=16, seed=1, padded=True):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, D, generator=gen)
+    mask = torch.ones(B, T, dtype=torch.long)
+    if padded:
+        mask[B - 1, T - 3 :] = 0  # the last row ends with 3 padding tokens
+    return x, mask
+
+
+@pytest.mark.parametrize("context", ["self", "full"])
+def test_self_context_removes_cross_token_interaction(context):
+    module = randomised(TinyAttention(16, experts=3, head_dim=2, context=context))
+    x, mask = hidden(B=1, padded=False)
+    j = 4
+    moved = x.clone()
+    moved[0, j] += 3.0 * torch.randn(16, generator=torch.Generator().manual_seed(7))
+    before, after = module(x, mask), module(moved, mask)
+    others = [i for i in range(x.shape[1]) if i != j]
+    change = (after[0, others] - before[0, others]).abs().max().item()
+    assert (after[0, j] - before[0, j]).abs().max().item() > 1e-2  # token j's own update moves
+    if context == "self":
+        assert change == 0.0
+    else:
+        assert change > 1e-3
+
+
+@pytest.mark.parametrize("context", ["full", "self"])
+def test_attention_probs_reproduce_forward(context):
+    module = randomised(TinyAttention(16, experts=3, head_dim=2, context=context))
+    x, mask = hidden()
+    probs = module.attention_probs(x, mask)
+    E, d = 3, 2
+    assert probs.shape == (2, E, 7, 7)
+    assert torch.allclose(probs.sum(-1), torch.ones(2, E, 7))
+    if context == "full":
+        assert probs[1, :, :, 4:].abs().max() == 0  # padding keys
+    else:
+        assert torch.equal(probs, torch.eye(7).expand(2, E, 7, 7))
+    update = 0
+    for e in range(E):
+        h = F.layer_norm(x, (16,), module.norm_weight[e], module.norm_bias[e])
+        v = (h @ module.qkv_weight[e].T + module.qkv_bias[e])[..., 2 * d :]
+        update = update + (probs[:, e] @ v) @ module.out_weight[e].T + module.out_bias[e]
+    assert torch.allclose(update / E, module(x, mask), atol=1e-6)
+
+
+def test_attention_probs_refuse_sequential_experts():
+    module = TinyAttention(16, experts=2, combine="sequential")
+    with pytest.raises(NotImplementedError, match="sequential"):
+        module.attention_probs(*hidden())
+
+
+def test_attention_stats_on_a_hand_made_map():
+    # one sequence: [CLS] a [SEP] <pad>; expert 0 attends to itself, expert 1 uniformly
+    ids = torch.tensor([[101, 7, 102, 0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    eye = torch.eye(4)
+    uniform = torch.zeros(4, 4)
+    uniform[:, :3] = 1 / 3
+    probs = torch.stack([eye, uniform])[None]  # (1, 2, 4, 4)
+    stats = experts.attention_stats([probs, probs], ids, mask, special_token_ids=[101, 102])
+    assert len(stats) == 4 and set(stats["layer"]) == {0, 1}
+    own, spread = stats.iloc[0], stats.iloc[1]
+    assert own["entropy"] == pytest.approx(0.0)
+    assert own["self_share"] == pytest.approx(1.0)
+    assert own["mean_distance"] == pytest.approx(0.0)
+    assert own["special_share"] == pytest.approx(2 / 3)
+    assert spread["entropy"] == pytest.approx(math.log(3))
+    assert spread["entropy_uniform"] == pytest.approx(math.log(3))
+    assert spread["self_share"] == pytest.approx(1 / 3)
+    assert spread["mean_distance"] == pytest.approx(8 / 9)
+    assert spread["special_share"] == pytest.approx(2 / 3)
+    assert (stats["queries"] == 3).all()
+
+
+def _tiny_model(num_experts=3, seed=0):
+    model = build_model("tinyattn", tiny_encoder("bert", seed=seed), 2, {"experts": num_experts})
+    return model.eval()
+
+
+def _batches():
+    batch = tiny_batch()
+    n = batch["input_ids"].shape[0]
+    return [{**batch, "labels": torch.zeros(n, dtype=torch.long), "example_index": torch.arange(n)}]
+
+
+def _set_experts(model, same: bool, seed: int = 0):
+    """Every layer's experts: copies of one random expert (same) or independently random ones."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in experts.adapters_of(model).layers:
+            for p in layer.parameters():
+                shape = (1, *p.shape[1:]) if same else p.shape
+                p.copy_((torch.randn(shape, generator=gen) * 0.5).expand_as(p))
+
+
+def test_deployment_forms_agree_exactly_for_identical_experts_only():
+    model = _tiny_model()
+    adapters = experts.adapters_of(model)
+    slots = list(adapters.layers)
+    batches = _batches()
+    _set_experts(model, same=True)
+    logits = {v: experts.variant_logits(model, v, batches)[0] for v in experts.VARIANTS[:3]}
+    single = experts.variant_logits(model, 1, batches)[0]
+    for value in (*logits.values(), single):
+        assert torch.allclose(
+            torch.from_numpy(value), torch.from_numpy(logits["trained_form"]), atol=1e-6
+        )
+    assert list(adapters.layers) == slots and adapters.config.experts == 3  # restored
+
+    _set_experts(model, same=False)
+    logits = {v: experts.variant_logits(model, v, batches)[0] for v in experts.VARIANTS[:3]}
+    trained = torch.from_numpy(logits["trained_form"])
+    assert (torch.from_numpy(logits["averaged"]) - trained).abs().max() > 1e-3
+    assert (torch.from_numpy(logits["logit_ensemble"]) - trained).abs().max() > 1e-3
+    assert list(adapters.layers) == slots and adapters.config.experts == 3
+
+
+def test_capture_attention_and_similarity_on_a_tiny_model():
+    model = _tiny_model()
+    _set_experts(model, same=True)
+    batch = tiny_batch()
+    model.train()
+    probs = experts.capture_attention(model, batch)
+    assert model.training  # mode restored
+    assert all(not layer._forward_hooks for layer in experts.adapters_of(model).layers)
+    assert [p.shape for p in probs] == [(3, 3, 9, 9)] * 2
+    assert probs[0][2, :, :, 5:].abs().max() == 0  # row 2 has 4 padding tokens
+
+    reference = _tiny_model(num_experts=1, seed=1)
+    sim = experts.expert_similarity(model, reference, batch)
+    assert set(sim["kind"]) == {"weights", "updates", "attention"}  # reference has 1 expert
+    pairs = sim[sim["expert_i"] != sim["expert_j"]]
+    for kind in ("weights", "updates", "attention"):
+        assert pairs[pairs["kind"] == kind]["cosine"].min() == pytest.approx(1.0)
+    summary = experts.similarity_summary(sim)
+    assert len(summary) == 3 * 2 and list(summary.columns) == [
+        "kind",
+        "layer",
+        "mean",
+        "min",
+        "max",
+    ]
+
+
+def test_missing_adapter_folder_is_named(tmp_path):
+    record = {"run_id": "sst2-tinyattn-s1-abc", "status": "done", "params": {}}
+    (tmp_path / "sst2-tinyattn-s1-abc.json").write_text(json.dumps(record))
+    folder = str(tmp_path / "adapters" / "sst2-tinyattn-s1-abc")
+    with pytest.raises(FileNotFoundError, match=f"{folder}.*save_adapter=True"):
+        experts.load_run("sst2-tinyattn-s1-abc", tmp_path)
+    with pytest.raises(FileNotFoundError, match="no run record"):
+        experts.load_run("nope", tmp_path)
+
+
+@pytest.mark.slow
+def test_notebook_end_to_end_on_toy_runs(tmp_path, data_dir, monkeypatch):
+    """A toy profile's two-stage and independent E = 2 runs, analysed by ``tinyattn analyse``'s
+    function through the papermill notebook; a second call finds nothing left to do."""
+    import yaml
+
+    from tinyattn.experiment import run
+    from tinyattn.study import expand, load_profile, run_analyses
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TINYATTN_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel's batches are tiny
+    toy = {
+        "name": "toyexperts",
+        "backbone": "minilm-l6",
+        "seeds": [42],
+        "defaults": {
+            "max_train_samples": 16,
+            "max_eval_samples": 16,
+            "max_steps": 1,
+            "batch_size": 8,
+            "eval_batch_size": 8,
+            "max_length": 64,
+            "save_adapter": True,
+            "progress": False,
+        },
+        "tasks": {"sst2": {}},
+        "methods": {
+            "tinyattn_e1": {"method": "tinyattn"},
+            "tinyattn_e4": {
+                "method": "tinyattn",
+                "method_options": {"experts": 2},
+                "two_stage": True,
+            },
+            "tinyattn_e4_indep": {"method": "tinyattn", "method_options": {"experts": 2}},
+        },
+    }
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(toy))
+    trained = {p.label: run(p) for p in expand(load_profile(str(tmp_path / "toy.yaml")), "runs")}
+    (staged, staged_model), (independent, independent_model) = (
+        trained["tinyattn_e4"],
+        trained["tinyattn_e4_indep"],
+    )
+    quick = {
+        "max_eval_samples": 16,
+        "n_sentences": 1,
+        "max_tokens": 12,
+        "figure_dpi": 50,
+        "stats_examples": 16,
+        "similarity_examples": 8,
+        "latency_repeats": 1,
+    }
+    out = tmp_path / "analysis"
+    analyse = dict(out_dir="runs", analysis_dir=str(out), notebook_parameters=quick, log=print)
+    assert run_analyses(str(tmp_path / "toy.yaml"), **analyse) == [staged["run_id"]]
+    assert run_analyses(str(tmp_path / "toy.yaml"), **analyse) == []  # done before: skipped
+    assert (out / f"{staged['run_id']}.ipynb").is_file()  # the executed notebook is kept
+    report = json.loads((out / f"{staged['run_id']}.json").read_text())
+    assert {
+        "attention_stats",
+        "similarity",
+        "similarity_summary",
+        "single_experts",
+        "variants",
+        "independent",
+        "figures",
+    } <= set(report)
+    assert [v["variant"] for v in report["variants"]] == list(experts.VARIANTS)
+    assert len(report["attention_stats"]) == 6 * 2  # MiniLM: 6 layers x 2 experts
+    assert all((out / name).is_file() for name in report["figures"].values())
+    # the weight-averaged model, rebuilt from the saved adapter, scores as training evaluated it
+    averaged = next(v for v in report["variants"] if v["variant"] == "averaged")
+    assert averaged["accuracy"] == pytest.approx(staged["best"]["metrics"]["accuracy"])
+    kinds = {row["kind"] for row in report["similarity_summary"]}
+    assert kinds == {"weights", "weights_reference", "updates", "attention", "attention_reference"}
+    start = [r for r in report["similarity_summary"] if r["kind"] == "weights_reference"]
+    assert min(r["min"] for r in start) > 0.999  # the two-stage experts start as copies
+    assert report["independent"]["run_id"] == independent["run_id"]
+    # the rebuilt starting points are the real ones: one AdamW step moves no weight by more than lr
+    for record, trained in ((staged, staged_model), (independent, independent_model)):
+        start = trainable_state(experts.load_initial(record, "runs"))
+        end = trainable_state(trained)
+        assert max(float((end[k] - start[k]).abs().max()) for k in end) <= 1.001e-3
