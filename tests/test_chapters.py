@@ -66,21 +66,53 @@ def write_profile(name: str, out: Path, bonus: dict[str, float]) -> int:
     return len(runs)
 
 
+def fake_report(run_id: str, task: str, two_stage: bool, averaged: float) -> dict:
+    """An experts-analysis report with the keys ``notebooks/experts.ipynb`` writes."""
+    scores = {"averaged": averaged, "trained_form": 0.85, "logit_ensemble": 0.85}
+    scores |= {"single_best": 0.84, "single_random": 0.8}
+    variants = [
+        {"variant": v, "accuracy": a, "ms_per_example": 1.0 + (v != "averaged")}
+        | {"agreement_with_trained": 0.99, "encoder_passes": 1}
+        for v, a in scores.items()
+    ]
+    similarity = [
+        {"kind": kind, "layer": layer, "mean": 0.9, "min": 0.8, "max": 1.0}
+        for kind in ("weights", "updates", "attention")
+        for layer in range(6)
+    ]
+    stats = [
+        {"layer": layer, "expert": e, "entropy": 1.0, "entropy_uniform": 2.0}
+        | {"mean_distance": 3.0, "special_share": 0.3, "self_share": 0.1}
+        for layer in range(6)
+        for e in range(4)
+    ]
+    report = {"run_id": run_id, "task": task, "two_stage": two_stage, "variants": variants}
+    return report | {"similarity_summary": similarity, "attention_stats": stats, "figures": {}}
+
+
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     write_profile("tune", out, {})
     write_profile("cpu", out, {"tinyattn_e4": 0.2})
-    write_profile("ablations", out, {"tinyattn_e1": 0.2, "tinyattn_e4": 0.2})
+    write_profile("ablations", out, {"tinyattn_e1": 0.2, "tinyattn_e1_2x": 0.2, "tinyattn_e4": 0.3})
+    analysis = out / "analysis"
+    runs = expand(load_profile("ablations"), str(out))
+    independent = {(r.task, r.seed): r.run_id for r in runs if r.label == "tinyattn_e4_indep"}
+    for r in runs:
+        if r.label == "tinyattn_e4":
+            report = fake_report(r.run_id, r.task, True, 0.85)
+            other = fake_report(independent[(r.task, r.seed)], r.task, False, 0.5)
+            write_json_atomic(analysis / f"{r.run_id}.json", report | {"independent": other})
     return out
 
 
-def execute(chapter: str, runs_dir: Path, tmp_path: Path) -> str:
+def execute(chapter: str, runs_dir: Path, tmp_path: Path, **parameters) -> str:
     out = tmp_path / chapter
     papermill.execute_notebook(
         str(BOOK / chapter),
         str(out),
-        parameters={"runs_dir": str(runs_dir)},
+        parameters={"runs_dir": str(runs_dir), **parameters},
         cwd=str(BOOK),
         progress_bar=False,
     )
@@ -97,6 +129,18 @@ def test_glue_chapter_gives_a_verdict_on_a_finished_study(finished_study, tmp_pa
 
 def test_context_chapter_gives_a_verdict_on_finished_ablations(finished_study, tmp_path):
     text = execute("context.ipynb", finished_study, tmp_path)
-    assert "78 of 78 runs of the `ablations` profile are done" in text
+    assert "84 of 84 runs of the `ablations` profile are done" in text
     # the no-context and bottleneck variants are 20 points behind tinyattn_e1 on every pair
     assert "C3 holds on MiniLM-L6" in text
+
+
+def test_heads_chapter_gives_a_verdict_on_finished_ablations_and_reports(finished_study, tmp_path):
+    text = execute(
+        "heads.ipynb", finished_study, tmp_path, analysis_dir=str(finished_study / "analysis")
+    )
+    assert "36 of the 36 expert runs" in text and "6 analysis report(s)" in text
+    # averaged = trained form and E = 4 is 10 points ahead of E = 1 on every pair
+    assert (
+        "C2 holds on MiniLM-L6" in text
+        and "independently initialised experts: averaged 50.0" in text
+    )

@@ -240,6 +240,13 @@ def test_notebook_end_to_end_on_toy_runs(tmp_path, data_dir, monkeypatch):
     assert run_analyses(str(tmp_path / "toy.yaml"), **analyse) == [staged["run_id"]]
     assert run_analyses(str(tmp_path / "toy.yaml"), **analyse) == []  # done before: skipped
     assert (out / f"{staged['run_id']}.ipynb").is_file()  # the executed notebook is kept
+    tables = experts.collect_reports(out)
+    assert len(tables["variants"]) == 2 * len(experts.VARIANTS)
+    assert set(tables["variants"]["init"]) == set(tables["similarity"]["init"])
+    assert set(tables["variants"]["init"]) == {"two-stage", "independent"}
+    assert (
+        len(tables["attention"]) == 6 * 2 and experts.collect_reports(out, set())["variants"].empty
+    )
     report = json.loads((out / f"{staged['run_id']}.json").read_text())
     assert {
         "attention_stats",

@@ -668,3 +668,31 @@ def write_report(
     names = {name: Path(path).name for name, path in (figures or {}).items()}
     payload = {**_records(payload), "figures": names}
     return write_json_atomic(Path(out_dir) / f"{run_id}.json", payload)
+
+
+# ----------------------------------------------------------------------------- many reports
+def collect_reports(
+    analysis_dir: str | Path, run_ids: set[str] | None = None
+) -> dict[str, pd.DataFrame]:
+    """Every report in ``analysis_dir`` (or those of ``run_ids``) as three tidy tables, each row
+    tagged with the report's run id, task and the experts' initialisation ("two-stage" or
+    "independent"): ``variants`` (score ×100 in ``score``), ``similarity`` (the per-layer summary)
+    and ``attention`` (the per-layer, per-expert statistics of the report's main run)."""
+    tables: dict[str, list[pd.DataFrame]] = {"variants": [], "similarity": [], "attention": []}
+    for path in sorted(Path(analysis_dir).glob("*.json")):
+        report = json.loads(path.read_text())
+        if run_ids is not None and report["run_id"] not in run_ids:
+            continue
+        metric = get_task(report["task"]).metric
+        parts = [report] + ([report["independent"]] if report.get("independent") else [])
+        for part in parts:
+            init = "two-stage" if part.get("two_stage") else "independent"
+            tag = {"run_id": part["run_id"], "task": report["task"], "init": init}
+            variants = pd.DataFrame(part["variants"]).assign(**tag)
+            variants["score"] = 100.0 * variants[metric]
+            tables["variants"].append(variants)
+            tables["similarity"].append(pd.DataFrame(part["similarity_summary"]).assign(**tag))
+        init = "two-stage" if report.get("two_stage") else "independent"
+        tag = {"run_id": report["run_id"], "task": report["task"], "init": init}
+        tables["attention"].append(pd.DataFrame(report["attention_stats"]).assign(**tag))
+    return {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in tables.items()}
