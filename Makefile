@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/data/glue),)
 export TINYATTN_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install test lint study book clean
+.PHONY: install test lint study cpu-study book clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +30,16 @@ lint: install
 PROFILE ?= quick
 study: install
 	$(VENV)/bin/tinyattn study --profile $(PROFILE)
+	$(MAKE) book
+
+# The CPU-scale study, in order: learning rates on held-out training data, the GLUE grid, the
+# ablations, the experts analysis, the book. Hours of CPU; every step resumes where it stopped.
+JOBS ?= 2
+cpu-study: install
+	$(VENV)/bin/tinyattn study --profile tune --jobs $(JOBS)
+	$(VENV)/bin/tinyattn study --profile cpu --jobs $(JOBS)
+	$(VENV)/bin/tinyattn study --profile ablations --jobs $(JOBS)
+	$(VENV)/bin/tinyattn analyse --profile ablations
 	$(MAKE) book
 
 # The book from the committed results: every page rebuilt (--all: the analysis notebooks read
