@@ -144,3 +144,17 @@ def test_heads_chapter_gives_a_verdict_on_finished_ablations_and_reports(finishe
         "C2 holds on MiniLM-L6" in text
         and "independently initialised experts: averaged 50.0" in text
     )
+
+
+def test_tuning_selection_waits_for_every_task_of_a_method(tmp_path):
+    from tinyattn.tuning import TuningIncompleteError, select_learning_rates, selection_table
+
+    for p in expand(load_profile("tune"), str(tmp_path)):
+        if p.task == "sst2" or p.label == "lora":  # RTE missing for all but LoRA
+            score = 0.8 + 0.01 * noise(p.task, p.label, p.learning_rate)
+            write_json_atomic(tmp_path / f"{p.run_id}.json", fake_record(p, score))
+    table = selection_table("tune", str(tmp_path)).set_index("method")
+    assert table.loc["lora", "mean"].notna().all() and table.loc["lora", "chosen"].sum() == 1
+    assert table.loc["houlsby", "mean"].isna().all() and not table.loc["houlsby", "chosen"].any()
+    with pytest.raises(TuningIncompleteError, match="27 of 60 runs not done"):
+        select_learning_rates("tune", str(tmp_path))

@@ -117,7 +117,7 @@ def selection_table(profile_name: str, out_dir: str = "results/runs") -> pd.Data
     wide = table.pivot_table(
         index=["method", "learning_rate"], columns="task", values="final_score", sort=False
     )
-    wide["mean"] = wide.mean(axis=1)
+    wide["mean"] = wide.mean(axis=1, skipna=False)  # only once every tuning task has its score
     finished = table.groupby("method")["status"].apply(lambda s: bool((s == "done").all()))
     best = _mean_scores(table).groupby("method").head(1)
     chosen = {
