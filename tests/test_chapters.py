@@ -156,5 +156,9 @@ def test_tuning_selection_waits_for_every_task_of_a_method(tmp_path):
     table = selection_table("tune", str(tmp_path)).set_index("method")
     assert table.loc["lora", "mean"].notna().all() and table.loc["lora", "chosen"].sum() == 1
     assert table.loc["houlsby", "mean"].isna().all() and not table.loc["houlsby", "chosen"].any()
+    lora = table.loc["lora"].set_index("learning_rate")
+    chosen = lora.index[lora["chosen"]].item()
+    assert lora.loc[chosen, "at_grid_edge"] == (chosen in (lora.index.min(), lora.index.max()))
+    assert not lora.loc[~lora["chosen"], "at_grid_edge"].any()
     with pytest.raises(TuningIncompleteError, match="27 of 60 runs not done"):
         select_learning_rates("tune", str(tmp_path))

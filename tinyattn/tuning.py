@@ -112,7 +112,8 @@ def _mean_scores(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def selection_table(profile_name: str, out_dir: str = "results/runs") -> pd.DataFrame:
-    """Method x learning rate: held-out final score per task and their mean, the chosen rate marked."""
+    """Method x learning rate: held-out final score per task and their mean, the chosen rate marked,
+    and whether the choice is the smallest or largest rate of the method's grid."""
     table = tuning_table(profile_name, out_dir)
     wide = table.pivot_table(
         index=["method", "learning_rate"], columns="task", values="final_score", sort=False
@@ -124,4 +125,10 @@ def selection_table(profile_name: str, out_dir: str = "results/runs") -> pd.Data
         (m, lr) for m, lr in zip(best["method"], best["learning_rate"], strict=True) if finished[m]
     }
     wide["chosen"] = [key in chosen for key in wide.index]
+    grid = table.groupby("method")["learning_rate"].agg(["min", "max"])
+    # a choice at the end of its grid: the best rate may lie outside the grid
+    wide["at_grid_edge"] = [
+        key in chosen and key[1] in (grid.loc[key[0], "min"], grid.loc[key[0], "max"])
+        for key in wide.index
+    ]
     return wide.reset_index()
