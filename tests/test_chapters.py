@@ -9,6 +9,7 @@ from pathlib import Path
 
 import papermill
 import pytest
+import yaml
 
 from tinyattn.records import write_json_atomic
 from tinyattn.study import expand, load_profile
@@ -149,11 +150,16 @@ def test_heads_chapter_gives_a_verdict_on_finished_ablations_and_reports(finishe
 def test_tuning_selection_waits_for_every_task_of_a_method(tmp_path):
     from tinyattn.tuning import TuningIncompleteError, select_learning_rates, selection_table
 
-    for p in expand(load_profile("tune"), str(tmp_path)):
+    # a two-task grid: the first tuning grid as planned (RTE and SST-2, three rates per method)
+    profile = load_profile("tune_rte")
+    profile["tasks"] |= load_profile("tune")["tasks"]
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(profile))
+    for p in expand(load_profile(str(grid)), str(tmp_path)):
         if p.task == "sst2" or p.label == "lora":  # RTE missing for all but LoRA
             score = 0.8 + 0.01 * noise(p.task, p.label, p.learning_rate)
             write_json_atomic(tmp_path / f"{p.run_id}.json", fake_record(p, score))
-    table = selection_table("tune", str(tmp_path)).set_index("method")
+    table = selection_table(str(grid), str(tmp_path)).set_index("method")
     assert table.loc["lora", "mean"].notna().all() and table.loc["lora", "chosen"].sum() == 1
     assert table.loc["houlsby", "mean"].isna().all() and not table.loc["houlsby", "chosen"].any()
     lora = table.loc["lora"].set_index("learning_rate")
@@ -161,4 +167,4 @@ def test_tuning_selection_waits_for_every_task_of_a_method(tmp_path):
     assert lora.loc[chosen, "at_grid_edge"] == (chosen in (lora.index.min(), lora.index.max()))
     assert not lora.loc[~lora["chosen"], "at_grid_edge"].any()
     with pytest.raises(TuningIncompleteError, match="27 of 60 runs not done"):
-        select_learning_rates("tune", str(tmp_path))
+        select_learning_rates(str(grid), str(tmp_path))

@@ -141,7 +141,8 @@ def test_profiles_expand_and_estimate(tmp_path):
 
 def test_tuning_and_ablations_share_the_cpu_studys_budget(tmp_path):
     cpu, tune, ablations = (load_profile(n) for n in ("cpu", "tune", "ablations"))
-    for task, budget in tune["tasks"].items():
+    pilot = load_profile("tune_rte")  # the stopped RTE half of the first tuning grid
+    for task, budget in (tune["tasks"] | pilot["tasks"]).items():
         assert budget == cpu["tasks"][task]  # same epochs and caps as the study they tune
 
     def training(defaults: dict) -> dict:  # what shapes training (evaluations and selection aside)
@@ -149,10 +150,14 @@ def test_tuning_and_ablations_share_the_cpu_studys_budget(tmp_path):
             k: v for k, v in defaults.items() if k not in ("heldout_fraction", "evals_per_epoch")
         }
 
-    assert training(tune["defaults"]) == training(cpu["defaults"])
+    assert training(tune["defaults"]) == training(cpu["defaults"]) == training(pilot["defaults"])
+    assert tune["defaults"]["heldout_fraction"] == pilot["defaults"]["heldout_fraction"]
     tuned = {label for label in cpu["methods"]} - {"tinyattn_e4"}
     assert set(tune["methods"]) == tuned  # every method tuned (E = 4 borrows E = 1's rate)
-    assert all(len(m["learning_rates"]) == 3 for m in tune["methods"].values())
+    for label, method in tune["methods"].items():
+        # the first grid's three rates, and one more above, about 3x (1-3-10: half a decade)
+        first = pilot["methods"][label]["learning_rates"]
+        assert method["learning_rates"] == first + [pytest.approx(first[-1] * 3.16, rel=0.06)]
     shared = {r.run_id for r in expand(cpu, str(tmp_path), untuned_ok=True)} & {
         r.run_id for r in expand(ablations, str(tmp_path), untuned_ok=True)
     }
