@@ -214,3 +214,22 @@ def test_recompute_gives_the_same_gradients_with_dropout():
     for plain, recomputed in zip(*grads):
         torch.testing.assert_close(plain, recomputed)
     assert saved[1] < saved[0]  # the recomputed module really kept fewer tensors for backward
+
+
+@pytest.mark.parametrize("combine", ["mean", "sequential"])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_fused_residual_equals_residual_plus_update(combine, recompute):
+    x, mask = inputs()
+    residual = torch.randn_like(x)
+    results = []
+    for fused in (False, True):
+        module = randomised(TinyAttention(8, experts=3, dropout=0.5, combine=combine)).train()
+        module.recompute = recompute
+        xg, rg = x.clone().requires_grad_(), residual.clone().requires_grad_()
+        torch.manual_seed(0)  # the same dropout masks in both forms
+        out = module(xg, mask, residual=rg) if fused else rg + module(xg, mask)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out.detach(), xg.grad, rg.grad, *(p.grad for p in module.parameters())])
+    for plain, fused in zip(*results):
+        torch.testing.assert_close(fused, plain)
+    assert not torch.equal(results[0][0], residual)  # the update is really there

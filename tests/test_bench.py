@@ -7,7 +7,7 @@ import json
 import torch
 from conftest import tiny_batch, tiny_encoder
 
-from tinyattn.bench import flops_per_token, training_memory_mb
+from tinyattn.bench import flops_per_token, paired_ratio, training_memory_mb
 from tinyattn.cli import main as cli
 from tinyattn.methods import build_model
 
@@ -24,6 +24,16 @@ def test_quick_benchmark_emits_the_promised_json(capsys, tmp_path):
     assert result["train_step_ratio"]["lora"] == 1.0
     assert set(result["peak_memory_mb"]) >= {"full_ft", "lora", "tinyattn_e1", "tinyattn_e4"}
     assert result["machine"]["processor"] and result["versions"]["torch"]
+    paired = result["paired_inference_ratio"]
+    assert paired["backbone"] == {"median": 1.0, "q1": 1.0, "q3": 1.0}
+    assert paired["tinyattn_averaged"]["q1"] <= paired["tinyattn_averaged"]["q3"]
+    assert set(result["paired_train_step_ratio"]) == set(result["train_step_ratio"])
+
+
+def test_paired_ratio_divides_round_by_round():
+    # B takes twice A's time in every round while the machine's speed drifts 10x across rounds
+    rows = {"a": {"times_s": [1.0, 10.0, 3.0, 2.0]}, "b": {"times_s": [2.0, 20.0, 6.0, 4.0]}}
+    assert paired_ratio(rows, "b", "a") == {"median": 2.0, "q1": 2.0, "q3": 2.0}
 
 
 def test_memory_accounting_counts_gradients_and_optimizer_state():

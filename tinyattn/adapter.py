@@ -12,7 +12,7 @@ One expert e maps hidden states x (B, T, D) to an update
 
 and E experts are combined either as the mean of their updates (``combine="mean"``, the default) or one
 after another, each seeing the previous one's output (``combine="sequential"``, as the authors' code
-applies them). The caller adds the update residually.
+applies them). The update is added residually, by the caller or (``residual=``) inside the output GEMM.
 
 Why ``mean`` is the default: with identical experts it is *exactly* the single-expert model, so the
 weight-averaged deployment starts from the training-time function and departs from it only as far as the
@@ -25,7 +25,8 @@ function class, so they are left out here; ``paper_param_count`` reports the aut
 
 Implementation: every expert's weights are stored stacked on a leading expert axis, so the mean
 combination is one fused projection for all experts, one ``scaled_dot_product_attention`` call with E
-heads, and one output matmul, with no Python loop over experts.
+heads, and one output matmul that also adds the output bias and the residual, with no Python loop
+over experts.
 """
 
 from __future__ import annotations
@@ -126,19 +127,29 @@ class TinyAttention(nn.Module):
     #: Dropout masks are replayed, so gradients are unchanged. Off by default.
     recompute: bool = False
 
-    def forward(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None):
-        """hidden_states (B, T, D); padding_mask (B, T), nonzero/True at real tokens. Returns (B, T, D)."""
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
+    ):
+        """hidden_states (B, T, D); padding_mask (B, T), nonzero/True at real tokens. Returns the update
+        (B, T, D), or ``residual + update`` when ``residual`` (B, T, D) is given: the residual add is then
+        fused into the output projection, one pass over the hidden states instead of two."""
         if self.recompute and self.training and torch.is_grad_enabled():
-            return checkpoint(self._update, hidden_states, padding_mask, use_reentrant=False)
-        return self._update(hidden_states, padding_mask)
+            return checkpoint(
+                self._update, hidden_states, padding_mask, residual, use_reentrant=False
+            )
+        return self._update(hidden_states, padding_mask, residual)
 
-    def _update(self, hidden_states, padding_mask):
+    def _update(self, hidden_states, padding_mask, residual=None):
         if self.combine == "mean" or self.experts == 1:
-            return self._mean_update(hidden_states, padding_mask)
+            return self._mean_update(hidden_states, padding_mask, residual=residual)
         h = hidden_states
         for e in range(self.experts):  # each expert sees the previous expert's output
             h = h + self._mean_update(h, padding_mask, expert=e) / self.experts
-        return h - hidden_states
+        update = h - hidden_states
+        return update if residual is None else residual + update
 
     def _qkv(self, x, sl: slice):
         """Queries, keys and values of the experts in ``sl``, each (B, E, T, d)."""
@@ -152,8 +163,9 @@ class TinyAttention(nn.Module):
         qkv = F.linear(x_hat, w.reshape(E * 3 * d, D), b.reshape(E * 3 * d))  # (B, T, E*3d)
         return qkv.view(B, T, E, 3, d).permute(3, 0, 2, 1, 4)
 
-    def _mean_update(self, x, padding_mask, expert: int | None = None):
-        """Mean over experts of their updates (or one expert's update when ``expert`` is given)."""
+    def _mean_update(self, x, padding_mask, expert: int | None = None, residual=None):
+        """Mean over experts of their updates (or one expert's update when ``expert`` is given), plus
+        ``residual`` when given."""
         sl = slice(None) if expert is None else slice(expert, expert + 1)
         E = self.experts if expert is None else 1
         B, T, D = x.shape
@@ -167,10 +179,16 @@ class TinyAttention(nn.Module):
                 mask = padding_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = may attend
             p = self.dropout if self.training else 0.0
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, E, T, d)
-        # Output Linear of every expert, averaged: sum_e o_e U_e^T / E + mean_e c_e.
-        o = o.transpose(1, 2).reshape(B, T, E * d)  # (B, T, E*d)
-        u = self.out_weight[sl].permute(1, 0, 2).reshape(D, E * d)  # (D, E*d)
-        return F.linear(o, u / E, self.out_bias[sl].mean(0))  # (B, T, D)
+        # Output Linear of every expert, averaged: sum_e o_e U_e^T / E + mean_e c_e, as one GEMM with
+        # the bias folded in, [o, 1] [U^T / E; c], that also adds the residual. With E*d = 1 the product
+        # is cheap and the pass over (B, T, D) is the cost, so each pass saved counts (see Efficiency).
+        o = o.transpose(1, 2).reshape(B * T, E * d)
+        u = self.out_weight[sl].permute(1, 0, 2).reshape(D, E * d) / E  # (D, E*d)
+        o1 = torch.cat([o, o.new_ones(B * T, 1)], dim=1)  # (B*T, E*d + 1)
+        w1 = torch.cat([u.t(), self.out_bias[sl].mean(0, keepdim=True)])  # (E*d + 1, D)
+        if residual is None:
+            return (o1 @ w1).view(B, T, D)
+        return torch.addmm(residual.reshape(B * T, D), o1, w1).view(B, T, D)
 
     def attention_probs(
         self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None

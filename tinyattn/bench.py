@@ -89,9 +89,22 @@ def _timed(fn, sync) -> float:
     return time.perf_counter() - start
 
 
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
+    return q[0], statistics.median(values), q[2]
+
+
 def _summary(times: list[float]) -> dict:
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return {"median_s": statistics.median(times), "q1_s": q[0], "q3_s": q[2], "n": len(times)}
+    q1, median, q3 = _quartiles(times)
+    return {"median_s": median, "q1_s": q1, "q3_s": q3, "n": len(times), "times_s": times}
+
+
+def paired_ratio(rows: dict, name: str, reference: str) -> dict:
+    """``name``'s time over ``reference``'s, repetition by repetition (both ran in the same round, so
+    drift in the machine's speed cancels): median and quartiles of the per-round ratios."""
+    ratios = [a / b for a, b in zip(rows[name]["times_s"], rows[reference]["times_s"], strict=True)]
+    q1, median, q3 = _quartiles(ratios)
+    return {"median": median, "q1": q1, "q3": q3}
 
 
 def training_memory_mb(model, batch: dict, labels: torch.Tensor) -> dict:
@@ -239,6 +252,10 @@ def run_benchmark(
         name: infer[name]["median_s"] / infer["backbone"]["median_s"] for name in infer
     }
     results["peak_memory_mb"] = {name: train[name]["memory"]["total_mb"] for name in train}
+    results["paired_train_step_ratio"] = {name: paired_ratio(train, name, "lora") for name in train}
+    results["paired_inference_ratio"] = {
+        name: paired_ratio(infer, name, "backbone") for name in infer
+    }
     return results
 
 

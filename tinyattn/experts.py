@@ -235,7 +235,8 @@ def capture_attention(model: EncoderClassifier, batch: dict) -> list[torch.Tenso
     captured: list[torch.Tensor] = []
 
     def record(module, args, kwargs, output):
-        captured.append(module.attention_probs(*args, **kwargs).float().cpu())
+        inputs = {k: v for k, v in kwargs.items() if k != "residual"}  # what attention reads
+        captured.append(module.attention_probs(*args, **inputs).float().cpu())
 
     layers = adapters_of(model).layers
     handles = [layer.register_forward_hook(record, with_kwargs=True) for layer in layers]

@@ -115,7 +115,7 @@ class TinyAttentionAdapters(nn.Module):
                 source = attended
             else:
                 source = args[0] if args else kwargs["hidden_states"]  # the layer's input
-            updated = attended + self.layers[index](source, self._padding_mask)
+            updated = self.layers[index](source, self._padding_mask, residual=attended)
             return (updated, *output[1:]) if isinstance(output, tuple) else updated
 
         return add_update
