@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import torch
 from conftest import tiny_batch, tiny_encoder
+from torch import nn
 
-from tinyattn.bench import flops_per_token, paired_ratio, training_memory_mb
+from tinyattn.adapter import TinyAttention
+from tinyattn.bench import _batch, flops_per_token, paired_ratio, training_memory_mb
 from tinyattn.cli import main as cli
 from tinyattn.methods import build_model
+from tinyattn.model import DEFAULT_BACKBONE, load_encoder
 
 
 def test_quick_benchmark_emits_the_promised_json(capsys, tmp_path):
@@ -59,3 +63,21 @@ def test_flops_per_token():
         base < flops_per_token("tinyattn_averaged", **args) < flops_per_token("tinyattn_e4", **args)
     )
     assert flops_per_token("tinyattn_averaged", **args) / base < 1.01  # the adapter is tiny
+
+
+def test_tiny_attention_trains_in_less_memory_than_lora_on_the_packaged_backbone():
+    # the efficiency target, at its sequence length (every saved activation scales with the batch)
+    base = load_encoder(DEFAULT_BACKBONE)
+    batch, labels = _batch(8, 128, base.config.vocab_size), torch.zeros(8, dtype=torch.long)
+
+    def memory(method: str, options: dict, recompute: bool = True) -> float:
+        model = build_model(method, copy.deepcopy(base), 2, options).train()
+        for layer in getattr(model, "tiny_attention", nn.Module()).modules():
+            if isinstance(layer, TinyAttention):
+                layer.recompute = recompute
+        return training_memory_mb(model, batch, labels)["total_mb"]
+
+    lora = memory("lora", {})
+    assert memory("tinyattn", {}) < lora and memory("tinyattn", {"experts": 4}) < lora
+    # what the default's recomputation saves: kept, four experts' attention maps cost more than LoRA
+    assert memory("tinyattn", {"experts": 4}, recompute=False) > lora

@@ -123,9 +123,11 @@ class TinyAttention(nn.Module):
 
     # ------------------------------------------------------------------ forward
     #: Recompute the module in the backward pass instead of keeping its activations (its attention
-    #: probabilities, B x E x T x T, and LayerNorm output): less training memory for a little compute.
-    #: Dropout masks are replayed, so gradients are unchanged. Off by default.
-    recompute: bool = False
+    #: probabilities, B x E x T x T, and LayerNorm output): the module's forward runs twice, which is
+    #: cheap next to the backbone's, and a training step then needs less memory than LoRA's (see the
+    #: Efficiency chapter). Dropout masks are replayed, so gradients are unchanged. Set it to False on
+    #: an instance to keep the activations instead.
+    recompute: bool = True
 
     def forward(
         self,
