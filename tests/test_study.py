@@ -16,6 +16,7 @@ import yaml
 from tinyattn.cli import main as cli
 from tinyattn.study import (
     TRAIN_NOTEBOOK,
+    estimate_seconds,
     expand,
     load_profile,
     parse_shard,
@@ -245,6 +246,12 @@ def test_work_units_keep_two_stage_runs_after_their_twin_and_nothing_else_togeth
             assert not unit[0].two_stage and all(r.two_stage for r in unit[1:])
             assert {r.stage_one().run_id for r in unit[1:]} == {ids[0]}
     assert sum(len(u) > 1 for u in units) == 2 * 3  # one per (task, seed)
+    # task by task in the profile's order, the longest units of a task first
+    tasks = [u[0].task for u in units]
+    assert tasks == sorted(tasks, key=list(load_profile("ablations")["tasks"]).index)
+    for task in set(tasks):
+        cost = [sum(estimate_seconds(r) for r in u) for u in units if u[0].task == task]
+        assert cost == sorted(cost, reverse=True) and len(units[tasks.index(task)]) > 1
     assert len(work_units([r for r in runs if not r.two_stage])) == sum(
         not r.two_stage for r in runs
     )

@@ -418,7 +418,11 @@ def run_study(
 
 def work_units(todo: list[RunParams]) -> list[list[RunParams]]:
     """The runs in units that may run in parallel: each run alone, except that a two-stage run goes
-    after its E = 1 twin in one unit when both are to run (so the twin's saved adapter is there)."""
+    after its E = 1 twin in one unit when both are to run (so the twin's saved adapter is there).
+
+    Tasks keep the profile's order; within a task the longest units go first, so that the task's
+    last unit does not leave a job idle (and the two-stage runs, which the experts analysis reads,
+    finish early)."""
     units: dict[str, list[RunParams]] = {p.run_id: [p] for p in todo}
     for params in todo:
         if params.two_stage:
@@ -426,8 +430,12 @@ def work_units(todo: list[RunParams]) -> list[list[RunParams]]:
             if twin in units and params.run_id in units and units[twin] is not units[params.run_id]:
                 units[twin].extend(units[params.run_id])
                 units[params.run_id] = units[twin]
-    unique = {id(u): u for u in units.values()}
-    return list(unique.values())
+    unique = list({id(u): u for u in units.values()}.values())
+    task_rank = {task: i for i, task in enumerate(dict.fromkeys(p.task for p in todo))}
+    return sorted(
+        unique,
+        key=lambda u: (task_rank[u[0].task], -sum(estimate_seconds(p) for p in u)),
+    )
 
 
 def run_analyses(
