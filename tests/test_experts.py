@@ -237,8 +237,16 @@ def test_notebook_end_to_end_on_toy_runs(tmp_path, data_dir, monkeypatch):
     }
     out = tmp_path / "analysis"
     analyse = dict(out_dir="runs", analysis_dir=str(out), notebook_parameters=quick, log=print)
+    # while the independent run is unfinished, the two-stage run is analysed alone ...
+    record = tmp_path / "runs" / f"{independent['run_id']}.json"
+    later = record.rename(record.with_suffix(".later"))
     assert run_analyses(str(tmp_path / "toy.yaml"), **analyse) == [staged["run_id"]]
+    assert json.loads((out / f"{staged['run_id']}.json").read_text())["independent"] is None
     assert run_analyses(str(tmp_path / "toy.yaml"), **analyse) == []  # done before: skipped
+    # ... and once it has finished, again with it beside it; then nothing is left to do
+    later.rename(record)
+    assert run_analyses(str(tmp_path / "toy.yaml"), **analyse) == [staged["run_id"]]
+    assert run_analyses(str(tmp_path / "toy.yaml"), **analyse) == []
     assert (out / f"{staged['run_id']}.ipynb").is_file()  # the executed notebook is kept
     tables = experts.collect_reports(out)
     assert len(tables["variants"]) == 2 * len(experts.VARIANTS)

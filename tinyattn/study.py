@@ -452,23 +452,28 @@ def run_analyses(
 ) -> list[str]:
     """Run the experts analysis notebook on every finished ``experts_label`` run of a profile that
     saved its adapter, with the same task and seed's ``independent_label`` run beside it when there
-    is one; the executed notebook and its report go to ``analysis_dir``. Returns the analysed run ids;
-    runs analysed before are skipped unless ``force``. ``notebook_parameters`` override the notebook's
-    other parameters (sample sizes, repeats)."""
+    is one; the executed notebook and its report go to ``analysis_dir``. Returns the analysed run ids.
+    A run analysed before is skipped unless ``force``, or unless its independent twin has finished
+    since (the report is then redone with it). ``notebook_parameters`` override the notebook's other
+    parameters (sample sizes, repeats)."""
     import papermill
 
     runs = expand(load_profile(profile_name), out_dir)
     independent = {(r.task, r.seed): r for r in runs if r.label == independent_label}
     analysed = []
     for params in [r for r in runs if r.label == experts_label]:
-        report = Path(analysis_dir) / f"{params.run_id}.json"
-        if (report.exists() and not force) or not _analysable(params):
+        if not _analysable(params):
             continue
         other = independent.get((params.task, params.seed))
+        twin = other.run_id if other and _analysable(other) else None
+        report = Path(analysis_dir) / f"{params.run_id}.json"
+        if report.exists() and not force:
+            if twin is None or json.loads(report.read_text()).get("independent"):
+                continue
         parameters = {
             "task": params.task,
             "run_id": params.run_id,
-            "independent_run_id": other.run_id if other and _analysable(other) else None,
+            "independent_run_id": twin,
             "runs_dir": out_dir,
             "out_dir": analysis_dir,
             **(notebook_parameters or {}),
