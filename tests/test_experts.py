@@ -186,7 +186,7 @@ def test_missing_adapter_folder_is_named(tmp_path):
 @pytest.mark.slow
 def test_notebook_end_to_end_on_toy_runs(tmp_path, data_dir, monkeypatch):
     """A toy profile's two-stage and independent E = 2 runs, analysed by ``tinyattn analyse``'s
-    function through the papermill notebook; a second call finds nothing left to do."""
+    function through the papermill notebook: alone, then again once the independent run is there."""
     import yaml
 
     from tinyattn.experiment import run
