@@ -131,4 +131,11 @@ def selection_table(profile_name: str, out_dir: str = "results/runs") -> pd.Data
         key in chosen and key[1] in (grid.loc[key[0], "min"], grid.loc[key[0], "max"])
         for key in wide.index
     ]
-    return wide.reset_index()
+    order = {method: i for i, method in enumerate(dict.fromkeys(table["method"]))}
+    return (
+        wide.reset_index()
+        .sort_values(
+            ["method", "learning_rate"], key=lambda c: c.map(order) if c.name == "method" else c
+        )
+        .reset_index(drop=True)
+    )
