@@ -32,6 +32,10 @@ def test_quick_benchmark_emits_the_promised_json(capsys, tmp_path):
     assert paired["backbone"] == {"median": 1.0, "q1": 1.0, "q3": 1.0}
     assert paired["tinyattn_averaged"]["q1"] <= paired["tinyattn_averaged"]["q3"]
     assert set(result["paired_train_step_ratio"]) == set(result["train_step_ratio"])
+    share = result["inference"]["16"]["tinyattn_averaged"]["adapter_share"]
+    assert 0 < share["q1"] <= share["median"] <= share["q3"] < 1  # the adapters take part of a pass
+    implied = result["share_inference_ratio"]["tinyattn_averaged"]["median"]
+    assert implied == 1 / (1 - share["median"])
 
 
 def test_paired_ratio_divides_round_by_round():

@@ -29,6 +29,7 @@ TRAIN_METHODS = {  # bench name -> (registered method, options)
     "tinyattn_e4": ("tinyattn", {"experts": 4}),
     "tinyattn_e4_stored": ("tinyattn", {"experts": 4}),  # activations kept, not recomputed
 }
+TINY_INFER = ("tinyattn_e4", "tinyattn_averaged")  # their adapters' share of a pass is timed too
 INFER_METHODS = (
     "backbone",
     "tinyattn_e4",
@@ -65,6 +66,36 @@ def _inference_model(name: str, encoder):
             model.encoder = model.encoder.merge_and_unload()
         return model
     return build_model(name, encoder, 2)
+
+
+class AdapterClock:
+    """Wall time spent inside a model's tiny-attention modules, measured around each call.
+
+    The adapter's share of one forward pass is a ratio of two times from the same pass, so whatever
+    the machine does between passes cancels; the backbone alone would take the rest of the pass.
+    """
+
+    def __init__(self, model, sync) -> None:
+        from tinyattn.adapter import TinyAttention
+
+        self.seconds, self._start, self._sync = 0.0, 0.0, sync
+        layers = [m for m in model.modules() if isinstance(m, TinyAttention)]
+        self._handles = [h for m in layers for h in self._attach(m)]
+
+    def _attach(self, module):
+        def start(*_):
+            self._sync()
+            self._start = time.perf_counter()
+
+        def stop(*_):
+            self._sync()
+            self.seconds += time.perf_counter() - self._start
+
+        return module.register_forward_pre_hook(start), module.register_forward_hook(stop)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 def _rotated(models: dict, rep: int) -> list:
@@ -229,13 +260,26 @@ def run_benchmark(
             for name in INFER_METHODS
         }
         times = {name: [] for name in infer}
+        clocks = {name: AdapterClock(infer[name], sync) for name in TINY_INFER}
+        shares = {name: [] for name in clocks}
         with torch.inference_mode():
             for rep in range(warmup + repeats):
                 for name, model in _rotated(infer, rep):
+                    if name in clocks:
+                        clocks[name].seconds = 0.0
                     elapsed = _timed(partial(model, **batch), sync)
                     if rep >= warmup:
                         times[name].append(elapsed)
+                        if name in clocks:
+                            shares[name].append(clocks[name].seconds / elapsed)
         results["inference"][str(length)] = {name: _summary(t) for name, t in times.items()}
+        for name, share in shares.items():
+            q1, median, q3 = _quartiles(share)
+            results["inference"][str(length)][name]["adapter_share"] = {
+                "median": median,
+                "q1": q1,
+                "q3": q3,
+            }
         del infer
         results["flops_per_token"][str(length)] = {
             name: flops_per_token(
@@ -255,6 +299,11 @@ def run_benchmark(
     results["paired_train_step_ratio"] = {name: paired_ratio(train, name, "lora") for name in train}
     results["paired_inference_ratio"] = {
         name: paired_ratio(infer, name, "backbone") for name in infer
+    }
+    # the latency ratio implied by the adapters' share s of their own pass: 1 / (1 - s)
+    results["share_inference_ratio"] = {
+        name: {k: 1 / (1 - v) for k, v in infer[name]["adapter_share"].items()}
+        for name in TINY_INFER
     }
     return results
 
