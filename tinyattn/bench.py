@@ -69,29 +69,50 @@ def _inference_model(name: str, encoder):
 
 
 class AdapterClock:
-    """Wall time spent inside a model's tiny-attention modules, measured around each call.
+    """Time spent inside a model's tiny-attention modules, measured around each call.
 
     The adapter's share of one forward pass is a ratio of two times from the same pass, so whatever
     the machine does between passes cancels; the backbone alone would take the rest of the pass.
+    On a GPU the clock records CUDA events on the stream instead of synchronising around each
+    module, so that timing the adapter does not slow the pass it is a share of.
     """
 
-    def __init__(self, model, sync) -> None:
+    def __init__(self, model, device: str = "cpu") -> None:
         from tinyattn.adapter import TinyAttention
 
-        self.seconds, self._start, self._sync = 0.0, 0.0, sync
+        self._cuda = device.startswith("cuda")
+        self._seconds, self._start, self._events = 0.0, 0.0, []
         layers = [m for m in model.modules() if isinstance(m, TinyAttention)]
         self._handles = [h for m in layers for h in self._attach(m)]
 
     def _attach(self, module):
         def start(*_):
-            self._sync()
-            self._start = time.perf_counter()
+            if self._cuda:
+                self._events.append(torch.cuda.Event(enable_timing=True))
+                self._events[-1].record()
+            else:
+                self._start = time.perf_counter()
 
         def stop(*_):
-            self._sync()
-            self.seconds += time.perf_counter() - self._start
+            if self._cuda:
+                self._events.append(torch.cuda.Event(enable_timing=True))
+                self._events[-1].record()
+            else:
+                self._seconds += time.perf_counter() - self._start
 
         return module.register_forward_pre_hook(start), module.register_forward_hook(stop)
+
+    def reset(self) -> None:
+        self._seconds, self._events = 0.0, []
+
+    @property
+    def seconds(self) -> float:
+        """Time inside the modules since the last reset (on a GPU, once the stream has finished)."""
+        if not self._cuda:
+            return self._seconds
+        torch.cuda.synchronize()
+        pairs = zip(self._events[::2], self._events[1::2], strict=True)
+        return sum(a.elapsed_time(b) for a, b in pairs) / 1000
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -206,15 +227,20 @@ def run_benchmark(
     repeats: int = 7,
     device: str | None = None,
     threads: int | None = None,
+    weights: bool = True,
 ) -> dict:
+    """Time and memory of every method on one backbone. ``weights=False`` builds the backbone from
+    its config with random weights (for machines that have the config but not the checkpoint): the
+    computation, hence every timing and memory figure, does not depend on the weights' values."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if threads:
         torch.set_num_threads(threads)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    base = load_encoder(backbone)
+    base = load_encoder(backbone, weights=weights)
     cfg = base.config
     results: dict = {
         "backbone": backbone,
+        "weights": "pretrained" if weights else "random (architecture from the backbone's config)",
         "batch_size": batch_size,
         "lengths": list(lengths),
         "warmup": warmup,
@@ -260,13 +286,13 @@ def run_benchmark(
             for name in INFER_METHODS
         }
         times = {name: [] for name in infer}
-        clocks = {name: AdapterClock(infer[name], sync) for name in TINY_INFER}
+        clocks = {name: AdapterClock(infer[name], device) for name in TINY_INFER}
         shares = {name: [] for name in clocks}
         with torch.inference_mode():
             for rep in range(warmup + repeats):
                 for name, model in _rotated(infer, rep):
                     if name in clocks:
-                        clocks[name].seconds = 0.0
+                        clocks[name].reset()
                     elapsed = _timed(partial(model, **batch), sync)
                     if rep >= warmup:
                         times[name].append(elapsed)

@@ -189,7 +189,9 @@ def cmd_bench(args) -> int:
             "warmup": args.warmup,
             "repeats": args.repeats,
         }
-    result = run_benchmark(backbone=args.backbone, threads=args.threads, **settings)
+    result = run_benchmark(
+        backbone=args.backbone, threads=args.threads, weights=not args.random_weights, **settings
+    )
     result["git"] = git_commit()
     if args.out:
         write_json_atomic(args.out, result)
@@ -252,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    p.add_argument(
+        "--random-weights",
+        dest="random_weights",
+        action="store_true",
+        help="build the backbone from its config alone (timings do not depend on the weights)",
+    )
     p.add_argument("--out", help="also write the JSON here (e.g. results/bench/cpu.json)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)

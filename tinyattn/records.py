@@ -57,11 +57,20 @@ def git_commit(path: str | Path = ".") -> dict:
             timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return _commit_from_environment()
     if commit.returncode != 0:
-        return {"commit": None, "dirty": None}
+        return _commit_from_environment()
     changed = [line[3:] for line in status.stdout.splitlines() if line.strip()]
     return {"commit": commit.stdout.strip(), "dirty": bool(changed), "changed_files": changed}
+
+
+def _commit_from_environment() -> dict:
+    """For a copy of the code without its git history (a remote machine, an unpacked archive): the
+    commit named by ``TINYATTN_GIT_COMMIT``, if whoever copied it set that variable."""
+    commit = os.environ.get("TINYATTN_GIT_COMMIT")
+    if not commit:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": None, "source": "TINYATTN_GIT_COMMIT"}
 
 
 def machine() -> dict:
