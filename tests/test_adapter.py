@@ -233,3 +233,45 @@ def test_fused_residual_equals_residual_plus_update(combine, recompute):
     for plain, fused in zip(*results):
         torch.testing.assert_close(fused, plain)
     assert not torch.equal(results[0][0], residual)  # the update is really there
+
+
+@pytest.mark.parametrize("head_dim", [1, 3])
+def test_zero_padded_heads_change_nothing(head_dim):
+    """Padding q, k and v to a width of 8 (what a GPU gets) gives the same update and gradients."""
+    x, mask = inputs()
+    results = []
+    for pad_heads in ("never", "always"):
+        module = randomised(TinyAttention(8, head_dim=head_dim, experts=3))
+        module.pad_heads = pad_heads
+        xg = x.clone().requires_grad_()
+        out = module(xg, mask)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out.detach(), xg.grad, *(p.grad for p in module.parameters())])
+    for plain, padded in zip(*results):
+        torch.testing.assert_close(padded, plain)
+    torch.testing.assert_close(results[1][0], reference_update(module, x, mask).detach())
+
+
+def test_inference_reuses_folded_weights_until_a_parameter_changes():
+    module = randomised(TinyAttention(8, experts=3))
+    x, mask = inputs()
+    with torch.no_grad():
+        first = module(x, mask)
+        folded = module._fold_cache[(None, None)][1]
+        module(x, mask)
+        assert module._fold_cache[(None, None)][1] is folded  # reused, not recomputed
+    torch.testing.assert_close(first, module(x, mask))  # equal to the pass that folds afresh
+
+    # an optimiser step changes the weights in place: the next inference pass must use the new ones
+    module(x, mask).pow(2).sum().backward()
+    torch.optim.SGD(module.parameters(), lr=0.5).step()
+    with torch.inference_mode():
+        stepped = module(x, mask)
+    assert not torch.allclose(stepped, first)
+    torch.testing.assert_close(stepped, reference_update(module, x, mask).detach())
+
+    # so does loading another module's weights
+    other = randomised(TinyAttention(8, experts=3), seed=5)
+    module.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(module(x, mask), other(x, mask))

@@ -36,6 +36,13 @@ def test_quick_benchmark_emits_the_promised_json(capsys, tmp_path):
     assert 0 < share["q1"] <= share["median"] <= share["q3"] < 1  # the adapters take part of a pass
     implied = result["share_inference_ratio"]["tinyattn_averaged"]["median"]
     assert implied == 1 / (1 - share["median"])
+    assert result["weights"] == "pretrained"
+    calls = result["inference_dispatch"]["16"]
+    assert calls["lora_merged"]["aten_calls_per_pass"] == calls["backbone"]["aten_calls_per_pass"]
+    assert (
+        calls["tinyattn_averaged"]["aten_calls_per_pass"] > calls["backbone"]["aten_calls_per_pass"]
+    )
+    assert calls["backbone"]["kernels_per_pass"] == 0  # no GPU here
 
 
 def test_paired_ratio_divides_round_by_round():

@@ -129,6 +129,13 @@ class TinyAttention(nn.Module):
     #: an instance to keep the activations instead.
     recompute: bool = True
 
+    #: Zero-pad each head to a width of 8 before attention: ``"cuda"`` (default) on a GPU only, or
+    #: ``"always"`` / ``"never"``. A GPU's fused attention kernels need a head width that is a multiple
+    #: of 8; with d = 1 ``scaled_dot_product_attention`` falls back to its unfused path, which writes the
+    #: (B, E, T, T) scores to memory in several kernels. The padded entries add 0 to every score and their
+    #: outputs are dropped, so the result is unchanged. On a CPU the unfused path is the faster one.
+    pad_heads: str = "cuda"
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -153,17 +160,44 @@ class TinyAttention(nn.Module):
         update = h - hidden_states
         return update if residual is None else residual + update
 
-    def _qkv(self, x, sl: slice):
+    def _fold(self, sl: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The experts in ``sl`` as three matrices for one GEMM each.
+
+        Each expert's LayerNorm affine is folded into its q/k/v projection: ``w_qkv`` (E*3d, D) and
+        ``b_qkv`` (E*3d). The averaged output Linear and its bias are stacked as [U^T / E; mean_e c_e]
+        into ``w_out`` (E*d + 1, D).
+        """
+        w_all = self.qkv_weight[sl]
+        E, D = w_all.shape[0], self.hidden_size
+        w = w_all * self.norm_weight[sl, None, :]  # (E, 3d, D)
+        b = self.qkv_bias[sl] + torch.einsum("eod,ed->eo", w_all, self.norm_bias[sl])  # (E, 3d)
+        u = self.out_weight[sl].permute(1, 0, 2).reshape(D, -1) / E  # (D, E*d)
+        w_out = torch.cat([u.t(), self.out_bias[sl].mean(0, keepdim=True)])  # (E*d + 1, D)
+        return w.reshape(-1, D), b.reshape(-1), w_out
+
+    def _folded(self, sl: slice):
+        """``_fold``, computed once and reused while no gradient is recorded and no parameter changed.
+
+        At inference the folding is a dozen small operations per pass that depend on the weights alone;
+        on a GPU each is a kernel launch. The cache is keyed on every parameter's storage and version
+        counter, which any in-place update (an optimiser step, ``load_state_dict``) advances."""
+        params = list(self.parameters())
+        if torch.is_grad_enabled() or any(p.is_inference() for p in params):
+            return self._fold(sl)
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        cache = self.__dict__.setdefault("_fold_cache", {})
+        hit = cache.get((sl.start, sl.stop))
+        if hit is None or hit[0] != key:
+            hit = cache[(sl.start, sl.stop)] = (key, self._fold(sl))
+        return hit[1]
+
+    def _qkv(self, x, sl: slice, folded=None):
         """Queries, keys and values of the experts in ``sl``, each (B, E, T, d)."""
         B, T, D = x.shape
-        w_all = self.qkv_weight[sl]
-        E, d = w_all.shape[0], self.head_dim
-        # Fold each expert's LayerNorm affine into its q/k/v projection: one matmul for all experts.
-        x_hat = F.layer_norm(x, (D,))  # (B, T, D)
-        w = w_all * self.norm_weight[sl, None, :]  # (E, 3d, D)
-        b = self.qkv_bias[sl] + torch.einsum("eod,ed->eo", w_all, self.norm_bias[sl])
-        qkv = F.linear(x_hat, w.reshape(E * 3 * d, D), b.reshape(E * 3 * d))  # (B, T, E*3d)
-        return qkv.view(B, T, E, 3, d).permute(3, 0, 2, 1, 4)
+        w, b, _ = folded or self._folded(sl)
+        x_hat = F.layer_norm(x, (D,))  # (B, T, D); the affine is in w and b
+        qkv = F.linear(x_hat, w, b)  # (B, T, E*3d): one matmul for all experts
+        return qkv.view(B, T, -1, 3, self.head_dim).permute(3, 0, 2, 1, 4)
 
     def _mean_update(self, x, padding_mask, expert: int | None = None, residual=None):
         """Mean over experts of their updates (or one expert's update when ``expert`` is given), plus
@@ -172,7 +206,8 @@ class TinyAttention(nn.Module):
         E = self.experts if expert is None else 1
         B, T, D = x.shape
         d = self.head_dim
-        q, k, v = self._qkv(x, sl)  # each (B, E, T, d)
+        folded = self._folded(sl)
+        q, k, v = self._qkv(x, sl, folded)  # each (B, E, T, d)
         if self.context == "self":
             o = v  # softmax over the token itself is 1: the value passes through
         else:
@@ -180,14 +215,23 @@ class TinyAttention(nn.Module):
             if padding_mask is not None:
                 mask = padding_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = may attend
             p = self.dropout if self.training else 0.0
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, E, T, d)
+            pad = (
+                (-d) % 8
+                if self.pad_heads == "always" or (self.pad_heads == "cuda" and q.is_cuda)
+                else 0
+            )
+            if pad:
+                q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+            o = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=p, scale=1 / math.sqrt(d)
+            )  # (B, E, T, d + pad)
+            o = o[..., :d] if pad else o
         # Output Linear of every expert, averaged: sum_e o_e U_e^T / E + mean_e c_e, as one GEMM with
         # the bias folded in, [o, 1] [U^T / E; c], that also adds the residual. With E*d = 1 the product
         # is cheap and the pass over (B, T, D) is the cost, so each pass saved counts (see Efficiency).
         o = o.transpose(1, 2).reshape(B * T, E * d)
-        u = self.out_weight[sl].permute(1, 0, 2).reshape(D, E * d) / E  # (D, E*d)
         o1 = torch.cat([o, o.new_ones(B * T, 1)], dim=1)  # (B*T, E*d + 1)
-        w1 = torch.cat([u.t(), self.out_bias[sl].mean(0, keepdim=True)])  # (E*d + 1, D)
+        w1 = folded[2]  # (E*d + 1, D)
         if residual is None:
             return (o1 @ w1).view(B, T, D)
         return torch.addmm(residual.reshape(B * T, D), o1, w1).view(B, T, D)

@@ -119,6 +119,32 @@ class AdapterClock:
             handle.remove()
 
 
+def dispatch_profile(model, batch: dict, passes: int = 5) -> dict:
+    """What one inference pass asks of the machine: operator calls dispatched (``aten::`` calls, nested
+    ones included) and, on a GPU, kernels launched and their summed device time. When the pass is short,
+    each call's fixed cost (Python, dispatch, launch) rather than the arithmetic sets the latency."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = next(model.parameters()).is_cuda
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with torch.inference_mode():
+        model(**batch)
+        with profile(activities=activities) as prof:
+            for _ in range(passes):
+                model(**batch)
+            if cuda:
+                torch.cuda.synchronize()
+    events = prof.events()
+    ops = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    return {
+        "aten_calls_per_pass": len(ops) / passes,
+        "kernels_per_pass": len(kernels) / passes,
+        "kernel_ms_per_pass": sum(e.time_range.elapsed_us() for e in kernels) / passes / 1000,
+    }
+
+
 def _rotated(models: dict, rep: int) -> list:
     """The methods in an order that starts one further along each repetition: whatever the machine
     does to the first (or last) measurement of a round falls on every method alike."""
@@ -299,6 +325,12 @@ def run_benchmark(
                         if name in clocks:
                             shares[name].append(clocks[name].seconds / elapsed)
         results["inference"][str(length)] = {name: _summary(t) for name, t in times.items()}
+        for clock in clocks.values():
+            clock.remove()
+        results.setdefault("inference_dispatch", {})[str(length)] = {
+            name: dispatch_profile(infer[name], batch)
+            for name in ("backbone", "tinyattn_averaged", "tinyattn_e4", "lora_merged")
+        }
         for name, share in shares.items():
             q1, median, q3 = _quartiles(share)
             results["inference"][str(length)][name]["adapter_share"] = {
