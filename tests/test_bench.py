@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import torch
 from conftest import tiny_batch, tiny_encoder
 from torch import nn
 
 from tinyattn.adapter import TinyAttention
-from tinyattn.bench import _batch, flops_per_token, paired_ratio, training_memory_mb
+from tinyattn.bench import (
+    _batch,
+    flops_per_token,
+    paired_ratio,
+    runs_table,
+    training_memory_mb,
+)
 from tinyattn.cli import main as cli
 from tinyattn.methods import build_model
 from tinyattn.model import DEFAULT_BACKBONE, load_encoder
@@ -43,6 +50,14 @@ def test_quick_benchmark_emits_the_promised_json(capsys, tmp_path):
         calls["tinyattn_averaged"]["aten_calls_per_pass"] > calls["backbone"]["aten_calls_per_pass"]
     )
     assert calls["backbone"]["kernels_per_pass"] == 0  # no GPU here
+
+    # the table that compares runs across processes; an older run without the dispatch count still fits
+    older = {k: v for k, v in result.items() if k != "inference_dispatch"}
+    table = runs_table({"new": result, "old": older})
+    assert table.loc["new", "averaged / backbone"] == paired["tinyattn_averaged"]["median"]
+    assert table.loc["new", "batch × tokens"] == "2 × 16"
+    assert table.loc["new", "kernels per pass, averaged"] == 0
+    assert math.isnan(table.loc["old", "kernels per pass, averaged"])
 
 
 def test_paired_ratio_divides_round_by_round():

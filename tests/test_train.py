@@ -109,3 +109,17 @@ def test_end_to_end_sst2_beats_majority(tmp_path, data_dir):
     majority = majority_baseline("sst2", [r["label"] for r in train], [r["label"] for r in dev])
     assert record["eval_examples"] == 872
     assert record["best"]["metrics"]["accuracy"] > majority["accuracy"] + 0.10, record["best"]
+
+
+def test_a_commit_named_in_the_environment_wins_over_git(monkeypatch):
+    from tinyattn.records import git_commit
+
+    here = git_commit()
+    assert here["commit"] and "source" not in here  # this checkout's own git metadata
+    monkeypatch.setenv("TINYATTN_GIT_COMMIT", "0123abc (adapter.py of 4567def)")
+    named = git_commit()
+    assert named == {
+        "commit": "0123abc (adapter.py of 4567def)",
+        "dirty": None,
+        "source": "TINYATTN_GIT_COMMIT",
+    }

@@ -397,3 +397,44 @@ def cost_tables(bench: dict):
         }
     ).T.round(3)
     return train, infer
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")  # no kernels counted (a CPU run) or none recorded
+
+
+def runs_table(benches: dict):
+    """One row per benchmark run (name -> its JSON), for comparing runs of one configuration across
+    processes and code versions: inference ratios end to end (per-round, median) and from the in-pass
+    share, the null control, what a pass dispatches, and the E = 4 training step against LoRA's."""
+    import pandas as pd
+
+    rows = {}
+    for name, bench in benches.items():
+        length = str(bench["lengths"][-1])
+        paired, share = bench["paired_inference_ratio"], bench["share_inference_ratio"]
+        calls = bench.get("inference_dispatch", {}).get(length, {})
+        nan = float("nan")
+
+        def dispatched(method: str, key: str, calls=calls, nan=nan) -> float:
+            return calls.get(method, {}).get(key, nan)
+
+        rows[name] = {
+            "batch × tokens": f"{bench['batch_size']} × {length}",
+            "averaged / backbone": paired["tinyattn_averaged"]["median"],
+            "averaged, in-pass share": share["tinyattn_averaged"]["median"],
+            "E = 4 / backbone": paired["tinyattn_e4"]["median"],
+            "merged LoRA / backbone (null control)": paired["lora_merged"]["median"],
+            "backbone ms": 1000 * bench["inference"][length]["backbone"]["median_s"],
+            "backbone kernel ms": dispatched("backbone", "kernel_ms_per_pass"),
+            "kernels per pass, backbone": dispatched("backbone", "kernels_per_pass"),
+            "kernels per pass, averaged": dispatched("tinyattn_averaged", "kernels_per_pass"),
+            "kernel time, averaged / backbone": _ratio(
+                dispatched("tinyattn_averaged", "kernel_ms_per_pass"),
+                dispatched("backbone", "kernel_ms_per_pass"),
+            ),
+            "E = 4 / LoRA (training step)": bench["paired_train_step_ratio"]["tinyattn_e4"][
+                "median"
+            ],
+        }
+    return pd.DataFrame(rows).T

@@ -41,7 +41,12 @@ def versions() -> dict[str, str | None]:
 
 
 def git_commit(path: str | Path = ".") -> dict:
-    """The commit of the checkout that ran the code, and which tracked files differed from it."""
+    """The commit of the checkout that ran the code, and which tracked files differed from it.
+
+    ``TINYATTN_GIT_COMMIT``, when set, names the code instead: for a copy whose git metadata is missing
+    or is not that of the code that runs (a copy sent to another machine, an unpacked archive)."""
+    if os.environ.get("TINYATTN_GIT_COMMIT"):
+        return _commit_from_environment()
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
@@ -65,8 +70,7 @@ def git_commit(path: str | Path = ".") -> dict:
 
 
 def _commit_from_environment() -> dict:
-    """For a copy of the code without its git history (a remote machine, an unpacked archive): the
-    commit named by ``TINYATTN_GIT_COMMIT``, if whoever copied it set that variable."""
+    """The commit named by ``TINYATTN_GIT_COMMIT``, if whoever copied the code set that variable."""
     commit = os.environ.get("TINYATTN_GIT_COMMIT")
     if not commit:
         return {"commit": None, "dirty": None}
