@@ -275,3 +275,32 @@ def test_inference_reuses_folded_weights_until_a_parameter_changes():
     module.load_state_dict(other.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(module(x, mask), other(x, mask))
+
+
+@pytest.mark.parametrize("head_dim, experts", [(1, 1), (1, 4), (3, 2)])
+@pytest.mark.parametrize("combine", ["mean", "sequential"])
+def test_cpu_inference_path_computes_the_training_function(head_dim, experts, combine):
+    """Without gradients a CPU folds the LayerNorm into the projection and, for a rank-one update,
+    adds it elementwise; the result must be the function that training computes."""
+    module = randomised(
+        TinyAttention(8, head_dim=head_dim, experts=experts, combine=combine), seed=3
+    )
+    x, mask = inputs()
+    x = 3 * x + 2  # an offset mean: the folded variance, E[x^2] - mean^2, must not lose it
+    residual = torch.randn_like(x)
+    plain = module(x, mask, residual=residual)  # gradients on: LayerNorm, then the projection
+    assert plain.requires_grad
+    with torch.inference_mode():
+        fast = module(x, mask, residual=residual)
+        update = module(x, mask)
+    torch.testing.assert_close(fast, plain.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(update, (plain - residual).detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(update, reference_update(module, x, mask).detach())
+
+
+def test_cpu_inference_path_survives_tokens_without_variance():
+    # E[x^2] - mean^2 of a constant token is 0 up to rounding, which can come out negative: no NaN
+    module = TinyAttention(384).eval()
+    x = torch.linspace(1, 2000, 64)[:, None, None].expand(64, 1, 384).contiguous()
+    with torch.no_grad():
+        assert torch.isfinite(module(x, None, residual=x)).all()

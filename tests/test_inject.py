@@ -193,3 +193,16 @@ def test_counts_on_packaged_backbone_match_formula(fresh_minilm, experts):
 def test_bad_method_options_are_named(options, message):
     with pytest.raises(ValueError, match=message):
         build_model("tinyattn", tiny_encoder("bert"), 2, options)
+
+
+def test_a_batch_without_padding_attends_without_a_mask():
+    model = with_adapters("bert", experts=2)
+    batch = tiny_batch()
+    whole = {k: v[:1] for k, v in batch.items()}  # the first row has no padding
+    assert whole["attention_mask"].all()
+    got = model.encoder(**whole).last_hidden_state
+    assert model.tiny_attention._padding_mask is None  # the adapters got no mask ...
+    want = manual_bert_forward(model, whole)  # ... and compute what they compute with one
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    model.encoder(**batch)
+    assert model.tiny_attention._padding_mask is not None  # a padded batch keeps its mask

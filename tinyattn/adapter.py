@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,19 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 COMBINES = ("mean", "sequential")
+LN_EPS = 1e-5  # nn.LayerNorm's default
+
+
+class Folded(NamedTuple):
+    """One layer's experts as matrices ready for one GEMM each."""
+
+    w: torch.Tensor  # (E*3d, D): q/k/v projections, each expert's LayerNorm scale folded in
+    b: torch.Tensor  # (E*3d,): their biases, each expert's LayerNorm shift folded in
+    w_out: torch.Tensor  # (E*d + 1, D): [U^T / E; mean_e c_e], the averaged output Linear and bias
+    w_mean: torch.Tensor  # (E*3d + 1, D): w with a last row of 1/D, so x w_mean^T ends in x's mean
+    w_sum: torch.Tensor  # (E*3d,): the row sums of w
+
+
 CONTEXTS = ("full", "self")
 
 
@@ -160,22 +174,19 @@ class TinyAttention(nn.Module):
         update = h - hidden_states
         return update if residual is None else residual + update
 
-    def _fold(self, sl: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The experts in ``sl`` as three matrices for one GEMM each.
-
-        Each expert's LayerNorm affine is folded into its q/k/v projection: ``w_qkv`` (E*3d, D) and
-        ``b_qkv`` (E*3d). The averaged output Linear and its bias are stacked as [U^T / E; mean_e c_e]
-        into ``w_out`` (E*d + 1, D).
-        """
+    def _fold(self, sl: slice) -> Folded:
+        """The experts in ``sl`` as matrices for one GEMM each (see ``Folded``)."""
         w_all = self.qkv_weight[sl]
         E, D = w_all.shape[0], self.hidden_size
         w = w_all * self.norm_weight[sl, None, :]  # (E, 3d, D)
         b = self.qkv_bias[sl] + torch.einsum("eod,ed->eo", w_all, self.norm_bias[sl])  # (E, 3d)
         u = self.out_weight[sl].permute(1, 0, 2).reshape(D, -1) / E  # (D, E*d)
         w_out = torch.cat([u.t(), self.out_bias[sl].mean(0, keepdim=True)])  # (E*d + 1, D)
-        return w.reshape(-1, D), b.reshape(-1), w_out
+        w = w.reshape(-1, D)
+        w_mean = torch.cat([w, w.new_full((1, D), 1.0 / D)])
+        return Folded(w, b.reshape(-1), w_out, w_mean, w.sum(-1))
 
-    def _folded(self, sl: slice):
+    def _folded(self, sl: slice) -> Folded:
         """``_fold``, computed once and reused while no gradient is recorded and no parameter changed.
 
         At inference the folding is a dozen small operations per pass that depend on the weights alone;
@@ -191,12 +202,27 @@ class TinyAttention(nn.Module):
             hit = cache[(sl.start, sl.stop)] = (key, self._fold(sl))
         return hit[1]
 
-    def _qkv(self, x, sl: slice, folded=None):
-        """Queries, keys and values of the experts in ``sl``, each (B, E, T, d)."""
+    def _qkv(self, x, folded: Folded, fold_norm: bool = False):
+        """Queries, keys and values of the folded experts, each (B, E, T, d).
+
+        ``fold_norm``: apply the LayerNorm inside the projection, LN(x) w^T = rstd (x w^T - mean w 1),
+        with the token's mean as one more output of the same GEMM and its second moment from one norm
+        over D, so that no normalised copy of x is written and read back. On a CPU that copy, not the
+        arithmetic, is the largest cost of the adapter (see Efficiency); on a GPU the extra small
+        operations would each be a kernel launch, so there it stays a LayerNorm.
+        """
         B, T, D = x.shape
-        w, b, _ = folded or self._folded(sl)
-        x_hat = F.layer_norm(x, (D,))  # (B, T, D); the affine is in w and b
-        qkv = F.linear(x_hat, w, b)  # (B, T, E*3d): one matmul for all experts
+        if fold_norm:
+            y = F.linear(x, folded.w_mean)  # (B, T, E*3d + 1): x w^T, then the mean
+            mean = y[..., -1:]
+            second = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(D)
+            var = second.sub_(mean * mean).clamp_(min=0)
+            qkv = torch.addcmul(
+                folded.b, y[..., :-1] - mean * folded.w_sum, var.add_(LN_EPS).rsqrt_()
+            )
+        else:
+            x_hat = F.layer_norm(x, (D,), eps=LN_EPS)  # (B, T, D); the affine is in w and b
+            qkv = F.linear(x_hat, folded.w, folded.b)  # (B, T, E*3d): one matmul for all experts
         return qkv.view(B, T, -1, 3, self.head_dim).permute(3, 0, 2, 1, 4)
 
     def _mean_update(self, x, padding_mask, expert: int | None = None, residual=None):
@@ -207,7 +233,10 @@ class TinyAttention(nn.Module):
         B, T, D = x.shape
         d = self.head_dim
         folded = self._folded(sl)
-        q, k, v = self._qkv(x, sl, folded)  # each (B, E, T, d)
+        # Inference on a CPU (no gradient recorded) takes the passes that cost least there; training and
+        # GPUs keep the plain form. Both compute the same function (tested against each other).
+        cpu_inference = not torch.is_grad_enabled() and not x.is_cuda
+        q, k, v = self._qkv(x, folded, fold_norm=cpu_inference)  # each (B, E, T, d)
         if self.context == "self":
             o = v  # softmax over the token itself is 1: the value passes through
         else:
@@ -230,8 +259,13 @@ class TinyAttention(nn.Module):
         # the bias folded in, [o, 1] [U^T / E; c], that also adds the residual. With E*d = 1 the product
         # is cheap and the pass over (B, T, D) is the cost, so each pass saved counts (see Efficiency).
         o = o.transpose(1, 2).reshape(B * T, E * d)
+        if cpu_inference and E * d == 1 and residual is not None:
+            # A rank-one update, residual + o u + c, in two elementwise passes: a GEMM whose inner
+            # dimension is 2 runs several times slower than that on a CPU.
+            out = torch.addcmul(residual.reshape(B * T, D), o, folded.w_out[:1])
+            return out.add_(folded.w_out[1]).view(B, T, D)
         o1 = torch.cat([o, o.new_ones(B * T, 1)], dim=1)  # (B*T, E*d + 1)
-        w1 = folded[2]  # (E*d + 1, D)
+        w1 = folded.w_out  # (E*d + 1, D)
         if residual is None:
             return (o1 @ w1).view(B, T, D)
         return torch.addmm(residual.reshape(B * T, D), o1, w1).view(B, T, D)
@@ -253,7 +287,7 @@ class TinyAttention(nn.Module):
         if self.context == "self":
             eye = torch.eye(T, device=hidden_states.device, dtype=hidden_states.dtype)
             return eye.expand(B, self.experts, T, T).clone()
-        q, k, _ = self._qkv(hidden_states, slice(None))
+        q, k, _ = self._qkv(hidden_states, self._folded(slice(None)))
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, E, T, T)
         if padding_mask is not None:
             keep = padding_mask.bool()[:, None, None, :]

@@ -106,7 +106,13 @@ class TinyAttentionAdapters(nn.Module):
 
     def _capture_mask(self, module, args, kwargs):
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        self._padding_mask = mask if mask is not None and mask.dim() == 2 else None
+        if mask is None or mask.dim() != 2:
+            mask = None
+        elif not mask.is_cuda and bool(mask.all()):
+            # No padding in the batch: attending without a mask is the same function and takes a faster
+            # kernel, as the backbone's own attention does. (On a GPU the check would wait for it.)
+            mask = None
+        self._padding_mask = mask
 
     def _hook_for(self, index: int):
         def add_update(module, args, kwargs, output):
