@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinyattn.adapter import TinyAttention, paper_param_count, param_count
+from tinyattn.adapter import TinyAttention, dropout_keep_mask, paper_param_count, param_count
 
 
 def reference_update(module: TinyAttention, x: torch.Tensor, mask: torch.Tensor | None):
@@ -304,3 +304,37 @@ def test_cpu_inference_path_survives_tokens_without_variance():
     x = torch.linspace(1, 2000, 64)[:, None, None].expand(64, 1, 384).contiguous()
     with torch.no_grad():
         assert torch.isfinite(module(x, None, residual=x)).all()
+
+
+def test_dropout_keep_mask_has_its_rate_and_follows_the_seed():
+    torch.manual_seed(0)
+    keep = dropout_keep_mask((1000, 1000), 0.1)
+    assert keep.dtype == torch.bool and keep.shape == (1000, 1000)
+    assert abs(keep.float().mean().item() - 0.9) < 0.002  # 1e6 draws: sd 3e-4
+    assert abs(keep[:, :500].float().mean() - keep[:, 500:].float().mean()) < 0.003  # no pattern
+    torch.manual_seed(0)
+    assert torch.equal(keep, dropout_keep_mask((1000, 1000), 0.1))
+    assert dropout_keep_mask((7, 3), 0.0).all()
+
+
+def test_cpu_training_attention_applies_the_mask_it_draws(monkeypatch):
+    import tinyattn.adapter as adapter_module
+
+    module = randomised(TinyAttention(8, experts=2, dropout=0.25)).train()
+    x, mask = inputs()
+    drawn = []
+    draw = adapter_module.dropout_keep_mask
+    monkeypatch.setattr(
+        adapter_module,
+        "dropout_keep_mask",
+        lambda *a, **k: drawn.append(draw(*a, **k)) or drawn[-1],
+    )
+    update = module(x, mask)
+    (keep,) = drawn
+    assert 0 < keep.float().mean() < 1
+    # the same update by hand, with that mask
+    q, k, v = module._qkv(x, module._fold(slice(None)))
+    scores = (q @ k.transpose(-1, -2)).masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
+    o = (scores.softmax(-1) * keep) @ v / 0.75  # (B, E, T, d)
+    want = torch.einsum("betd,eDd->btD", o, module.out_weight) / 2 + module.out_bias.mean(0)
+    torch.testing.assert_close(update, want)

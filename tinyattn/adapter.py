@@ -26,7 +26,9 @@ function class, so they are left out here; ``paper_param_count`` reports the aut
 Implementation: every expert's weights are stored stacked on a leading expert axis, so the mean
 combination is one fused projection for all experts, one ``scaled_dot_product_attention`` call with E
 heads, and one output matmul that also adds the output bias and the residual, with no Python loop
-over experts.
+over experts. A CPU takes cheaper forms of the same function where they pay: at inference the LayerNorm
+inside the projection and an elementwise rank-one update (``_qkv``, ``_mean_update``), in training a cheaper
+attention-dropout mask (``attend_with_dropout``). Each is tested against the plain form.
 """
 
 from __future__ import annotations
@@ -244,17 +246,10 @@ class TinyAttention(nn.Module):
             if padding_mask is not None:
                 mask = padding_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = may attend
             p = self.dropout if self.training else 0.0
-            pad = (
-                (-d) % 8
-                if self.pad_heads == "always" or (self.pad_heads == "cuda" and q.is_cuda)
-                else 0
-            )
-            if pad:
-                q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
-            o = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=p, scale=1 / math.sqrt(d)
-            )  # (B, E, T, d + pad)
-            o = o[..., :d] if pad else o
+            if p > 0 and not q.is_cuda:  # a CPU training step: see attend_with_dropout
+                o = attend_with_dropout(q, k, v, mask, p, scale=1 / math.sqrt(d))
+            else:
+                o = self._attend(q, k, v, mask, p)
         # Output Linear of every expert, averaged: sum_e o_e U_e^T / E + mean_e c_e, as one GEMM with
         # the bias folded in, [o, 1] [U^T / E; c], that also adds the residual. With E*d = 1 the product
         # is cheap and the pass over (B, T, D) is the cost, so each pass saved counts (see Efficiency).
@@ -269,6 +264,21 @@ class TinyAttention(nn.Module):
         if residual is None:
             return (o1 @ w1).view(B, T, D)
         return torch.addmm(residual.reshape(B * T, D), o1, w1).view(B, T, D)
+
+    def _attend(self, q, k, v, mask, p: float):
+        """``scaled_dot_product_attention`` of each expert's head, padded to a width of 8 on a GPU."""
+        d = q.shape[-1]
+        pad = (
+            (-d) % 8
+            if self.pad_heads == "always" or (self.pad_heads == "cuda" and q.is_cuda)
+            else 0
+        )
+        if pad:
+            q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=p, scale=1 / math.sqrt(d)
+        )  # (B, E, T, d + pad)
+        return o[..., :d] if pad else o
 
     def attention_probs(
         self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None
@@ -355,6 +365,46 @@ class TinyAttention(nn.Module):
                 noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
                 param.add_(noise.to(param.device) * noise_std)
         return new
+
+
+def dropout_keep_mask(shape, p: float, device=None) -> torch.Tensor:
+    """Keep (True) with probability 1 - p, independently per element: dropout's mask.
+
+    Each decision is made from 16 random bits, cut from 64-bit integers, so a mask takes a quarter as many
+    draws from the generator as elements; ``torch.bernoulli_`` draws a double per element, which on a CPU
+    made the mask the largest cost of the adapter's training step. ``p`` is rounded to a multiple of 1/65536
+    (0.1 becomes 0.100006). Draws come from torch's default generator, so seeding and the recomputation's
+    replay of the generator state work as for any other dropout.
+    """
+    n = math.prod(shape)
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
+    bits = words.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
+    return bits >= -32768 + round(p * 65536)
+
+
+def attend_with_dropout(q, k, v, mask, p: float, scale: float) -> torch.Tensor:
+    """Attention with dropout p on its probabilities, for a CPU training step.
+
+    The same function as ``scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+    scale=scale)``, which on a CPU computes dropout through the unfused path anyway; only the mask is drawn
+    more cheaply (``dropout_keep_mask``). q, k, v (B, E, T, d); mask (B, 1, 1, T), True = may attend.
+    """
+    if q.shape[-1] == 1:
+        scores = q * k.transpose(-1, -2)  # (B, E, T, T): with d = 1, an outer product, one pass
+    else:
+        scores = torch.matmul(q, k.transpose(-1, -2))
+    if scale != 1.0:
+        scores = scores * scale
+    if (
+        mask is not None
+    ):  # an additive (B, 1, 1, T) bias: cheaper than filling the (B, E, T, T) scores
+        bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
+        scores = scores + bias.masked_fill_(~mask, float("-inf"))
+    keep = dropout_keep_mask(scores.shape, p, scores.device)
+    probs = scores.softmax(dim=-1) * torch.where(
+        keep, 1 / (1 - p), 0.0
+    )  # dropped, the rest rescaled
+    return torch.matmul(probs, v)
 
 
 def param_count(hidden_size: int, head_dim: int = 1, experts: int = 1) -> int:
