@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 COMBINES = ("mean", "sequential")
+CONTEXTS = ("full", "self")
 LN_EPS = 1e-5  # nn.LayerNorm's default
 
 
@@ -54,9 +55,6 @@ class Folded(NamedTuple):
     w_out: torch.Tensor  # (E*d + 1, D): [U^T / E; mean_e c_e], the averaged output Linear and bias
     w_mean: torch.Tensor  # (E*3d + 1, D): w with a last row of 1/D, so x w_mean^T ends in x's mean
     w_sum: torch.Tensor  # (E*3d,): the row sums of w
-
-
-CONTEXTS = ("full", "self")
 
 
 class TinyAttention(nn.Module):
@@ -386,8 +384,9 @@ def attend_with_dropout(q, k, v, mask, p: float, scale: float) -> torch.Tensor:
     """Attention with dropout p on its probabilities, for a CPU training step.
 
     The same function as ``scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-    scale=scale)``, which on a CPU computes dropout through the unfused path anyway; only the mask is drawn
-    more cheaply (``dropout_keep_mask``). q, k, v (B, E, T, d); mask (B, 1, 1, T), True = may attend.
+    scale=scale)``, which on a CPU computes dropout through its unfused path anyway. Here the mask is drawn
+    more cheaply (``dropout_keep_mask``), the d = 1 scores are an outer product, and padding is an additive
+    bias. q, k, v (B, E, T, d); mask (B, 1, 1, T), True = may attend.
     """
     if q.shape[-1] == 1:
         scores = q * k.transpose(-1, -2)  # (B, E, T, T): with d = 1, an outer product, one pass
@@ -395,15 +394,13 @@ def attend_with_dropout(q, k, v, mask, p: float, scale: float) -> torch.Tensor:
         scores = torch.matmul(q, k.transpose(-1, -2))
     if scale != 1.0:
         scores = scores * scale
-    if (
-        mask is not None
-    ):  # an additive (B, 1, 1, T) bias: cheaper than filling the (B, E, T, T) scores
+    if mask is not None:
+        # padding as an additive (B, 1, 1, T) bias: cheaper than filling the (B, E, T, T) scores
         bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
         scores = scores + bias.masked_fill_(~mask, float("-inf"))
     keep = dropout_keep_mask(scores.shape, p, scores.device)
-    probs = scores.softmax(dim=-1) * torch.where(
-        keep, 1 / (1 - p), 0.0
-    )  # dropped, the rest rescaled
+    scaled_keep = torch.where(keep, 1 / (1 - p), 0.0).to(scores.dtype)  # 0, or 1 / (1 - p) if kept
+    probs = scores.softmax(dim=-1) * scaled_keep
     return torch.matmul(probs, v)
 
 
