@@ -190,7 +190,7 @@ def test_notebook_end_to_end_on_toy_runs(tmp_path, data_dir, monkeypatch):
     import yaml
 
     from tinyattn.experiment import run
-    from tinyattn.study import expand, load_profile, run_analyses
+    from tinyattn.study import REPO, expand, load_profile, run_analyses
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TINYATTN_DATA_DIR", str(data_dir))
@@ -247,7 +247,9 @@ def test_notebook_end_to_end_on_toy_runs(tmp_path, data_dir, monkeypatch):
     later.rename(record)
     assert run_analyses(str(tmp_path / "toy.yaml"), **analyse) == [staged["run_id"]]
     assert run_analyses(str(tmp_path / "toy.yaml"), **analyse) == []
-    assert (out / f"{staged['run_id']}.ipynb").is_file()  # the executed notebook is kept
+    executed = (out / f"{staged['run_id']}.ipynb").read_text()  # the executed notebook is kept ...
+    assert str(REPO.resolve()) not in executed  # ... and names no path of this checkout
+    assert '"input_path": "notebooks/experts.ipynb"' in executed
     tables = experts.collect_reports(out)
     assert len(tables["variants"]) == 2 * len(experts.VARIANTS)
     assert set(tables["variants"]["init"]) == set(tables["similarity"]["init"])

@@ -256,3 +256,23 @@ def test_work_units_keep_two_stage_runs_after_their_twin_and_nothing_else_togeth
     assert len(work_units([r for r in runs if not r.two_stage])) == sum(
         not r.two_stage for r in runs
     )
+
+
+def test_portable_notebook_drops_the_checkouts_location(tmp_path):
+    from tinyattn.study import REPO, portable_notebook
+
+    root = str(REPO.resolve())
+    notebook = {
+        "metadata": {"papermill": {"input_path": f"{root}/notebooks/experts.ipynb"}},
+        "cells": [
+            {"outputs": [{"name": "stderr", "text": [f"{root}/.venv/lib/x.py:1: Warning\n"]}]}
+        ],
+    }
+    path = tmp_path / "n.ipynb"
+    path.write_text(json.dumps(notebook))
+    portable_notebook(path)
+    text = path.read_text()
+    assert root not in text
+    tidied = json.loads(text)
+    assert tidied["metadata"]["papermill"]["input_path"] == "notebooks/experts.ipynb"
+    assert tidied["cells"][0]["outputs"][0]["text"] == [".venv/lib/x.py:1: Warning\n"]

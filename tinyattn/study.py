@@ -26,7 +26,12 @@ import yaml
 
 from tinyattn.data import get_task
 from tinyattn.experiment import RunParams
-from tinyattn.records import CorruptRecordError, read_record, write_json_atomic
+from tinyattn.records import (
+    CorruptRecordError,
+    read_record,
+    write_json_atomic,
+    write_text_atomic,
+)
 from tinyattn.tuning import TuningIncompleteError, select_learning_rates
 
 REPO = Path(__file__).resolve().parent.parent
@@ -480,15 +485,27 @@ def run_analyses(
         }
         log(f"analysing {params.run_id} (independent: {parameters['independent_run_id']})")
         Path(analysis_dir).mkdir(parents=True, exist_ok=True)
+        executed = Path(analysis_dir) / f"{params.run_id}.ipynb"
         papermill.execute_notebook(
             str(notebook),
-            str(Path(analysis_dir) / f"{params.run_id}.ipynb"),
+            str(executed),
             parameters=parameters,
             progress_bar=False,
             cwd=str(Path.cwd()),
         )
+        portable_notebook(executed)
         analysed.append(params.run_id)
     return analysed
+
+
+def portable_notebook(path: str | Path, root: Path = REPO) -> None:
+    """Make an executed notebook fit to commit: every mention of the checkout's own location (papermill's
+    input path, library warnings that name the installed packages) becomes relative to it."""
+    path = Path(path)
+    prefix = json.dumps(str(root.resolve()) + "/")[1:-1]  # as it is spelled inside the JSON text
+    text = path.read_text()
+    if prefix in text:
+        write_text_atomic(path, text.replace(prefix, ""))
 
 
 def _analysable(params: RunParams) -> bool:
