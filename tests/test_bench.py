@@ -40,7 +40,9 @@ def test_quick_benchmark_emits_the_promised_json(capsys, tmp_path):
     assert paired["tinyattn_averaged"]["q1"] <= paired["tinyattn_averaged"]["q3"]
     assert set(result["paired_train_step_ratio"]) == set(result["train_step_ratio"])
     share = result["inference"]["16"]["tinyattn_averaged"]["adapter_share"]
-    assert 0 < share["q1"] <= share["median"] <= share["q3"] < 1  # the adapters take part of a pass
+    # the adapters take part of a pass (with two rounds, the quartiles extrapolate beyond the two values,
+    # so only the median is bound to lie between 0 and 1)
+    assert share["q1"] <= share["median"] <= share["q3"] and 0 < share["median"] < 1
     implied = result["share_inference_ratio"]["tinyattn_averaged"]["median"]
     assert implied == 1 / (1 - share["median"])
     assert result["weights"] == "pretrained"
