@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -148,6 +150,27 @@ def test_out_init_survives_from_pretrained(tmp_path):
         assert 0 < layer.out_weight.abs().max() <= bound
         assert 0.3 * bound < layer.out_weight.abs().max()  # scaled, not zeroed
         assert torch.equal(layer.norm_weight, torch.ones_like(layer.norm_weight))
+
+
+@pytest.mark.parametrize("placement", ["after_attention", "parallel_attention"])
+@pytest.mark.parametrize("clone", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))])
+def test_copied_model_uses_its_own_adapters(placement, clone):
+    """A deep copy (or a pickled copy) runs its own adapters; changing or detaching them leaves the
+    original alone."""
+    model = with_adapters("bert", placement=placement)
+    batch = tiny_batch()
+    before = model(**batch)
+    twin = clone(model)
+    torch.testing.assert_close(twin(**batch), before)
+    with torch.no_grad():
+        for layer in twin.tiny_attention.layers:
+            layer.out_bias.add_(1.0)
+    changed = twin(**batch)
+    assert not torch.allclose(changed, before)
+    torch.testing.assert_close(model(**batch), before)
+    twin.tiny_attention.detach_hooks()
+    torch.testing.assert_close(model(**batch), before)
+    assert not torch.allclose(twin(**batch), changed)  # the twin's own hooks were the ones removed
 
 
 def test_experts_averaged_context_restores_experts():

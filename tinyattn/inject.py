@@ -17,6 +17,7 @@ adapter, as in the authors' code.
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 
@@ -101,7 +102,9 @@ class TinyAttentionAdapters(nn.Module):
         self._padding_mask: torch.Tensor | None = None
         self._handles = [encoder.register_forward_pre_hook(self._capture_mask, with_kwargs=True)]
         for index, sublayer in enumerate(sublayers):
-            hook = self._hook_for(index)
+            # Bound methods, not closures: ``copy.deepcopy(model)`` rebinds a bound method to the copy's
+            # adapters, whereas a closure would keep calling the original's.
+            hook = functools.partial(self._add_update, index)
             self._handles.append(sublayer.register_forward_hook(hook, with_kwargs=True))
 
     def _capture_mask(self, module, args, kwargs):
@@ -114,17 +117,14 @@ class TinyAttentionAdapters(nn.Module):
             mask = None
         self._padding_mask = mask
 
-    def _hook_for(self, index: int):
-        def add_update(module, args, kwargs, output):
-            attended = output[0] if isinstance(output, tuple) else output  # (B, T, D)
-            if self.config.placement == "after_attention":
-                source = attended
-            else:
-                source = args[0] if args else kwargs["hidden_states"]  # the layer's input
-            updated = self.layers[index](source, self._padding_mask, residual=attended)
-            return (updated, *output[1:]) if isinstance(output, tuple) else updated
-
-        return add_update
+    def _add_update(self, index: int, module, args, kwargs, output):
+        attended = output[0] if isinstance(output, tuple) else output  # (B, T, D)
+        if self.config.placement == "after_attention":
+            source = attended
+        else:
+            source = args[0] if args else kwargs["hidden_states"]  # the layer's input
+        updated = self.layers[index](source, self._padding_mask, residual=attended)
+        return (updated, *output[1:]) if isinstance(output, tuple) else updated
 
     def detach_hooks(self) -> None:
         for handle in self._handles:
