@@ -235,6 +235,23 @@ def test_fused_residual_equals_residual_plus_update(combine, recompute):
     assert not torch.equal(results[0][0], residual)  # the update is really there
 
 
+@pytest.mark.parametrize("experts", [1, 4])
+def test_mixed_precision_keeps_the_residual_in_float32(experts):
+    """Under bf16 autocast the fused residual add must not round the hidden states to bf16: an update
+    far below their rounding step (about 1/256 of their size) still arrives."""
+    x, mask = inputs(D=64)
+    residual = torch.randn_like(x) * 10
+    module = randomised(TinyAttention(64, experts=experts, dropout=0.0)).train()
+    with torch.no_grad():
+        module.out_weight.mul_(1e-4)
+        module.out_bias.mul_(1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        update = module(x, mask)
+        out = module(x, mask, residual=residual)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out - residual, update.float(), rtol=0.02, atol=5e-6)
+
+
 @pytest.mark.parametrize("head_dim", [1, 3])
 def test_zero_padded_heads_change_nothing(head_dim):
     """Padding q, k and v to a width of 8 (what a GPU gets) gives the same update and gradients."""

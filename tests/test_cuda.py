@@ -89,8 +89,8 @@ def test_adapter_on_gpu_matches_cpu(head_dim, experts, combine, context):
     gpu_out, gpu_dx, gpu_grads = forward_backward(gpu.train(), x, mask, weights)
     close(gpu_out, cpu_out)
     close(gpu_dx, cpu_dx)
-    for name, grad in cpu_grads.items():
-        close(gpu_grads[name], grad)
+    for name, grad in cpu_grads.items():  # sums over every position: float32 order differs more
+        close(gpu_grads[name], grad, atol=2e-4, rtol=1e-3)
     with torch.no_grad():  # inference: folded LayerNorm on the CPU, cached folded weights on both
         for _ in range(2):  # the second call reads the cache
             expected = cpu.eval()(x, mask) * mask[..., None]
@@ -235,14 +235,25 @@ def test_two_stage_run_on_gpu_equals_cpu_run(offline_setup, tmp_path, monkeypatc
         assert ours["metrics"]["accuracy"] == pytest.approx(theirs["metrics"]["accuracy"], abs=0.02)
     state = {n: p for n, p in models["cpu"].named_parameters() if p.requires_grad}
     for name, param in models["cuda"].named_parameters():
-        if param.requires_grad:
-            close(param, state[name], atol=1e-3, rtol=1e-2)
+        if not param.requires_grad:
+            continue
+        expected = state[name]
+        if name.endswith("qkv_bias"):
+            # Not the key bias: softmax ignores a shift shared by all of a query's scores, so its
+            # gradient is zero but for rounding, which Adam scales up to steps of about the learning
+            # rate, differently on each device. The function does not depend on it (logits below).
+            keep = torch.arange(param.shape[-1]) // (param.shape[-1] // 3) != 1
+            param, expected = param[:, keep.to(param.device)], expected[:, keep]
+        close(param, expected, atol=1e-3, rtol=1e-2)
+    batch = tiny_batch(4, 10)
+    batch["input_ids"] = batch["input_ids"] % models["cpu"].encoder.config.vocab_size
+    with torch.no_grad():
+        expected = models["cpu"].eval()(**batch)
+        close(models["cuda"].eval()(**{k: v.to(CUDA) for k, v in batch.items()}), expected, 1e-3)
 
     # the adapter saved on the GPU, reloaded on the CPU, gives the GPU model's logits
     adapter_dir = tmp_path / "cuda" / "adapters" / records["cuda"]["run_id"]
     reloaded = load_adapter(adapter_dir, backbone=str(offline_setup[0])).eval()
-    batch = tiny_batch(4, 10)
-    batch["input_ids"] = batch["input_ids"] % reloaded.encoder.config.vocab_size
     with torch.no_grad():
         expected = models["cuda"].eval()(**{k: v.to(CUDA) for k, v in batch.items()})
         close(reloaded(**batch), expected, atol=1e-4)
@@ -256,9 +267,17 @@ def test_bf16_mixed_precision_run(
     if CUDA.type == "cuda" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    options = {"experts": 4} if method == "tinyattn" else {}
+    tinyattn = method == "tinyattn"  # the paper's model: four experts, two-stage, averaged
+    options = {"experts": 4} if tinyattn else {}
     record, model = run(
-        gpu_params(offline_setup, tmp_path, method=method, method_options=options, epochs=3)
+        gpu_params(
+            offline_setup,
+            tmp_path,
+            method=method,
+            method_options=options,
+            two_stage=tinyattn,
+            epochs=3,
+        )
     )
     assert AcceleratorState().mixed_precision == "bf16"
     losses = [e["train_loss"] for e in record["evaluations"]]

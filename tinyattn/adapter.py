@@ -261,6 +261,11 @@ class TinyAttention(nn.Module):
         w1 = folded.w_out  # (E*d + 1, D)
         if residual is None:
             return (o1 @ w1).view(B, T, D)
+        if torch.is_autocast_enabled(o1.device.type):
+            # Under mixed precision autocast would run addmm, the residual included, in bf16/fp16: the
+            # hidden states would be rounded at every layer and an update smaller than their rounding
+            # step lost. Add the half-precision update to the residual in the residual's precision.
+            return residual + (o1 @ w1).view(B, T, D)
         return torch.addmm(residual.reshape(B * T, D), o1, w1).view(B, T, D)
 
     def _attend(self, q, k, v, mask, p: float):
