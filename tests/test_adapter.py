@@ -235,6 +235,22 @@ def test_fused_residual_equals_residual_plus_update(combine, recompute):
     assert not torch.equal(results[0][0], residual)  # the update is really there
 
 
+@pytest.mark.parametrize("head_dim", [1, 4])
+def test_key_bias_gets_no_gradient(head_dim):
+    """The key bias shifts all of a query's scores alike, which the softmax ignores (Method chapter)."""
+    x, mask = inputs(D=16)
+    module = randomised(TinyAttention(16, head_dim=head_dim, experts=3, dropout=0.0)).train()
+    (
+        module(x, mask) * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    ).sum().backward()
+    grad = module.qkv_bias.grad  # (E, 3d): query, key, value biases
+    d = head_dim
+    assert grad[:, d : 2 * d].abs().max() < 1e-6 * grad.abs().max()
+    assert (grad[:, :d].abs().amax(-1) > 1e-4).all() and (
+        grad[:, 2 * d :].abs().amax(-1) > 1e-4
+    ).all()
+
+
 @pytest.mark.parametrize("experts", [1, 4])
 def test_mixed_precision_keeps_the_residual_in_float32(experts):
     """Under bf16 autocast the fused residual add must not round the hidden states to bf16: an update
