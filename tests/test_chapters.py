@@ -149,7 +149,7 @@ def test_heads_chapter_gives_a_verdict_on_finished_ablations_and_reports(finishe
     # averaged = trained form and E = 4 is 10 points ahead of E = 1 on every pair
     assert (
         "C2 holds on MiniLM-L6" in text
-        and "independently initialised experts: averaged 50.0" in text
+        and "independently initialised experts, as trained minus averaged: +35.00 points" in text
     )
 
 

@@ -697,3 +697,23 @@ def collect_reports(
         tag = {"run_id": report["run_id"], "task": report["task"], "init": init}
         tables["attention"].append(pd.DataFrame(report["attention_stats"]).assign(**tag))
     return {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in tables.items()}
+
+
+def deployment_comparison(variants: pd.DataFrame, init: str = "two-stage") -> pd.DataFrame:
+    """The experts as trained (``trained_form``) minus each other deployment, paired on the analysed
+    run, with a 95 % bootstrap interval: ``paired_comparison`` with runs in place of (task, seed).
+    ``variants``: ``collect_reports(...)["variants"]``; ``init``: ``"two-stage"`` or ``"independent"``."""
+    from tinyattn.aggregate import paired_comparison
+
+    part = variants[variants["init"] == init] if not variants.empty else variants
+    if part.empty or "trained_form" not in set(part["variant"]):
+        return pd.DataFrame()
+    runs = pd.DataFrame(
+        {
+            "task": part["task"],
+            "seed": part["run_id"],
+            "method": part["variant"],
+            "score": part["score"],
+        }
+    )
+    return paired_comparison(runs, "trained_form", "score")
