@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tinyattn.aggregate import difference_to, load_records, score_table, summarise
+from tinyattn.aggregate import (
+    below_probe,
+    difference_to,
+    load_records,
+    score_table,
+    summarise,
+)
 from tinyattn.records import write_json_atomic
 
 
@@ -113,3 +119,22 @@ def test_task_average_counts_only_seeds_that_finished_every_task():
     assert final.loc["ref", "mean"] == pytest.approx(avg.loc["ref", "mean"] - 1.0)
     with pytest.raises(ValueError, match="unknown score column"):
         summarise(runs, "dev")
+
+
+def test_below_probe_names_runs_under_every_probe_seed(tmp_path):
+    for i, (task, label, seed, score) in enumerate(
+        [
+            ("rte", "head_only", 1, 0.60),
+            ("rte", "head_only", 2, 0.64),
+            ("rte", "lora", 1, 0.70),
+            ("rte", "lora", 2, 0.50),  # collapsed: below both probe seeds
+            ("rte", "prefix", 1, 0.62),  # between the probe seeds: not flagged
+            ("sst2", "lora", 1, 0.10),  # no probe on this task: nothing to compare with
+        ]
+    ):
+        write_json_atomic(tmp_path / f"r{i}.json", record(f"r{i}", task, label, seed, score))
+    low = below_probe(load_records(tmp_path))
+    assert low[["task", "method", "seed"]].values.tolist() == [["rte", "lora", 2]]
+    assert low.loc[0, "probe_min"] == pytest.approx(60.0)
+    assert low.loc[0, "probe_mean"] == pytest.approx(62.0)
+    assert below_probe(load_records(tmp_path), probe="nothing").empty

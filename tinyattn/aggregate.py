@@ -144,6 +144,24 @@ def score_table(summary: pd.DataFrame, method_order: list[str] | None = None) ->
     return table.rename_axis(index=None, columns=None)
 
 
+def below_probe(runs: pd.DataFrame, score: str = "final_score", probe: str = "head_only"):
+    """Runs that scored below the linear probe on their task: the ``probe`` method's lowest seed.
+
+    The probe trains the head alone on the frozen backbone, so an adapter run below every probe seed
+    learned less than nothing added to the encoder; such a run (a collapse, a diverged seed) is kept in
+    every mean, and this table names it. Columns: task, method, seed, the run's score, the probe's
+    lowest and mean score. Empty where the probe has not run on a task.
+    """
+    columns = ["task", "method", "seed", score, "probe_min", "probe_mean"]
+    probes = runs[runs["method"] == probe].groupby("task")[score].agg(["min", "mean"])
+    if probes.empty:
+        return pd.DataFrame(columns=columns)
+    probes = probes.rename(columns={"min": "probe_min", "mean": "probe_mean"})
+    others = runs[runs["method"] != probe].join(probes, on="task", how="inner")
+    low = others[others[score] < others["probe_min"]]
+    return low[columns].sort_values(["task", "method", "seed"]).reset_index(drop=True)
+
+
 def task_average(runs: pd.DataFrame, score: str = "score") -> pd.DataFrame:
     """Per method: the average over tasks, as mean ± std over seeds of each seed's task average.
 
