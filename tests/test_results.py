@@ -10,7 +10,7 @@ import pytest
 from tinyattn.data import load_glue_task
 from tinyattn.metrics import majority_baseline
 from tinyattn.records import read_record
-from tinyattn.study import expand, load_profile
+from tinyattn.study import estimate_seconds, expand, load_profile
 
 RUNS = Path(__file__).resolve().parent.parent / "results" / "runs"
 
@@ -47,3 +47,22 @@ def test_every_baseline_beats_the_majority_class(data_dir):
             best_per_method[method] = max(best_per_method.get(method, 0.0), accuracy)
     for method, accuracy in best_per_method.items():  # clearly, at one of its learning rates
         assert accuracy > majority + 0.05, f"{method}: {accuracy:.3f} vs majority {majority:.3f}"
+
+
+def test_planning_estimate_matches_the_committed_runs():
+    """The runner's estimate of a run's CPU time (wall time x threads) is calibrated on the study's own
+    records: per method, the median of measured over estimated lies within a quarter of 1."""
+    ratios: dict[str, list[float]] = {}
+    for name in ("tune", "cpu"):
+        planned = {p.run_id: p for p in expand(load_profile(name), str(RUNS), untuned_ok=True)}
+        for run_id, params in planned.items():
+            path = RUNS / f"{run_id}.json"
+            if not path.is_file() or (record := read_record(path))["status"] != "done":
+                continue
+            threads = record["provenance"]["machine"].get("torch_threads") or 1
+            measured = record["wall_seconds"] * threads
+            ratios.setdefault(params.method, []).append(measured / estimate_seconds(params))
+    assert len(ratios) >= 8, sorted(ratios)
+    for method, values in ratios.items():
+        median = sorted(values)[len(values) // 2]
+        assert 0.75 < median < 1.25, (method, round(median, 2), len(values))

@@ -129,10 +129,10 @@ def test_shards_partition_the_grid():
 
 def test_profiles_expand_and_estimate(tmp_path):
     quick = plan("quick", out_dir=str(tmp_path))  # an empty results folder: every run pending
-    assert len(quick["runs"]) == 12 and 0 < quick["estimated_cpu_hours"] <= 0.25
+    assert len(quick["runs"]) == 12 and 0 < quick["estimated_cpu_hours"] <= 0.5
     cpu = plan("cpu", out_dir=str(tmp_path))
     assert {r["task"] for r in cpu["runs"]} == {"rte", "mrpc", "stsb", "cola", "sst2"}
-    assert cpu["estimated_cpu_hours"] <= 13
+    assert 0 < cpu["estimated_cpu_hours"] < 40
     per_method = {}
     for row in cpu["runs"]:
         per_method.setdefault(row["method"], []).append(row)

@@ -73,6 +73,7 @@ def _row(record: dict) -> dict:
         "stage_one_run_id": _reused_stage_one(record),
         "commit": record.get("provenance", {}).get("git", {}).get("commit"),
         "machine": record.get("provenance", {}).get("machine", {}).get("processor"),
+        "torch_threads": record.get("provenance", {}).get("machine", {}).get("torch_threads"),
     }
     row["adapter_plus_head_params"] = row["adapter_params"] + row["head_params"]
     row["adapter_percent"] = 100.0 * row["adapter_params"] / row["backbone_params"]
