@@ -34,12 +34,14 @@ MIXED = [1.0, -1.2, 0.5, -0.4, 0.9, -0.8]  # no resolved difference
         ({"a": AHEAD, "b": BEHIND}, True, "C1 does not hold on MiniLM-L6"),
         ({"a": AHEAD, "b": MIXED}, True, "C1 is not established on MiniLM-L6"),
         ({"a": AHEAD, "b": AHEAD[:1]}, True, "C1 is not established on MiniLM-L6"),
-        ({"a": AHEAD, "b": AHEAD}, False, "Provisional"),
+        ({"a": AHEAD, "b": BEHIND}, False, "Provisional"),
     ],
 )
 def test_c1(offsets, complete, head):
     text = verdicts.c1(comparison(**offsets), "ref", complete)
     assert text.startswith("**" + head)
+    if not complete:  # judged on the finished runs, and marked as such
+        assert "**C1 does not hold on MiniLM-L6**" in text
     if head == "C1 does not hold on MiniLM-L6":
         assert (
             "- worse than: `b`" in text

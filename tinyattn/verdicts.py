@@ -63,17 +63,16 @@ def c1(comparison: pd.DataFrame, reference: str, complete: bool) -> str:
         "- worse than: " + _names(worse),
         "- not resolved by these seeds and tasks: " + _names(unresolved),
     ]
-    if not complete:
-        head = PROVISIONAL
-    elif worse:
-        head = "**C1 does not hold on MiniLM-L6**: some methods beat tiny attention."
+    head = "" if complete else PROVISIONAL + " "
+    if worse:
+        head += "**C1 does not hold on MiniLM-L6**: some methods beat tiny attention."
     elif unresolved:
-        head = (
+        head += (
             "**C1 is not established on MiniLM-L6**: no method beats tiny attention, but not all "
             "differences are resolved."
         )
     else:
-        head = "**C1 holds on MiniLM-L6**: tiny attention beats every other method."
+        head += "**C1 holds on MiniLM-L6**: tiny attention beats every other method."
     return head + "\n" + "\n".join(lines)
 
 
