@@ -146,6 +146,55 @@ def test_deployment_forms_agree_exactly_for_identical_experts_only():
     assert list(adapters.layers) == slots and adapters.config.experts == 3
 
 
+def test_deployment_variants_reuse_the_single_experts(monkeypatch):
+    """The ensemble and single-expert variants are made from the single-expert passes: they must
+    score as their own passes would; latency is timed on the first ``latency_batches`` batches."""
+    model = _tiny_model()
+    _set_experts(model, same=False)
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for i in range(3):
+        batch = tiny_batch(seed=i)
+        batch["labels"] = torch.randint(0, 2, (3,), generator=gen)
+        batch["example_index"] = torch.arange(3 * i, 3 * i + 3)
+        batches.append(batch)
+    monkeypatch.setattr(experts, "make_dataloader", lambda *args, **kwargs: iter(batches))
+
+    singles, variants = experts.deployment_variants(
+        model, None, None, "sst2", repeats=2, latency_batches=1
+    )
+    by_name = variants.set_index("variant")
+    own = {
+        v: experts.variant_logits(model, v, batches)
+        for v in ("logit_ensemble", "trained_form", 0, 1, 2)
+    }
+    assert list(singles["expert"]) == [0, 1, 2]
+    for e in range(3):
+        assert singles.loc[e, "accuracy"] == experts._score("sst2", *own[e])["accuracy"]
+    ensemble = own["logit_ensemble"][0]
+    assert (
+        by_name.loc["logit_ensemble", "accuracy"]
+        == experts._score("sst2", *own["logit_ensemble"])["accuracy"]
+    )
+    assert by_name.loc["logit_ensemble", "max_abs_logit_diff_vs_trained"] == pytest.approx(
+        float(abs(ensemble - own["trained_form"][0]).max()), abs=1e-6
+    )
+    best = int(by_name.loc["single_best", "expert"])
+    assert singles.loc[best, "accuracy"] == singles["accuracy"].max()
+    for name in ("single_best", "single_random"):
+        expert = int(by_name.loc[name, "expert"])
+        assert by_name.loc[name, "accuracy"] == singles.loc[expert, "accuracy"]
+    assert (variants["timed_examples"] == 3).all() and (variants["latency_s"] > 0).all()
+    assert list(by_name["encoder_passes"]) == [1, 1, 3, 1, 1]
+
+    _, every = experts.deployment_variants(
+        model, None, None, "sst2", repeats=1, latency_batches=None
+    )
+    assert (every["timed_examples"] == 9).all()
+    with pytest.raises(ValueError, match="latency_batches"):
+        experts.deployment_variants(model, None, None, "sst2", latency_batches=0)
+
+
 def test_capture_attention_and_similarity_on_a_tiny_model():
     model = _tiny_model()
     _set_experts(model, same=True)

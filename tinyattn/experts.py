@@ -22,7 +22,9 @@ import random
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -454,16 +456,11 @@ def _score(task: str, logits: np.ndarray, labels: np.ndarray) -> dict[str, float
     return compute_metrics(task, preds, labels)
 
 
-def single_expert_scores(
-    model: EncoderClassifier, dataset: EncodedDataset, tokenizer, task: str, batch_size: int = 128
-) -> pd.DataFrame:
-    """The task's metrics of every single-expert model (expert e in every layer) on ``dataset``."""
-    batches = list(make_dataloader(dataset, tokenizer, batch_size, shuffle=False))
-    rows = []
-    for e in range(adapters_of(model).config.experts):
-        logits, labels = variant_logits(model, e, batches)
-        rows.append({"expert": e, **_score(task, logits, labels)})
-    return pd.DataFrame(rows)
+class Deployment(NamedTuple):
+    """``deployment_variants``' result: every single-expert model's scores, and the variants table."""
+
+    singles: pd.DataFrame
+    variants: pd.DataFrame
 
 
 def deployment_variants(
@@ -472,50 +469,57 @@ def deployment_variants(
     tokenizer,
     task: str,
     *,
-    singles: pd.DataFrame | None = None,
     batch_size: int = 128,
     repeats: int = 3,
+    latency_batches: int | None = 2,
     seed: int = 0,
-) -> pd.DataFrame:
-    """Every variant in ``VARIANTS`` scored on ``dataset`` with its latency per pass over it.
+) -> Deployment:
+    """Every single-expert model and every variant in ``VARIANTS`` scored on ``dataset``, each variant
+    with its latency.
 
-    Latency: median (and quartiles) of ``repeats`` timed passes over the pre-collated batches (copies
-    to the model's device included), the variants in an order rotated every repetition, after one
-    warm-up batch each. ``singles``: the
-    output of ``single_expert_scores``, computed here when not given (it picks ``single_best``).
+    Scores: one pass over ``dataset`` per model. The ensemble and the single-expert variants are made
+    from the single-expert models' logits (the ensemble is their mean), so the dataset is passed over
+    E + 2 times in all. Latency: median (and quartiles) of ``repeats`` timed passes over the first
+    ``latency_batches`` pre-collated batches (all of them with ``None``; copies to the model's device
+    included), the variants in an order rotated every repetition, after one warm-up batch each.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if latency_batches is not None and latency_batches < 1:
+        raise ValueError(f"latency_batches must be at least 1 or None, got {latency_batches}")
     metric = main_metric(task)
-    singles = (
-        single_expert_scores(model, dataset, tokenizer, task, batch_size)
-        if singles is None
-        else singles
-    )
-    experts = len(singles)
-    best = int(singles.loc[singles[metric].idxmax(), "expert"])
-    drawn = random.Random(seed).randrange(experts)
-    chosen = {"single_best": best, "single_random": drawn}
-    members = {v: deployment_members(model, chosen.get(v, v)) for v in VARIANTS}
     batches = list(make_dataloader(dataset, tokenizer, batch_size, shuffle=False))
+    expert_count = adapters_of(model).config.experts
+    per_expert = [variant_logits(model, e, batches) for e in range(expert_count)]
+    singles = pd.DataFrame(
+        [{"expert": e, **_score(task, *out)} for e, out in enumerate(per_expert)]
+    )
+    best = int(singles.loc[singles[metric].idxmax(), "expert"])
+    drawn = random.Random(seed).randrange(expert_count)
+    chosen = {"single_best": best, "single_random": drawn}
+    labels = per_expert[0][1]
+    outputs = {
+        "averaged": variant_logits(model, "averaged", batches),
+        "trained_form": variant_logits(model, "trained_form", batches),
+        "logit_ensemble": (np.mean([logits for logits, _ in per_expert], axis=0), labels),
+        **{name: per_expert[e] for name, e in chosen.items()},
+    }
+    members = {v: deployment_members(model, chosen.get(v, v)) for v in VARIANTS}
+    timed = batches[:latency_batches]
+    timed_examples = sum(len(b["labels"]) for b in timed)
     device = next(model.parameters()).device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for layer_sets in members.values():  # warm-up
         members_logits(model, layer_sets, batches[:1])
     times: dict[str, list[float]] = {name: [] for name in members}
-    outputs: dict[str, tuple] = {}
     for rep in range(repeats):
         for name, layer_sets in _rotated(members, rep):
-
-            def run(layer_sets=layer_sets, name=name):
-                outputs[name] = members_logits(model, layer_sets, batches)
-
-            times[name].append(_timed(run, sync))
+            times[name].append(_timed(partial(members_logits, model, layer_sets, timed), sync))
     trained_logits = outputs["trained_form"][0]
     notes = {
         "averaged": "experts weight-averaged (the paper's deployment)",
         "trained_form": "all experts, mean of their updates (as trained)",
-        "logit_ensemble": f"{experts} single-expert models, mean of logits",
+        "logit_ensemble": f"{expert_count} single-expert models, mean of logits",
         "single_best": f"expert {best}, chosen on this eval set (optimistic)",
         "single_random": f"expert {drawn}, drawn with seed {seed}",
     }
@@ -538,14 +542,16 @@ def deployment_variants(
                 "latency_s": timing["median_s"],
                 "latency_q1_s": timing["q1_s"],
                 "latency_q3_s": timing["q3_s"],
-                "ms_per_example": 1000 * timing["median_s"] / len(dataset),
+                "timed_examples": timed_examples,
+                "ms_per_example": 1000 * timing["median_s"] / timed_examples,
                 "agreement_with_trained": agree,
                 "max_abs_logit_diff_vs_trained": float(np.abs(logits - trained_logits).max()),
                 "note": notes[name],
                 "device": str(device),
             }
         )
-    return pd.DataFrame(rows).astype({"expert": "Int64"})
+    variants = pd.DataFrame(rows).astype({"expert": "Int64"})
+    return Deployment(singles, variants)
 
 
 # ----------------------------------------------------------------------------- figures, report
