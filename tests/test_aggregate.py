@@ -7,6 +7,8 @@ import pytest
 from tinyattn.aggregate import (
     below_probe,
     difference_to,
+    late_gain,
+    learning_curves,
     load_records,
     score_table,
     summarise,
@@ -138,3 +140,33 @@ def test_below_probe_names_runs_under_every_probe_seed(tmp_path):
     assert low.loc[0, "probe_min"] == pytest.approx(60.0)
     assert low.loc[0, "probe_mean"] == pytest.approx(62.0)
     assert below_probe(load_records(tmp_path), probe="nothing").empty
+
+
+def test_learning_curves_and_late_gain(tmp_path):
+    def with_curve(rec, scores):
+        rec["evaluations"] = [
+            {
+                "epoch": 0.5 * (i + 1),
+                "step": 10 * (i + 1),
+                "train_loss": 1.0 / (i + 1),
+                "metrics": {"accuracy": s},
+            }
+            for i, s in enumerate(scores)
+        ]
+        return rec
+
+    for rec in [
+        with_curve(record("a1", "sst2", "a", 1, 0.80), [0.50, 0.70, 0.80]),  # still climbing
+        with_curve(record("a2", "sst2", "a", 2, 0.90), [0.60, 0.95, 0.90]),  # ended below its best
+        with_curve(record("b1", "sst2", "b", 1, 0.70), [0.70]),  # one evaluation: no gain
+        with_curve(record("c1", "sst2", "c", 1, 0.99, status="failed"), [0.1, 0.99]),
+    ]:
+        write_json_atomic(tmp_path / f"{rec['run_id']}.json", rec)
+    curves = learning_curves(tmp_path)
+    assert set(curves["run_id"]) == {"a1", "a2", "b1"}  # failed runs left out
+    assert len(curves) == 7 and curves["score"].max() == pytest.approx(95.0)
+    assert list(learning_curves(tmp_path, {"b1"})["run_id"]) == ["b1"]
+    gain = late_gain(curves).set_index("method")
+    assert gain.loc["a", "gain"] == pytest.approx((10.0 - 5.0) / 2)
+    assert gain.loc["a", "from_best"] == pytest.approx((0.0 - 5.0) / 2)
+    assert gain["gain"].isna()["b"] and gain.loc["b", "from_best"] == 0.0

@@ -13,20 +13,22 @@ from tinyattn.records import CorruptRecordError, read_record
 SCORE_SCALE = 100.0  # GLUE convention: scores in points
 
 
-def load_records(
-    runs_dir: str | Path = "results/runs", run_ids: set[str] | None = None
-) -> pd.DataFrame:
-    """One row per finished run (``status == done``), optionally only the given run ids."""
-    rows = []
+def _done_records(runs_dir: str | Path, run_ids: set[str] | None = None):
+    """Every finished run's record (``status == done``), optionally only the given run ids."""
     for path in sorted(Path(runs_dir).glob("*.json")):
         try:
             record = read_record(path)
         except CorruptRecordError:
             continue
-        if record["status"] != "done" or (run_ids is not None and record["run_id"] not in run_ids):
-            continue
-        rows.append(_row(record))
-    frame = pd.DataFrame(rows)
+        if record["status"] == "done" and (run_ids is None or record["run_id"] in run_ids):
+            yield record
+
+
+def load_records(
+    runs_dir: str | Path = "results/runs", run_ids: set[str] | None = None
+) -> pd.DataFrame:
+    """One row per finished run (``status == done``), optionally only the given run ids."""
+    frame = pd.DataFrame([_row(record) for record in _done_records(runs_dir, run_ids)])
     if frame.empty:
         return frame
     # A two-stage run's compute includes its E = 1 twin's when it started from the twin's adapter.
@@ -80,6 +82,56 @@ def _row(record: dict) -> dict:
     for name, value in record["best"]["metrics"].items():
         row[f"best_{name}"] = SCORE_SCALE * value
     return row
+
+
+def evaluation_rows(record: dict) -> list[dict]:
+    """One row per evaluation of a run: epoch, step, its selection metric (x100) and training loss."""
+    metric = record["select_metric"]
+    return [
+        {
+            "epoch": e["epoch"],
+            "step": e["step"],
+            "score": SCORE_SCALE * e["metrics"][metric],
+            "train_loss": e["train_loss"],
+            "metric": metric,
+        }
+        for e in record["evaluations"]
+    ]
+
+
+def learning_curves(
+    runs_dir: str | Path = "results/runs", run_ids: set[str] | None = None
+) -> pd.DataFrame:
+    """Every evaluation of every finished run (optionally only the given run ids), one row each."""
+    rows = [
+        {
+            "run_id": record["run_id"],
+            "task": record["task"],
+            "method": record["params"].get("label") or record["method"],
+            "seed": record["seed"],
+            **row,
+        }
+        for record in _done_records(runs_dir, run_ids)
+        for row in evaluation_rows(record)
+    ]
+    return pd.DataFrame(rows)
+
+
+def late_gain(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per task x method: how much the score still moved at the end of training, in points. ``gain``:
+    the last evaluation minus the one before it (mean over seeds; half an epoch at two evaluations per
+    epoch); ``from_best``: the last evaluation minus the run's best one (mean over seeds; 0 when the
+    run ended at its best). A large gain says the budget stopped a method while it was still learning."""
+    ordered = curves.sort_values("step")
+    per_run = ordered.groupby(["task", "method", "seed"], sort=False)["score"].agg(
+        last="last",
+        before=lambda s: s.iloc[-2] if len(s) > 1 else np.nan,
+        best="max",
+    )
+    per_run["gain"] = per_run["last"] - per_run["before"]
+    per_run["from_best"] = per_run["last"] - per_run["best"]
+    table = per_run.groupby(["task", "method"], sort=False)[["gain", "from_best"]].mean()
+    return table.reset_index()
 
 
 def _reused_stage_one(record: dict) -> str | None:

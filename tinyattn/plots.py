@@ -73,3 +73,34 @@ def ablation_sweep_figure(summary: pd.DataFrame, x_of: dict[str, float], xlabel:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def study_curves_figure(curves: pd.DataFrame, methods: list[str]):
+    """One panel per task: dev score by epoch, per method the mean over its seeds."""
+    import seaborn as sns
+
+    order = [m for m in methods if m in set(curves["method"])]
+    tasks = list(dict.fromkeys(curves["task"]))
+    grid = sns.relplot(
+        data=curves,
+        x="epoch",
+        y="score",
+        hue="method",
+        hue_order=order,
+        col="task",
+        col_order=tasks,
+        col_wrap=min(3, max(1, len(tasks))),
+        kind="line",
+        errorbar=None,
+        marker="o",
+        markersize=4,
+        height=2.8,
+        aspect=1.2,
+        facet_kws={"sharey": False, "sharex": False},
+        palette="tab20",
+    )
+    for task, ax in zip(tasks, grid.axes.flat):
+        metric = curves.loc[curves["task"] == task, "metric"].iloc[0]
+        ax.set(title=task, ylabel=f"dev {metric} (×100)")
+        ax.grid(alpha=0.3)
+    return grid.figure

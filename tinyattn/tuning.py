@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tinyattn.aggregate import SCORE_SCALE, evaluation_rows
 from tinyattn.records import CorruptRecordError, read_record
-
-SCORE_SCALE = 100.0
 
 
 class TuningIncompleteError(ValueError):
@@ -68,19 +67,10 @@ def tuning_curves(profile_name: str, out_dir: str = "results/runs") -> pd.DataFr
         if row.status != "done":
             continue
         record = read_record(Path(out_dir) / f"{row.run_id}.json")
-        metric = record["select_metric"]
-        for e in record["evaluations"]:
+        for e in evaluation_rows(record):
+            e["heldout_score"] = e.pop("score")
             rows.append(
-                {
-                    "method": row.method,
-                    "learning_rate": row.learning_rate,
-                    "task": row.task,
-                    "epoch": e["epoch"],
-                    "step": e["step"],
-                    "heldout_score": SCORE_SCALE * e["metrics"][metric],
-                    "train_loss": e["train_loss"],
-                    "metric": metric,
-                }
+                {"method": row.method, "learning_rate": row.learning_rate, "task": row.task, **e}
             )
     return pd.DataFrame(rows)
 
