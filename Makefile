@@ -33,13 +33,15 @@ study: install
 	$(MAKE) book
 
 # The CPU-scale study, in order: learning rates on held-out training data, the GLUE grid, the
-# ablations, the experts analysis, the book. Hours of CPU; every step resumes where it stopped.
+# ablations, the experts analysis (both profiles' four-expert runs), the book. Hours of CPU; every
+# step resumes where it stopped.
 JOBS ?= 2
 cpu-study: install
 	$(VENV)/bin/tinyattn study --profile tune --jobs $(JOBS)
 	$(VENV)/bin/tinyattn study --profile cpu --jobs $(JOBS)
 	$(VENV)/bin/tinyattn study --profile ablations --jobs $(JOBS)
 	$(VENV)/bin/tinyattn analyse --profile ablations
+	$(VENV)/bin/tinyattn analyse --profile cpu
 	$(MAKE) book
 
 # The book from the committed results: every page rebuilt (--all: the analysis notebooks read
