@@ -259,20 +259,32 @@ def test_work_units_keep_two_stage_runs_after_their_twin_and_nothing_else_togeth
 
 
 def test_portable_notebook_drops_the_checkouts_location(tmp_path):
-    from tinyattn.study import REPO, portable_notebook
+    from tinyattn.study import REPO, installed_packages_dirs, portable_notebook
 
     root = str(REPO.resolve())
+    elsewhere = tmp_path / "env" / "site-packages"  # a virtual environment outside the checkout
+    elsewhere.mkdir(parents=True)
+    linked = tmp_path / "linked"  # ... reached through a link
+    linked.symlink_to(tmp_path / "env")
     notebook = {
         "metadata": {"papermill": {"input_path": f"{root}/notebooks/experts.ipynb"}},
         "cells": [
-            {"outputs": [{"name": "stderr", "text": [f"{root}/.venv/lib/x.py:1: Warning\n"]}]}
+            {
+                "outputs": [
+                    {"name": "stderr", "text": [f"{root}/.venv/lib/x.py:1: Warning\n"]},
+                    {"name": "stderr", "text": [f"{elsewhere}/tqdm/auto.py:21: Warning\n"]},
+                ]
+            }
         ],
     }
     path = tmp_path / "n.ipynb"
     path.write_text(json.dumps(notebook))
-    portable_notebook(path)
+    portable_notebook(path, packages=[linked / "site-packages", elsewhere])
     text = path.read_text()
-    assert root not in text
+    assert root not in text and str(tmp_path) not in text
     tidied = json.loads(text)
     assert tidied["metadata"]["papermill"]["input_path"] == "notebooks/experts.ipynb"
-    assert tidied["cells"][0]["outputs"][0]["text"] == [".venv/lib/x.py:1: Warning\n"]
+    outputs = tidied["cells"][0]["outputs"]
+    assert outputs[0]["text"] == [".venv/lib/x.py:1: Warning\n"]
+    assert outputs[1]["text"] == ["<site-packages>/tqdm/auto.py:21: Warning\n"]
+    assert any(str(d).endswith("-packages") for d in installed_packages_dirs())

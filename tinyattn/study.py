@@ -16,6 +16,7 @@ import json
 import math
 import os
 import socket
+import sysconfig
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -510,14 +511,32 @@ def run_analyses(
     return analysed
 
 
-def portable_notebook(path: str | Path, root: Path = REPO) -> None:
-    """Make an executed notebook fit to commit: every mention of the checkout's own location (papermill's
-    input path, library warnings that name the installed packages) becomes relative to it."""
+def installed_packages_dirs() -> list[Path]:
+    """Where this interpreter's packages are installed, as named and with links resolved (a kernel
+    may report either)."""
+    paths = sysconfig.get_paths()
+    dirs = {Path(paths[key]) for key in ("purelib", "platlib")}
+    return sorted(dirs | {d.resolve() for d in dirs}, key=lambda d: -len(str(d)))
+
+
+def portable_notebook(
+    path: str | Path, root: Path = REPO, packages: list[Path] | None = None
+) -> None:
+    """Make an executed notebook fit to commit: no path of this machine in it. The installed packages'
+    directory (library warnings name it) becomes ``<site-packages>``; the checkout's own location
+    (papermill's input path) becomes relative to it."""
     path = Path(path)
-    prefix = json.dumps(str(root.resolve()) + "/")[1:-1]  # as it is spelled inside the JSON text
-    text = path.read_text()
-    if prefix in text:
-        write_text_atomic(path, text.replace(prefix, ""))
+    text = original = path.read_text()
+    for folder in installed_packages_dirs() if packages is None else packages:
+        text = text.replace(_json_spelling(f"{folder}/"), "<site-packages>/")
+    text = text.replace(_json_spelling(f"{root.resolve()}/"), "")
+    if text != original:
+        write_text_atomic(path, text)
+
+
+def _json_spelling(text: str) -> str:
+    """``text`` as it is spelled inside a JSON string."""
+    return json.dumps(text)[1:-1]
 
 
 def _analysable(params: RunParams) -> bool:
