@@ -3,6 +3,7 @@ profile beat the majority class on its SST-2 slice."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,10 @@ from tinyattn.metrics import majority_baseline
 from tinyattn.records import read_record
 from tinyattn.study import estimate_seconds, expand, load_profile
 
-RUNS = Path(__file__).resolve().parent.parent / "results" / "runs"
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+RUNS = RESULTS / "runs"
+# the start of an absolute path of a machine (not a URL's path, not one after <site-packages>)
+MACHINE_PATH = re.compile(r"(?<![\w.<>:/-])/(?:work|home|root|tmp|usr|opt|Users|var|mnt|srv)/")
 
 
 def test_every_committed_record_is_complete():
@@ -25,7 +29,22 @@ def test_every_committed_record_is_complete():
             assert record["evaluations"] and record["best"] in record["evaluations"]
             assert record["provenance"]["git"]["commit"]
             assert record["provenance"]["versions"]["torch"]
-            assert "/work/" not in path.read_text()  # no absolute paths of the machine that ran it
+
+
+def test_committed_results_name_no_path_of_the_machine_that_made_them():
+    ignored = RESULTS / "executed"  # the runner's executed training notebooks: git ignores them
+    paths = [
+        p
+        for p in RESULTS.rglob("*")
+        if p.is_file()
+        and p.suffix in {".json", ".ipynb", ".csv", ".md", ".log", ".xml", ".py"}
+        and ignored not in p.parents
+    ]
+    assert len(paths) > 100
+    found = {str(p.relative_to(RESULTS)) for p in paths if MACHINE_PATH.search(p.read_text())}
+    assert not found, f"absolute paths in {sorted(found)}"
+    assert MACHINE_PATH.search('"/work/x/.venv/lib/a.py: Warning"')  # the pattern itself finds one
+    assert not MACHINE_PATH.search('"<site-packages>/tmp/a.py", "https://host/home/x"')
 
 
 def test_every_baseline_beats_the_majority_class(data_dir):
