@@ -131,3 +131,13 @@ def test_c3(self_, matched, tenfold, head):
 def test_c3_names_the_missing_comparisons():
     text = verdicts.c3(comparison("tinyattn_e1", tinyattn_self=AHEAD), True)
     assert text.startswith("**No verdict yet.**") and "`bottleneck_matched`" in text
+
+
+def test_headline_gives_the_gist_and_keeps_the_provisional_mark():
+    final = verdicts.c1(comparison(a=AHEAD, b=BEHIND), "ref", complete=True)
+    running = verdicts.c1(comparison(a=AHEAD, b=BEHIND), "ref", complete=False)
+    assert verdicts.headline(final) == "C1 does not hold on MiniLM-L6"
+    assert verdicts.headline(running) == "provisional: C1 does not hold on MiniLM-L6"
+    empty = pd.DataFrame(columns=["method", "mean_difference", "ci_low", "ci_high"])
+    assert verdicts.headline(verdicts.c3(empty, complete=False)) == "No verdict yet"
+    assert verdicts.headline("plain text\nmore") == "plain text"

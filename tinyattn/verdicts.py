@@ -8,6 +8,7 @@ counts as resolved only when its interval excludes zero.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import pandas as pd
@@ -17,6 +18,15 @@ import pandas as pd
 KEEP_MARGIN = 0.5
 
 PROVISIONAL = "**Provisional** (on the runs finished so far; the grid is not complete):"
+
+
+def headline(verdict: str) -> str:
+    """A verdict's gist for a summary table: its first bold phrase, marked provisional when it is."""
+    provisional = verdict.startswith(PROVISIONAL)
+    body = verdict.removeprefix(PROVISIONAL)
+    match = re.search(r"\*\*(.+?)\*\*", body)
+    gist = (match.group(1) if match else body.strip().splitlines()[0]).rstrip(".")
+    return f"provisional: {gist}" if provisional else gist
 
 
 def outcome(row: Mapping) -> str:
