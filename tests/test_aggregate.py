@@ -11,6 +11,7 @@ from tinyattn.aggregate import (
     learning_curves,
     load_records,
     score_table,
+    stage_one_selection,
     summarise,
 )
 from tinyattn.records import write_json_atomic
@@ -170,3 +171,22 @@ def test_learning_curves_and_late_gain(tmp_path):
     assert gain.loc["a", "gain"] == pytest.approx((10.0 - 5.0) / 2)
     assert gain.loc["a", "from_best"] == pytest.approx((0.0 - 5.0) / 2)
     assert gain["gain"].isna()["b"] and gain.loc["b", "from_best"] == 0.0
+
+
+def test_stage_one_selection_marks_starts_chosen_on_the_dev_set(tmp_path):
+    ended_at_best = record("e1a", "sst2", "e1", 1, 0.80)
+    ended_at_best["best"]["step"] = 9  # its best evaluation was its last
+    peaked_early = record("e1b", "sst2", "e1", 2, 0.85)  # best at step 5 of 9
+    peaked_early["final"]["metrics"]["accuracy"] = 0.82
+    for rec in [
+        ended_at_best,
+        peaked_early,
+        record("e4a", "sst2", "e4", 1, 0.81, stage_one="e1a"),
+        record("e4b", "sst2", "e4", 2, 0.86, stage_one="e1b"),
+        record("e4c", "sst2", "e4", 3, 0.86, stage_one="gone"),  # its twin's record is missing
+    ]:
+        write_json_atomic(tmp_path / f"{rec['run_id']}.json", rec)
+    table = stage_one_selection(load_records(tmp_path)).set_index("run_id")
+    assert list(table.index) == ["e4a", "e4b"]
+    assert not table.loc["e4a", "selected"] and table.loc["e4a", "twin_gap"] == 0.0
+    assert table.loc["e4b", "selected"] and table.loc["e4b", "twin_gap"] == pytest.approx(3.0)

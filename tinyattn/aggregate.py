@@ -274,6 +274,22 @@ def paired_comparison(
     return pd.DataFrame(rows)
 
 
+def stage_one_selection(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every two-stage run that started from its one-expert twin's saved adapter, with the twin's best
+    and last evaluation. The training loop ends a run by restoring its best dev evaluation, so the saved
+    adapter is the twin's best dev checkpoint: ``selected`` marks the runs whose starting point was
+    therefore chosen on the dev set (the twin's best evaluation was not its last), ``twin_gap`` how
+    far the twin's best lay above its end (points)."""
+    staged = runs[runs["stage_one_run_id"].notna()]
+    twins = runs.set_index("run_id")[["best_step", "steps", "score", "final_score"]]
+    table = staged[["run_id", "task", "method", "seed", "stage_one_run_id"]].join(
+        twins.add_prefix("twin_"), on="stage_one_run_id", how="inner"
+    )
+    table["selected"] = table["twin_best_step"] != table["twin_steps"]
+    table["twin_gap"] = table["twin_score"] - table["twin_final_score"]
+    return table.reset_index(drop=True)
+
+
 def compute_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per method: runs finished, CPU-hours in all (two-stage runs with their E = 1 stage) and per run,
     training throughput."""
