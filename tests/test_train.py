@@ -123,3 +123,34 @@ def test_a_commit_named_in_the_environment_wins_over_git(monkeypatch):
         "dirty": None,
         "source": "TINYATTN_GIT_COMMIT",
     }
+
+
+def test_restore_best_decides_which_weights_a_run_ends_with(tmp_path, data_dir, monkeypatch):
+    """The best evaluation is the first (scripted): the run ends with its weights only when asked."""
+    import tinyattn.train as train_module
+
+    snapshots: list[dict] = []
+
+    def scripted(model, task, loader, accelerator=None):
+        snapshots.append(
+            {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        )
+        return {"accuracy": 0.9 if len(snapshots) == 1 else 0.5}
+
+    monkeypatch.setattr(train_module, "evaluate", scripted)
+    ends = {}
+    for restore in (True, False):
+        snapshots.clear()
+        params = small_run(tmp_path / str(restore), data_dir, restore_best=restore)
+        record, model = run(params)
+        assert len(snapshots) == 2 and record["best"]["step"] < record["final"]["step"]
+        trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        kept = snapshots[0] if restore else snapshots[1]
+        assert all(torch.equal(trained[n], kept[n]) for n in kept)
+        assert not all(torch.equal(snapshots[0][n], snapshots[1][n]) for n in kept)
+        ends[restore] = record
+    assert ends[True]["kept_weights"] == "best evaluation"
+    assert ends[False]["kept_weights"] == "last step"
+    # the default is left out of the run id, so the ids of earlier records stand
+    assert "restore_best" not in small_run(tmp_path, data_dir).identity()
+    assert ends[True]["run_id"] == small_run(tmp_path, data_dir).run_id != ends[False]["run_id"]

@@ -32,7 +32,7 @@ from tinyattn.train import TrainConfig, train
 _LOCATION_KEYS = ("label", "data_dir", "out_dir", "progress", "save_adapter")
 # Parameters added after the first records were written: left out of the run id while at their
 # default, so that every earlier record keeps its id.
-_OMITTED_AT_DEFAULT = {"heldout_fraction": None}
+_OMITTED_AT_DEFAULT = {"heldout_fraction": None, "restore_best": True}
 
 
 @dataclass
@@ -61,6 +61,10 @@ class RunParams:
     # Model selection without the dev set: hold out this fraction of the (capped) training set,
     # stratified, train on the rest and evaluate on the held-out part instead of the dev set.
     heldout_fraction: float | None = None
+    # True: the run ends with its best evaluation's weights, which its saved adapter (and a two-stage
+    # run's start) then are; False keeps the last step's, so that nothing chosen on the dev set
+    # reaches a saved adapter or a later stage
+    restore_best: bool = True
     label: str | None = None  # the method's name in a study profile, e.g. "tinyattn_e4"
     data_dir: str | None = None
     out_dir: str = "results/runs"

@@ -40,6 +40,8 @@ class TrainConfig:
     select_metric: str | None = None  # default: the task's main GLUE metric
     seed: int = 42
     progress: bool = True
+    # end the run with its best evaluation's weights (the papers' protocol), or keep the last step's
+    restore_best: bool = True
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULES:
@@ -189,12 +191,13 @@ def train(
                 bar.set_postfix({select: f"{metrics[select]:.4f}"})
                 if best is None or metrics[select] > best["metrics"][select]:
                     best = entry
-                    unwrapped = accelerator.unwrap_model(model)
-                    best_state = {
-                        n: p.detach().clone()
-                        for n, p in unwrapped.named_parameters()
-                        if p.requires_grad
-                    }
+                    if config.restore_best:
+                        unwrapped = accelerator.unwrap_model(model)
+                        best_state = {
+                            n: p.detach().clone()
+                            for n, p in unwrapped.named_parameters()
+                            if p.requires_grad
+                        }
                 tick = time.perf_counter()
             if step >= total_steps:
                 break
@@ -211,6 +214,7 @@ def train(
                 params[name].copy_(value)
     return {
         "select_metric": select,
+        "kept_weights": "best evaluation" if best_state is not None else "last step",
         "evaluations": evaluations,
         "best": copy.deepcopy(best),
         "final": copy.deepcopy(final),
