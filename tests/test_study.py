@@ -71,6 +71,40 @@ def test_runner_end_to_end_through_papermill(toy, capsys):
     assert {"run_id", "task", "method", "seed", "status"} <= set(dry["runs"][0])
 
 
+def test_runner_without_notebooks_writes_the_same_records(toy):
+    outcome = run_study(str(toy), executor="process", log=lambda msg: None)
+    assert outcome == {"done": 2, "failed": 0, "skipped": 0}
+    found = records()
+    planned = expand(load_profile(str(toy)))
+    assert set(found) == {p.run_id for p in planned}
+    for params in planned:
+        record = found[params.run_id]
+        assert record["status"] == "done" and record["params"]["label"] == params.label
+        assert record["steps"] == 1 and record["provenance"]["git"]
+        assert (Path("results/executed") / f"{params.run_id}.log").is_file()
+        assert not (Path("results/executed") / f"{params.run_id}.ipynb").exists()
+
+
+def test_process_executor_records_a_run_that_dies(toy, monkeypatch):
+    profile = yaml.safe_load(toy.read_text())
+    profile["methods"] = {"nope": {"method": "head_only", "learning_rate": 1.0e-3}}
+    profile["defaults"]["max_length"] = -1  # fails inside the run, after the runner checked types
+    toy.write_text(yaml.safe_dump(profile))
+    outcome = run_study(str(toy), executor="process", log=lambda msg: None)
+    assert outcome["failed"] == 1
+    (record,) = records().values()
+    assert record["status"] == "failed" and record["error"]
+
+
+def test_time_limit_starts_nothing_after_it_and_leaves_the_rest_pending(toy):
+    outcome = run_study(str(toy), executor="process", time_limit=0, log=lambda msg: None)
+    assert outcome == {"done": 0, "failed": 0, "skipped": 0, "not_started": 2}
+    assert not records()
+    assert all(run_status(p) == "pending" for p in expand(load_profile(str(toy))))
+    with pytest.raises(ValueError, match="unknown executor 'gpu'"):
+        run_study(str(toy), executor="gpu", log=lambda msg: None)
+
+
 def test_kill_and_resume_runs_everything_exactly_once(toy):
     profile = yaml.safe_load(toy.read_text())
     profile["seeds"] = [1, 2]  # four runs
@@ -160,10 +194,16 @@ def test_tuning_and_ablations_share_the_cpu_studys_budget(tmp_path):
         first, rates = pilot["methods"][label]["learning_rates"], method["learning_rates"]
         assert rates[:3] == first and len(rates) >= 4
         assert all(b / a == pytest.approx(3.16, rel=0.06) for a, b in zip(rates[2:], rates[3:]))
+    # the ablations train as the cpu study does, but keep their last weights, so they share no run
+    assert training(ablations["defaults"]) == training(cpu["defaults"]) | {"restore_best": False}
+    for task, budget in ablations["tasks"].items():
+        assert {k: v for k, v in budget.items() if k != "methods"} == cpu["tasks"][task]
+    ablation_runs = expand(ablations, str(tmp_path), untuned_ok=True)
+    assert len(ablation_runs) == 14 * 2 * 3 and not any(r.restore_best for r in ablation_runs)
     shared = {r.run_id for r in expand(cpu, str(tmp_path), untuned_ok=True)} & {
-        r.run_id for r in expand(ablations, str(tmp_path), untuned_ok=True)
+        r.run_id for r in ablation_runs
     }
-    assert len(shared) == 3 * 2 * 3  # tinyattn_e1, tinyattn_e4, pfeiffer x MRPC, SST-2 x 3 seeds
+    assert not shared
 
 
 def test_unknown_profile_and_bad_parameter_types_are_named(toy, capsys):

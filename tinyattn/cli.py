@@ -161,6 +161,8 @@ def cmd_study(args) -> int:
         shard_spec=args.shard,
         retry_failed=args.retry_failed,
         jobs=args.jobs,
+        executor=args.executor,
+        time_limit=None if args.time_limit is None else args.time_limit * 60,
     )
     print(f"study {args.profile}: {outcome}")
     return 1 if outcome["failed"] else 0
@@ -218,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the registered methods and their defaults")
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("study", help="run a study profile's grid through papermill, resumably")
+    p = sub.add_parser("study", help="run a study profile's grid, resumably (through papermill, or plain processes)")
     p.add_argument(
         "--profile", required=True, help="profiles/<NAME>.yaml, or a path to a YAML file"
     )
@@ -235,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, help="runs at once (each gets cores/jobs threads)"
     )
     p.add_argument("--out", default="results/runs", help="folder of the run records")
+    p.add_argument(
+        "--executor",
+        choices=("notebook", "process"),
+        default="notebook",
+        help="run each run's notebook through papermill (default), or a plain Python process "
+        "(for a machine without Jupyter, e.g. a GPU box)",
+    )
+    p.add_argument(
+        "--time-limit",
+        dest="time_limit",
+        type=float,
+        help="minutes: start no run after this long (the rest stay pending)",
+    )
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser(

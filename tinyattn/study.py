@@ -16,6 +16,8 @@ import json
 import math
 import os
 import socket
+import subprocess
+import sys
 import sysconfig
 import threading
 import time
@@ -354,6 +356,43 @@ def execute_run(
     return read_record(record_path) if record_path.exists() else {"status": "failed"}
 
 
+def execute_process(params: RunParams) -> dict:
+    """Run one run in a Python subprocess, without a notebook or a Jupyter kernel (for a machine that
+    has neither, e.g. a GPU box); its output goes to ``results/executed/<run_id>.log``. Return its
+    record (a failed one on error)."""
+    record_path = Path(params.out_dir) / f"{params.run_id}.json"
+    log_path = EXECUTED_DIR / f"{params.run_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    code = (
+        "import json, sys\n"
+        "from tinyattn.experiment import RunParams, run\n"
+        "run(RunParams.from_dict(json.loads(sys.argv[1])))\n"
+    )
+    parameters = json.dumps({**asdict(params), "progress": False})
+    with open(log_path, "w") as log_file:
+        finished = subprocess.run(
+            [sys.executable, "-c", code, parameters],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=str(Path.cwd()),
+        )
+    if finished.returncode != 0 and run_status(params) != "failed":  # died before recording it
+        tail = log_path.read_text()[-2000:]
+        write_json_atomic(
+            record_path,
+            {
+                "run_id": params.run_id,
+                "status": "failed",
+                "params": asdict(params),
+                "error": f"exit status {finished.returncode}: {tail}",
+            },
+        )
+    return read_record(record_path) if record_path.exists() else {"status": "failed"}
+
+
+EXECUTORS = ("notebook", "process")
+
+
 def run_study(
     profile_name: str,
     *,
@@ -362,9 +401,18 @@ def run_study(
     retry_failed: bool = False,
     jobs: int = 1,
     notebook: Path = TRAIN_NOTEBOOK,
+    executor: str = "notebook",
+    time_limit: float | None = None,
     log=print,
 ) -> dict:
-    """Run every pending run of the profile (shard); keep going past failures; return the counts."""
+    """Run every pending run of the profile (shard); keep going past failures; return the counts.
+
+    ``executor``: ``notebook`` runs each run's training notebook through papermill (an executed
+    notebook per run), ``process`` runs it in a plain Python subprocess (a log per run); both write
+    the same record. ``time_limit`` (seconds): start no run after this long, so that a machine lent
+    for a fixed time ends with finished runs only; the rest stay pending for the next start."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
     runs = shard(expand(load_profile(profile_name), out_dir), *parse_shard(shard_spec))
     todo = [
         r
@@ -384,6 +432,8 @@ def run_study(
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     started, finished, estimated_done = time.time(), 0, 0.0
     outcome = {"done": 0, "failed": 0, "skipped": 0}
+    if time_limit is not None:
+        outcome["not_started"] = 0
 
     report_lock = threading.Lock()
 
@@ -394,6 +444,8 @@ def run_study(
         try:
             if run_status(params) == "done":  # finished by another runner meanwhile
                 return None
+            if executor == "process":
+                return execute_process(params)
             return execute_run(params, notebook)
         finally:
             lock.release()
@@ -426,6 +478,10 @@ def run_study(
 
     def one_group(group: list[RunParams]) -> None:
         for params in group:  # in profile order: a two-stage run comes after its E=1 twin
+            if time_limit is not None and time.time() - started > time_limit:
+                with report_lock:
+                    outcome["not_started"] += 1
+                continue
             report(params, one(params))
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
