@@ -6,10 +6,12 @@ import pytest
 
 from tinyattn.aggregate import (
     below_probe,
+    compute_table,
     difference_to,
     late_gain,
     learning_curves,
     load_records,
+    near_majority,
     score_table,
     stage_one_selection,
     summarise,
@@ -141,6 +143,46 @@ def test_below_probe_names_runs_under_every_probe_seed(tmp_path):
     assert low.loc[0, "probe_min"] == pytest.approx(60.0)
     assert low.loc[0, "probe_mean"] == pytest.approx(62.0)
     assert below_probe(load_records(tmp_path), probe="nothing").empty
+
+
+def test_near_majority_names_runs_that_learned_nothing(tmp_path):
+    for i, (task, label, seed, score) in enumerate(
+        [
+            ("mrpc", "d64", 1, 0.6838),  # exactly the majority class
+            ("mrpc", "d64", 2, 0.6900),  # within a point of it
+            ("mrpc", "e1", 1, 0.7800),
+            ("sst2", "d64", 1, 0.40),  # below it
+            ("rte", "e1", 1, 0.10),  # no majority score given for the task: not judged
+        ]
+    ):
+        write_json_atomic(tmp_path / f"r{i}.json", record(f"r{i}", task, label, seed, score))
+    runs = load_records(tmp_path)
+    low = near_majority(runs, {"mrpc": 68.38, "sst2": 50.92})
+    assert low[["task", "method", "seed"]].values.tolist() == [
+        ["mrpc", "d64", 1],
+        ["mrpc", "d64", 2],
+        ["sst2", "d64", 1],
+    ]
+    assert low["majority"].tolist() == [68.38, 68.38, 50.92]
+    assert near_majority(runs, {"mrpc": 68.38}, margin=0.0)["seed"].tolist() == [1]
+    assert near_majority(runs.iloc[0:0], {"mrpc": 68.38}).empty
+
+
+def test_compute_table_keeps_devices_apart(tmp_path):
+    gpu = record("g", "sst2", "e1", 1, 0.8, wall=7200.0)
+    gpu["device"] = "cuda:0"
+    gpu["provenance"] = {"machine": {"gpu": "NVIDIA H100"}}
+    for rec in (
+        record("c1", "sst2", "e1", 1, 0.8, wall=3600.0),
+        record("c2", "sst2", "e1", 2, 0.8),
+        gpu,
+    ):
+        write_json_atomic(tmp_path / f"{rec['run_id']}.json", rec)
+    table = compute_table(load_records(tmp_path)).set_index(["method", "device"])
+    assert table.loc[("e1", "cpu"), "runs"] == 2
+    assert table.loc[("e1", "cpu"), "hours"] == pytest.approx((3600 + 10) / 3600)
+    assert table.loc[("e1", "NVIDIA H100"), "hours"] == pytest.approx(2.0)
+    assert table.loc[("e1", "NVIDIA H100"), "minutes_per_run"] == pytest.approx(120.0)
 
 
 def test_learning_curves_and_late_gain(tmp_path):

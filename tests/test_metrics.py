@@ -152,3 +152,15 @@ def test_majority_baseline_on_rte_dev() -> None:
     # Train: 1249 entailment (0) vs 1241 -> always predict entailment; dev has 146 of 277.
     assert majority_baseline("rte", train, dev) == {"accuracy": pytest.approx(146 / 277)}
     assert 146 / 277 == pytest.approx(0.5271, abs=1e-4)
+
+
+@pytest.mark.skipif(DATA_DIR is None, reason="local GLUE data (glue/RTE) not found")
+def test_majority_score_reads_the_task_and_names_its_main_metric() -> None:
+    from tinyattn.metrics import majority_score
+
+    assert majority_score("rte", DATA_DIR) == pytest.approx(146 / 277)  # as above
+    # MRPC: more paraphrases than not in train; 279 of the 408 dev pairs are paraphrases
+    assert majority_score("mrpc", DATA_DIR) == pytest.approx(279 / 408)
+    assert majority_score("stsb", DATA_DIR) == 0.0  # a constant has no correlation
+    with pytest.raises(FileNotFoundError, match="data folder"):
+        majority_score("rte", str(DATA_DIR / "nope"))

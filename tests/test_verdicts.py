@@ -128,6 +128,25 @@ def test_c3(self_, matched, tenfold, head):
     assert verdicts.c3(table, False).startswith("**Provisional**")
 
 
+def test_c3_not_established_says_whether_anything_favours_context():
+    none_ahead = comparison(
+        "tinyattn_e1", tinyattn_self=MIXED, bottleneck_matched=MIXED, bottleneck_10x=BEHIND
+    )
+    text = verdicts.c3(none_ahead, True)
+    assert "Nothing here shows context helping" in text
+    assert "ten times the parameters are resolvably better" in text
+    assert verdicts.headline(text) == "C3 is not established on MiniLM-L6"
+    one_ahead = comparison(
+        "tinyattn_e1", tinyattn_self=AHEAD, bottleneck_matched=MIXED, bottleneck_10x=BEHIND
+    )
+    assert "Nothing here" not in verdicts.c3(one_ahead, True)
+    tenfold_unresolved = comparison(
+        "tinyattn_e1", tinyattn_self=MIXED, bottleneck_matched=MIXED, bottleneck_10x=MIXED
+    )
+    text = verdicts.c3(tenfold_unresolved, True)
+    assert "Nothing here" in text and "ten times" not in text.split("\n")[0]
+
+
 def test_c3_names_the_missing_comparisons():
     text = verdicts.c3(comparison("tinyattn_e1", tinyattn_self=AHEAD), True)
     assert text.startswith("**No verdict yet.**") and "`bottleneck_matched`" in text

@@ -75,6 +75,7 @@ def _row(record: dict) -> dict:
         "stage_one_run_id": _reused_stage_one(record),
         "commit": record.get("provenance", {}).get("git", {}).get("commit"),
         "machine": record.get("provenance", {}).get("machine", {}).get("processor"),
+        "device": _device(record),
         "torch_threads": record.get("provenance", {}).get("machine", {}).get("torch_threads"),
     }
     row["adapter_plus_head_params"] = row["adapter_params"] + row["head_params"]
@@ -82,6 +83,14 @@ def _row(record: dict) -> dict:
     for name, value in record["best"]["metrics"].items():
         row[f"best_{name}"] = SCORE_SCALE * value
     return row
+
+
+def _device(record: dict) -> str:
+    """Where the run trained: ``cpu``, or the GPU's name."""
+    device = str(record.get("device", "cpu"))
+    if device.startswith("cuda"):
+        return record.get("provenance", {}).get("machine", {}).get("gpu") or device
+    return device
 
 
 def evaluation_rows(record: dict) -> list[dict]:
@@ -215,6 +224,22 @@ def below_probe(runs: pd.DataFrame, score: str = "final_score", probe: str = "he
     return low[columns].sort_values(["task", "method", "seed"]).reset_index(drop=True)
 
 
+def near_majority(
+    runs: pd.DataFrame, majority: dict[str, float], score: str = "final_score", margin: float = 1.0
+) -> pd.DataFrame:
+    """Runs that ended no more than ``margin`` points above their task's majority-class score
+    (``majority``: task -> score in points), i.e. that learned (next to) nothing from the inputs: a
+    diverged or collapsed run. Kept in every mean; this table names them. Columns: task, method,
+    seed, the run's score, the majority score."""
+    columns = ["task", "method", "seed", score, "majority"]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    known = runs[runs["task"].isin(list(majority))].copy()
+    known["majority"] = known["task"].map(majority)
+    low = known[known[score] <= known["majority"] + margin]
+    return low[columns].sort_values(["task", "method", "seed"]).reset_index(drop=True)
+
+
 def task_average(runs: pd.DataFrame, score: str = "score") -> pd.DataFrame:
     """Per method: the average over tasks, as mean ± std over seeds of each seed's task average.
 
@@ -291,12 +316,14 @@ def stage_one_selection(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def compute_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per method: runs finished, CPU-hours in all (two-stage runs with their E = 1 stage) and per run,
-    training throughput."""
-    grouped = runs.groupby("method", sort=False)
+    """Per method and device: runs finished, wall-clock hours in all (two-stage runs with their E = 1
+    stage) and minutes per run, training throughput. Where each run had one CPU thread (the `cpu`
+    study), hours are CPU-hours; on a GPU that ran several runs at once, they are hours of runs that
+    shared it, not GPU-hours."""
+    grouped = runs.groupby(["method", "device"], sort=False)
     table = grouped.agg(
         runs=("run_id", "count"),
-        cpu_hours=("compute_seconds", lambda s: s.sum() / 3600),
+        hours=("compute_seconds", lambda s: s.sum() / 3600),
         minutes_per_run=("compute_seconds", lambda s: s.mean() / 60),
         tokens_per_second=("tokens_per_second", "median"),
     )

@@ -220,7 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the registered methods and their defaults")
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("study", help="run a study profile's grid, resumably (through papermill, or plain processes)")
+    p = sub.add_parser(
+        "study",
+        help="run a study profile's grid, resumably (through papermill, or plain processes)",
+    )
     p.add_argument(
         "--profile", required=True, help="profiles/<NAME>.yaml, or a path to a YAML file"
     )

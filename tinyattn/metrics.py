@@ -20,7 +20,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from tinyattn.data import TaskSpec, get_task
+from tinyattn.data import TaskSpec, get_task, load_glue_task, resolve_data_dir
 
 STSB_RANGE = (0.0, 5.0)
 
@@ -119,3 +119,13 @@ def majority_baseline(
         counts = Counter(int(y) for y in train)
         constant = min(counts, key=lambda c: (-counts[c], c))
     return compute_metrics(spec, np.full(n_eval, constant), eval_labels)
+
+
+def majority_score(task: str | TaskSpec, data_dir: str | None = None) -> float:
+    """The task's main metric on its dev set for the majority-class (or training-mean) predictor:
+    the score of a model that learned nothing from the inputs."""
+    spec = get_task(task)
+    folder = resolve_data_dir(data_dir)
+    train = [row["label"] for row in load_glue_task(spec.name, "train", folder)]
+    dev = [row["label"] for row in load_glue_task(spec.name, "validation", folder)]
+    return majority_baseline(spec, train, dev)[main_metric(spec.name)]

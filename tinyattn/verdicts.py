@@ -199,4 +199,14 @@ def c3(comparison: pd.DataFrame, complete: bool) -> str:
         )
     else:
         head += "**C3 is not established on MiniLM-L6**: the same-size comparisons are not all resolved."
+        if "better" not in same_size:
+            head += (
+                " Nothing here shows context helping: tiny attention is not resolvably better than "
+                "either variant of its own size"
+            )
+            head += (
+                ", while ten times the parameters are resolvably better."
+                if result["bottleneck_10x"] == "worse"
+                else "."
+            )
     return head + "\n\n" + "\n".join(lines)
