@@ -15,6 +15,7 @@ from tinyattn.aggregate import (
     score_table,
     stage_one_selection,
     summarise,
+    task_standing,
 )
 from tinyattn.records import write_json_atomic
 
@@ -76,6 +77,34 @@ def test_tables(runs_dir):
     assert diff.loc["b", "sst2"] == pytest.approx(-15.0)
     with pytest.raises(ValueError, match="reference method 'zzz'"):
         difference_to(summary.reset_index(), "zzz")
+
+
+def test_task_standing_names_the_methods_ahead_per_task():
+    import pandas as pd
+
+    summary = pd.DataFrame(
+        [
+            ("rte", "ref", 60.0),
+            ("rte", "x", 65.0),
+            ("rte", "y", 55.0),
+            ("rte", "z", 62.0),
+            ("sst2", "ref", 90.0),
+            ("sst2", "x", 88.0),
+            ("sst2", "y", 90.0),
+            ("cola", "x", 30.0),  # the reference did not run here: no row
+        ],
+        columns=["task", "method", "mean"],
+    )
+    standing = task_standing(summary, "ref").set_index("task")
+    assert list(standing.index) == ["rte", "sst2"]
+    assert standing.loc["rte", "rank"] == 3 and standing.loc["rte", "methods"] == 4
+    assert standing.loc["rte", "ahead"] == "x, z" and standing.loc["rte", "best"] == "x"
+    assert standing.loc["rte", "gap_to_best"] == pytest.approx(5.0)
+    # a tie shares the better rank, and nothing is ahead of it
+    assert standing.loc["sst2", "rank"] == 1 and standing.loc["sst2", "ahead"] == ""
+    assert standing.loc["sst2", "gap_to_best"] == 0.0
+    with pytest.raises(ValueError, match="reference method 'nope'"):
+        task_standing(summary, "nope")
 
 
 def test_selected_run_ids_only(runs_dir):

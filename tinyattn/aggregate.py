@@ -340,6 +340,31 @@ def difference_to(summary: pd.DataFrame, reference: str, method_order: list[str]
     return means.sub(means.loc[reference], axis=1).rename_axis(index=None, columns=None)
 
 
+def task_standing(summary: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Per task: where the reference stands among the methods by mean score (rank 1 = best, ties share
+    the better rank), how many methods ran, the methods ahead of it, and its gap to the best (points,
+    zero when it is the best). Where the claim fails, by task."""
+    rows = []
+    for task, group in summary.groupby("task", sort=False):
+        means = group.set_index("method")["mean"]
+        if reference not in means.index:
+            continue
+        ahead = means[means > means[reference]].sort_values(ascending=False)
+        rows.append(
+            {
+                "task": task,
+                "rank": len(ahead) + 1,
+                "methods": len(means),
+                "best": means.idxmax(),
+                "gap_to_best": float(means.max() - means[reference]),
+                "ahead": ", ".join(ahead.index),
+            }
+        )
+    if not rows:
+        raise ValueError(f"no finished run of the reference method {reference!r}")
+    return pd.DataFrame(rows)
+
+
 def comparison_figure(summary: pd.DataFrame):
     """Score vs trainable parameters (% of the backbone, log scale), one panel per task."""
     tasks = list(dict.fromkeys(summary["task"]))
