@@ -13,6 +13,7 @@ import platform
 import subprocess
 import tempfile
 from importlib import metadata
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 RECORD_VERSION = 1
@@ -146,4 +147,68 @@ def read_record(path: str | Path) -> dict:
         raise CorruptRecordError(f"{path}: unreadable run record ({err})") from err
     if not isinstance(record, dict) or "run_id" not in record or "status" not in record:
         raise CorruptRecordError(f"{path}: not a run record (no run_id/status)")
+    return record
+
+
+# Where records and adapters live: the one place that spells out the layout of a runs folder.
+ADAPTERS_SUBDIR = "adapters"
+
+
+def record_path(run_id: str, runs_dir: str | Path = "results/runs") -> Path:
+    """A run's record: ``<runs_dir>/<run_id>.json``."""
+    return Path(runs_dir) / f"{run_id}.json"
+
+
+def adapter_dir(run_id: str, runs_dir: str | Path = "results/runs") -> Path:
+    """Where a run's trained adapter is saved (``--save-adapter``): ``<runs_dir>/adapters/<run_id>``."""
+    return Path(runs_dir) / ADAPTERS_SUBDIR / run_id
+
+
+def record_status(run_id: str, runs_dir: str | Path = "results/runs") -> str:
+    """``done``, ``failed`` or ``pending`` (no record, one still running, or one that cannot be trusted)."""
+    path = record_path(run_id, runs_dir)
+    if not path.exists():
+        return "pending"
+    try:
+        status = read_record(path)["status"]
+    except CorruptRecordError:
+        return "pending"
+    return status if status in ("done", "failed") else "pending"
+
+
+def read_records(
+    runs_dir: str | Path = "results/runs",
+    *,
+    status: str | None = "done",
+    run_ids: Iterable[str] | None = None,
+    where: Callable[[dict], bool] | None = None,
+) -> list[dict]:
+    """The records in ``runs_dir`` (sorted by file name): by default the finished ones (``status``
+    None: all), optionally only ``run_ids`` and those for which ``where(record)`` is true. A record that
+    cannot be read back is passed over: it is not a result."""
+    wanted = None if run_ids is None else set(run_ids)
+    found = []
+    for path in sorted(Path(runs_dir).glob("*.json")):
+        if wanted is not None and path.stem not in wanted:
+            continue
+        try:
+            record = read_record(path)
+        except CorruptRecordError:
+            continue
+        if status is not None and record["status"] != status:
+            continue
+        if where is not None and not where(record):
+            continue
+        found.append(record)
+    return found
+
+
+def read_run(run_id: str, runs_dir: str | Path = "results/runs") -> dict:
+    """One finished run's record; an error naming the run if it has none or it is not finished."""
+    path = record_path(run_id, runs_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"no run record {path}")
+    record = read_record(path)
+    if record["status"] != "done":
+        raise ValueError(f"run {run_id} is not finished (status {record['status']!r})")
     return record
