@@ -12,8 +12,8 @@ import os
 import platform
 import subprocess
 import tempfile
-from importlib import metadata
 from collections.abc import Callable, Iterable
+from importlib import metadata
 from pathlib import Path
 
 RECORD_VERSION = 1
