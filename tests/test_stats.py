@@ -1,0 +1,122 @@
+"""The declared statistics against hand computations."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tinyattn import stats
+
+
+def _runs(scores: dict[str, list[float]], tasks=("a", "b", "c"), seeds=(1, 2, 3)) -> pd.DataFrame:
+    """Runs of each method over tasks x seeds, scores given in task-major order."""
+    rows = []
+    for method, values in scores.items():
+        pairs = [(t, s) for t in tasks for s in seeds]
+        for (task, seed), value in zip(pairs, values, strict=True):
+            rows.append({"task": task, "seed": seed, "method": method, "score": value})
+    return pd.DataFrame(rows)
+
+
+def test_holm_matches_the_step_down_by_hand():
+    # sorted: 0.005 x4 = 0.02, 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> raised to 0.06
+    adjusted = stats.holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    nan_kept = stats.holm([0.01, float("nan"), 0.02])
+    assert math.isnan(nan_kept[1]) and nan_kept[[0, 2]] == pytest.approx([0.02, 0.02])
+
+
+def test_sign_test_is_the_exact_binomial():
+    # 13 wins of 15: 2 * (C(15,13) + C(15,14) + C(15,15)) / 2^15
+    result = stats.sign_test([1.0] * 13 + [-1.0] * 2)
+    assert (result["wins"], result["losses"], result["ties"]) == (13, 2, 0)
+    assert result["sign_p"] == pytest.approx(2 * (105 + 15 + 1) / 2**15)
+    tied = stats.sign_test([0.0, 0.0, 2.0])
+    assert tied["ties"] == 2 and tied["sign_p"] == pytest.approx(1.0)  # one win of one
+    assert stats.sign_test([0.0, 0.0])["sign_p"] == 1.0
+
+
+def test_t_interval_by_hand():
+    low, high = stats.t_interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) x sd 1 / sqrt(3)
+    assert (low, high) == pytest.approx((2 - half, 2 + half))
+    assert all(math.isnan(v) for v in stats.t_interval([1.0]))
+
+
+def test_bootstrap_interval_brackets_the_mean_and_handles_degenerate_input():
+    low, high = stats.bootstrap_interval(np.arange(20.0))
+    assert low < 9.5 < high
+    assert stats.bootstrap_interval([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    assert all(math.isnan(v) for v in stats.bootstrap_interval([1.0]))
+
+
+def test_pair_differences_pairs_on_task_and_seed_only():
+    runs = _runs({"ref": [10.0] * 9, "other": [9.0] * 8 + [12.0]})
+    runs = runs.drop(runs.index[(runs["method"] == "other") & (runs["seed"] == 1)])  # unpaired
+    diffs = stats.pair_differences(runs, "ref")
+    assert len(diffs) == 6 and set(diffs["seed"]) == {2, 3}
+    assert diffs.set_index(["task", "seed"]).loc[("c", 3), "difference"] == -2.0
+    with pytest.raises(ValueError, match="'missing'"):
+        stats.pair_differences(runs, "missing")
+
+
+def test_declared_comparison_needs_interval_and_holm():
+    clear = [10.0 + i for i in range(9)]
+    runs = _runs(
+        {
+            "ref": clear,
+            "weaker": [v - 1.0 - 0.1 * i for i, v in enumerate(clear)],  # loses every pair
+            "mixed": [v + (1.0 if i % 2 else -1.0) for i, v in enumerate(clear)],
+            "stronger": [v + 2.0 for v in clear],
+        }
+    )
+    table = stats.declared_comparison(runs, "ref").set_index("method")
+    assert table.loc["weaker", "outcome"] == "better"
+    assert table.loc["stronger", "outcome"] == "worse"
+    assert table.loc["mixed", "outcome"] == "not resolved"
+    # 9 of 9 pairs: p = 2 / 2^9; three comparisons: Holm multiplies the smallest by 3
+    assert table.loc["weaker", "sign_p"] == pytest.approx(2 / 2**9)
+    assert table.loc[["weaker", "stronger"], "holm_p"].min() == pytest.approx(3 * 2 / 2**9)
+    # a family restricts both the rows and Holm's multiplier
+    alone = stats.declared_comparison(runs, "ref", family=["weaker"]).set_index("method")
+    assert list(alone.index) == ["weaker"]
+    assert alone.loc["weaker", "holm_p"] == pytest.approx(2 / 2**9)
+
+
+def test_a_single_large_loss_moves_the_mean_not_the_sign_test():
+    ref = [50.0] * 9
+    other = [49.0] * 8 + [90.0]  # the reference wins 8 of 9 pairs but loses one by 40 points
+    table = stats.declared_comparison(_runs({"ref": ref, "other": other}), "ref")
+    row = table.iloc[0]
+    assert row["mean_difference"] < 0 < row["median_difference"]
+    assert row["wins"] == 8 and row["sign_p"] == pytest.approx(2 * 10 / 2**9)
+
+
+def test_per_task_differences_use_t_intervals():
+    runs = _runs({"ref": [1.0, 2.0, 3.0] * 3, "zero": [0.0] * 9})
+    table = stats.per_task_differences(runs, "ref").set_index("task")
+    assert table.loc["a", "mean_difference"] == 2.0 and table.loc["a", "seeds"] == 3
+    assert (table.loc["a", "ci_low"], table.loc["a", "ci_high"]) == pytest.approx(
+        stats.t_interval([1.0, 2.0, 3.0])
+    )
+
+
+def test_collapse_policy_flags_runs_near_the_majority_class():
+    runs = pd.DataFrame(
+        {
+            "task": ["rte", "rte", "rte", "stsb", "stsb", "cola"],
+            "seed": [1, 2, 3, 1, 2, 1],
+            "method": ["m", "m", "m", "m", "m", "m"],
+            "final_score": [53.0, 60.0, 54.0, 5.0, 80.0, 0.0],
+        }
+    )
+    majority = {"rte": 52.7, "stsb": 0.0}  # no entry for cola: it never counts as collapsed
+    flags = stats.collapsed(runs, majority)
+    assert flags.tolist() == [True, False, False, False, False, False]
+    left = stats.without_collapsed(runs, majority)
+    assert not ((left["task"] == "rte") & (left["seed"] == 1)).any() and len(left) == 5
+    cells = stats.cell_summary(runs, majority).set_index(["task", "method"])
+    assert bool(cells.loc[("rte", "m"), "bimodal"]) and cells.loc[("rte", "m"), "median"] == 54.0
+    assert not bool(cells.loc[("stsb", "m"), "bimodal"])

@@ -1,0 +1,206 @@
+"""The study's declared statistics: paired differences, their intervals, a rank-based check, Holm's
+correction, and the policy for collapsed runs.
+
+Everything here is fixed before it is applied (see the book's protocol, "The declared analysis"):
+
+- **Pairs.** Two methods are compared on the (task, seed) pairs both finished: the reference's score
+  minus the other's, in points. The pooled difference is the mean over all pairs, with a 95 %
+  percentile bootstrap interval (pairs resampled with replacement).
+- **Per task.** The same difference within each task, over its seeds, with a 95 % *t* interval (three
+  seeds give a bootstrap only a handful of distinct means; the *t* interval is the honest, wide one).
+- **Rank-based check.** A two-sided exact sign test over the pooled pairs (ties dropped). It uses only
+  which method won each pair, so it is not moved by one collapsed run and does not mix the scales of
+  MCC, Pearson and accuracy.
+- **Multiple comparisons.** Holm's step-down correction over each claim's family of comparisons.
+- **Resolved.** A comparison is resolved when its bootstrap interval excludes zero *and* its
+  Holm-adjusted sign-test p-value is below ``ALPHA``.
+- **Collapsed runs.** A run that ends within ``COLLAPSE_MARGIN`` points of its task's majority-class
+  score learned (next to) nothing. Results are shown with and without the pairs that hold one; a
+  (task, method) cell whose seeds are partly collapsed is bimodal and is summarised by its median.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+#: The level of every test and interval: 95 % intervals, p below 0.05 after Holm.
+ALPHA = 0.05
+#: A run ending at most this many points above its task's majority-class score has collapsed.
+COLLAPSE_MARGIN = 1.0
+
+
+def pair_differences(runs: pd.DataFrame, reference: str, score: str = "score") -> pd.DataFrame:
+    """Long table of paired differences: task, seed, method, difference (reference minus method),
+    one row per (task, seed) that both the reference and the method finished."""
+    scores = runs.pivot_table(index=["task", "seed"], columns="method", values=score)
+    if reference not in scores.columns:
+        raise ValueError(f"no finished run of the reference method {reference!r}")
+    others = [m for m in dict.fromkeys(runs["method"]) if m != reference]
+    diffs = scores[others].rsub(scores[reference], axis=0)
+    table = diffs.stack().dropna().rename("difference").reset_index()
+    table.columns = ["task", "seed", "method", "difference"]
+    return table
+
+
+def bootstrap_interval(
+    values: Sequence[float], *, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """The 95 % percentile bootstrap interval of the mean (NaN with fewer than two values; the value
+    itself when all are equal)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    if np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    ci = sps.bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=resamples,
+        confidence_level=1 - ALPHA,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    ).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float]:
+    """The 95 % Student-t interval of the mean (NaN with fewer than two values)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    mean, sem = values.mean(), values.std(ddof=1) / np.sqrt(len(values))
+    half = sps.t.ppf(1 - ALPHA / 2, len(values) - 1) * sem
+    return float(mean - half), float(mean + half)
+
+
+def sign_test(values: Sequence[float]) -> dict:
+    """Two-sided exact sign test of "neither side wins more often": wins (> 0), losses (< 0), ties
+    (dropped) and the p-value (1.0 when every pair is a tie)."""
+    values = np.asarray(values, dtype=float)
+    wins, losses = int((values > 0).sum()), int((values < 0).sum())
+    ties = len(values) - wins - losses
+    p = sps.binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
+    return {"wins": wins, "losses": losses, "ties": ties, "sign_p": float(p)}
+
+
+def holm(pvalues: Iterable[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values, in the input's order (NaN stays NaN and does not count)."""
+    p = np.asarray(list(pvalues), dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    m, running = len(valid), 0.0
+    for rank, index in enumerate(valid[np.argsort(p[valid], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def outcome(row) -> str:
+    """``better`` / ``worse`` (resolved for / against the reference), ``not resolved`` or ``too few
+    pairs`` under the declared rule: the interval excludes zero and Holm's p is below ``ALPHA``."""
+    if pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]):
+        return "too few pairs"
+    significant = row["holm_p"] < ALPHA
+    if significant and row["ci_low"] > 0:
+        return "better"
+    if significant and row["ci_high"] < 0:
+        return "worse"
+    return "not resolved"
+
+
+def declared_comparison(
+    runs: pd.DataFrame,
+    reference: str,
+    family: Sequence[str] | None = None,
+    score: str = "score",
+) -> pd.DataFrame:
+    """The reference against each method of ``family`` (default: every other method), pooled over
+    (task, seed) pairs: pairs, mean difference and bootstrap interval, share of pairs the reference
+    wins, sign test, Holm-adjusted p over the family, and the declared outcome."""
+    diffs = pair_differences(runs, reference, score)
+    family = list(family) if family is not None else list(dict.fromkeys(diffs["method"]))
+    rows = []
+    for method in family:
+        values = diffs.loc[diffs["method"] == method, "difference"].to_numpy()
+        low, high = bootstrap_interval(values)
+        rows.append(
+            {
+                "method": method,
+                "pairs": len(values),
+                "mean_difference": float(values.mean()) if len(values) else float("nan"),
+                "median_difference": float(np.median(values)) if len(values) else float("nan"),
+                "ci_low": low,
+                "ci_high": high,
+                "reference_wins": float((values > 0).mean()) if len(values) else float("nan"),
+                **sign_test(values),
+            }
+        )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["holm_p"] = holm(table["sign_p"])
+    table["outcome"] = [outcome(row) for _, row in table.iterrows()]
+    return table
+
+
+def per_task_differences(runs: pd.DataFrame, reference: str, score: str = "score") -> pd.DataFrame:
+    """Within each task: the reference minus each method over the seeds both finished, with the mean,
+    a 95 % t interval and the number of seeds the reference wins."""
+    diffs = pair_differences(runs, reference, score)
+    rows = []
+    for (task, method), group in diffs.groupby(["task", "method"], sort=False):
+        values = group["difference"].to_numpy()
+        low, high = t_interval(values)
+        rows.append(
+            {
+                "task": task,
+                "method": method,
+                "seeds": len(values),
+                "mean_difference": float(values.mean()),
+                "ci_low": low,
+                "ci_high": high,
+                "reference_wins": int((values > 0).sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def collapsed(
+    runs: pd.DataFrame, majority: dict[str, float], score: str = "final_score"
+) -> pd.Series:
+    """Per run (aligned with ``runs``): whether it ended within ``COLLAPSE_MARGIN`` points of its
+    task's majority-class score (``majority``: task -> points). Tasks without one never collapse."""
+    floor = runs["task"].map(majority)
+    return (runs[score] <= floor + COLLAPSE_MARGIN).fillna(False).astype(bool)
+
+
+def without_collapsed(
+    runs: pd.DataFrame, majority: dict[str, float], score: str = "final_score"
+) -> pd.DataFrame:
+    """``runs`` less every (task, seed) pair that holds a collapsed run of any method, so that the
+    paired comparisons that remain are between runs that all learned something."""
+    flags = collapsed(runs, majority, score)
+    bad = set(map(tuple, runs.loc[flags, ["task", "seed"]].to_numpy().tolist()))
+    keep = [(t, s) not in bad for t, s in zip(runs["task"], runs["seed"])]
+    return runs[keep]
+
+
+def cell_summary(
+    runs: pd.DataFrame, majority: dict[str, float], score: str = "final_score"
+) -> pd.DataFrame:
+    """Per (task, method): mean, std, median, seeds, collapsed seeds, and ``bimodal`` (some but not
+    all seeds collapsed): such a cell is summarised by its median, not by mean ± std."""
+    flagged = runs.assign(_collapsed=collapsed(runs, majority, score))
+    table = flagged.groupby(["task", "method"], sort=False).agg(
+        mean=(score, "mean"),
+        std=(score, "std"),
+        median=(score, "median"),
+        seeds=(score, "size"),
+        collapsed=("_collapsed", "sum"),
+    )
+    table["bimodal"] = (table["collapsed"] > 0) & (table["collapsed"] < table["seeds"])
+    return table.reset_index()
