@@ -14,9 +14,13 @@ Everything here is fixed before it is applied (see the book's protocol, "The dec
 - **Multiple comparisons.** Holm's step-down correction over each claim's family of comparisons.
 - **Resolved.** A comparison is resolved when its bootstrap interval excludes zero *and* its
   Holm-adjusted sign-test p-value is below ``ALPHA``.
-- **Collapsed runs.** A run that ends within ``COLLAPSE_MARGIN`` points of its task's majority-class
-  score learned (next to) nothing. Results are shown with and without the pairs that hold one; a
-  (task, method) cell whose seeds are partly collapsed is bimodal and is summarised by its median.
+- **Collapsed runs.** A run has collapsed when it ends within ``COLLAPSE_MARGIN`` points of its task's
+  majority-class score, or below the lowest seed of the linear probe (``PROBE``: the head alone on the
+  frozen backbone) on its task: it learned (next to) nothing, or less than nothing added to the
+  encoder. These are the book's two existing diagnostics ("Runs that learned nothing", "below the
+  probe"). Every comparison is shown with all pairs and without the pairs in which either of its two
+  runs collapsed; a (task, method) cell whose seeds are partly collapsed is bimodal and is summarised
+  by its median, not by mean ± std.
 """
 
 from __future__ import annotations
@@ -31,16 +35,31 @@ from scipy import stats as sps
 ALPHA = 0.05
 #: A run ending at most this many points above its task's majority-class score has collapsed.
 COLLAPSE_MARGIN = 1.0
+#: The linear probe: a run ending below this method's lowest seed on its task has collapsed.
+PROBE = "head_only"
 
 
-def pair_differences(runs: pd.DataFrame, reference: str, score: str = "score") -> pd.DataFrame:
+def pair_differences(
+    runs: pd.DataFrame,
+    reference: str,
+    score: str = "score",
+    *,
+    exclude: pd.Series | None = None,
+) -> pd.DataFrame:
     """Long table of paired differences: task, seed, method, difference (reference minus method),
-    one row per (task, seed) that both the reference and the method finished."""
+    one row per (task, seed) that both the reference and the method finished. ``exclude`` (booleans
+    aligned with ``runs``, e.g. ``collapsed(...)``) drops each pair in which either run is flagged."""
     scores = runs.pivot_table(index=["task", "seed"], columns="method", values=score)
     if reference not in scores.columns:
         raise ValueError(f"no finished run of the reference method {reference!r}")
     others = [m for m in dict.fromkeys(runs["method"]) if m != reference]
     diffs = scores[others].rsub(scores[reference], axis=0)
+    if exclude is not None:
+        flags = runs.assign(_flag=exclude.astype(float)).pivot_table(
+            index=["task", "seed"], columns="method", values="_flag"
+        )
+        flags = flags.reindex(index=diffs.index, columns=scores.columns).fillna(0.0)
+        diffs = diffs.mask(flags[others].gt(0) | flags[[reference]].to_numpy().astype(bool))
     table = diffs.stack().dropna().rename("difference").reset_index()
     table.columns = ["task", "seed", "method", "difference"]
     return table
@@ -117,11 +136,14 @@ def declared_comparison(
     reference: str,
     family: Sequence[str] | None = None,
     score: str = "score",
+    *,
+    exclude: pd.Series | None = None,
 ) -> pd.DataFrame:
     """The reference against each method of ``family`` (default: every other method), pooled over
     (task, seed) pairs: pairs, mean difference and bootstrap interval, share of pairs the reference
-    wins, sign test, Holm-adjusted p over the family, and the declared outcome."""
-    diffs = pair_differences(runs, reference, score)
+    wins, sign test, Holm-adjusted p over the family, and the declared outcome. ``exclude``: as in
+    ``pair_differences`` (the comparison without collapsed runs)."""
+    diffs = pair_differences(runs, reference, score, exclude=exclude)
     family = list(family) if family is not None else list(dict.fromkeys(diffs["method"]))
     rows = []
     for method in family:
@@ -147,10 +169,12 @@ def declared_comparison(
     return table
 
 
-def per_task_differences(runs: pd.DataFrame, reference: str, score: str = "score") -> pd.DataFrame:
+def per_task_differences(
+    runs: pd.DataFrame, reference: str, score: str = "score", *, exclude: pd.Series | None = None
+) -> pd.DataFrame:
     """Within each task: the reference minus each method over the seeds both finished, with the mean,
     a 95 % t interval and the number of seeds the reference wins."""
-    diffs = pair_differences(runs, reference, score)
+    diffs = pair_differences(runs, reference, score, exclude=exclude)
     rows = []
     for (task, method), group in diffs.groupby(["task", "method"], sort=False):
         values = group["difference"].to_numpy()
@@ -172,21 +196,16 @@ def per_task_differences(runs: pd.DataFrame, reference: str, score: str = "score
 def collapsed(
     runs: pd.DataFrame, majority: dict[str, float], score: str = "final_score"
 ) -> pd.Series:
-    """Per run (aligned with ``runs``): whether it ended within ``COLLAPSE_MARGIN`` points of its
-    task's majority-class score (``majority``: task -> points). Tasks without one never collapse."""
+    """Per run (aligned with ``runs``): whether it collapsed, i.e. ended within ``COLLAPSE_MARGIN``
+    points of its task's majority-class score (``majority``: task -> points; a task without one is not
+    judged by it) or below the lowest seed of the probe (``PROBE``) on its task."""
     floor = runs["task"].map(majority)
-    return (runs[score] <= floor + COLLAPSE_MARGIN).fillna(False).astype(bool)
-
-
-def without_collapsed(
-    runs: pd.DataFrame, majority: dict[str, float], score: str = "final_score"
-) -> pd.DataFrame:
-    """``runs`` less every (task, seed) pair that holds a collapsed run of any method, so that the
-    paired comparisons that remain are between runs that all learned something."""
-    flags = collapsed(runs, majority, score)
-    bad = set(map(tuple, runs.loc[flags, ["task", "seed"]].to_numpy().tolist()))
-    keep = [(t, s) not in bad for t, s in zip(runs["task"], runs["seed"])]
-    return runs[keep]
+    near_majority = (runs[score] <= floor + COLLAPSE_MARGIN).fillna(False)
+    probe_min = runs[runs["method"] == PROBE].groupby("task")[score].min()
+    below_probe = (runs["method"] != PROBE) & (runs[score] < runs["task"].map(probe_min)).fillna(
+        False
+    )
+    return (near_majority | below_probe).astype(bool)
 
 
 def cell_summary(
