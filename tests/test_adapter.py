@@ -1,4 +1,5 @@
-"""The tiny-attention module against a direct, loop-over-positions reading of the method."""
+"""The tiny-attention module: its plain definition against a loop-over-positions reading of the method,
+and every fast form (``tinyattn.fastpath``) against the plain definition."""
 
 from __future__ import annotations
 
@@ -8,43 +9,52 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinyattn.adapter import TinyAttention, dropout_keep_mask, paper_param_count, param_count
+from tinyattn import fastpath
+from tinyattn.adapter import TinyAttention, paper_param_count, param_count
+from tinyattn.fastpath import dropout_keep_mask
 
 
-def reference_update(module: TinyAttention, x: torch.Tensor, mask: torch.Tensor | None):
-    """The formula, one expert, one sequence, one query position at a time (no fusion, no batching)."""
+def reference_update(weights: dict, x: torch.Tensor, mask, *, combine="mean", context="full"):
+    """The formula from explicit weights (name -> (E, ...) tensor), one expert, one sequence, one query
+    position at a time (no fusion, no batching)."""
     B, T, D = x.shape
-    d, E = module.head_dim, module.experts
+    E, three_d, _ = weights["qkv_weight"].shape
+    d = three_d // 3
     mask = torch.ones(B, T, dtype=torch.bool) if mask is None else mask.bool()
 
     def one_expert(e: int, h: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(h)
         for b in range(B):
             normed = [
-                F.layer_norm(h[b, t], (D,), module.norm_weight[e], module.norm_bias[e])
+                F.layer_norm(h[b, t], (D,), weights["norm_weight"][e], weights["norm_bias"][e])
                 for t in range(T)
             ]
-            qkv = [module.qkv_weight[e] @ n + module.qkv_bias[e] for n in normed]
+            qkv = [weights["qkv_weight"][e] @ n + weights["qkv_bias"][e] for n in normed]
             q = [v[:d] for v in qkv]
             k = [v[d : 2 * d] for v in qkv]
             v = [v[2 * d :] for v in qkv]
             for i in range(T):
-                if module.context == "self":
+                if context == "self":
                     attended = v[i]
                 else:
                     keys = [j for j in range(T) if mask[b, j]]
                     scores = torch.stack([q[i] @ k[j] / math.sqrt(d) for j in keys])
-                    weights = torch.softmax(scores, dim=0)
-                    attended = sum(w * v[j] for w, j in zip(weights, keys))
-                out[b, i] = module.out_weight[e] @ attended + module.out_bias[e]
+                    probs = torch.softmax(scores, dim=0)
+                    attended = sum(w * v[j] for w, j in zip(probs, keys))
+                out[b, i] = weights["out_weight"][e] @ attended + weights["out_bias"][e]
         return out
 
-    if module.combine == "mean":
+    if combine == "mean":
         return sum(one_expert(e, x) for e in range(E)) / E
     h = x
     for e in range(E):
         h = h + one_expert(e, h) / E
     return h - x
+
+
+def reference(module: TinyAttention, x, mask):
+    weights = {n: p.detach() for n, p in module.named_parameters()}
+    return reference_update(weights, x, mask, combine=module.combine, context=module.context)
 
 
 def randomised(module: TinyAttention, seed: int = 0) -> TinyAttention:
@@ -56,6 +66,11 @@ def randomised(module: TinyAttention, seed: int = 0) -> TinyAttention:
     return module.eval()
 
 
+def plain(module: TinyAttention) -> TinyAttention:
+    module.fast = False
+    return module
+
+
 def inputs(B=2, T=6, D=8, seed=1):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(B, T, D, generator=gen)
@@ -64,19 +79,49 @@ def inputs(B=2, T=6, D=8, seed=1):
     return x, mask
 
 
-@pytest.mark.parametrize("head_dim", [1, 3])
-@pytest.mark.parametrize("experts", [1, 4])
-@pytest.mark.parametrize("combine", ["mean", "sequential"])
-@pytest.mark.parametrize("context", ["full", "self"])
-def test_module_matches_loop_reference(head_dim, experts, combine, context):
+CONFIGS = [
+    (d, E, combine, context)
+    for d in (1, 3)
+    for E in (1, 4)
+    for combine in ("mean", "sequential")
+    for context in ("full", "self")
+]
+
+
+@pytest.mark.parametrize("head_dim, experts, combine, context", CONFIGS)
+def test_plain_definition_matches_loop_reference(head_dim, experts, combine, context):
     module = randomised(
         TinyAttention(8, head_dim=head_dim, experts=experts, combine=combine, context=context)
     )
     x, mask = inputs()
-    got = module(x, mask)
-    want = reference_update(module, x, mask)
+    got = plain(module)(x, mask)
     assert got.shape == x.shape
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, reference(module, x, mask), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("head_dim, experts, combine, context", CONFIGS)
+def test_fast_path_computes_the_plain_definition(head_dim, experts, combine, context):
+    """Values and gradients in training (folded weights, fused residual) and inference (the CPU's
+    folded LayerNorm and rank-one update, the fold cache), against ``fast = False``."""
+    options = dict(head_dim=head_dim, experts=experts, combine=combine, context=context)
+    x, mask = inputs()
+    x = 3 * x + 2  # an offset mean: the folded variance, E[x^2] - mean^2, must not lose it
+    residual = torch.randn_like(x)
+    weights = torch.linspace(-1, 1, x.numel()).view_as(x)
+    results = []
+    for fast in (True, False):
+        module = randomised(TinyAttention(8, dropout=0.0, **options), seed=3).train()
+        module.fast = fast
+        xg, rg = x.clone().requires_grad_(), residual.clone().requires_grad_()
+        out = module(xg, mask, residual=rg)
+        (out * weights).sum().backward()
+        module.eval()
+        with torch.inference_mode():
+            inferred = [module(x, mask, residual=residual), module(x, mask), module(x, mask)]
+        results.append([out.detach(), xg.grad, rg.grad, *inferred])
+        results[-1] += [p.grad for p in module.parameters()]
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_padding_is_masked():
@@ -104,62 +149,67 @@ def test_output_starts_near_identity():
     torch.manual_seed(0)
     small = TinyAttention(64, out_scale=0.01)
     torch.manual_seed(0)
-    plain = TinyAttention(64, out_scale=1.0)
-    torch.testing.assert_close(small.out_weight, plain.out_weight * 0.01)
-    torch.testing.assert_close(small.out_bias, plain.out_bias * 0.01)
+    full = TinyAttention(64, out_scale=1.0)
+    torch.testing.assert_close(small.out_weight, full.out_weight * 0.01)
+    torch.testing.assert_close(small.out_bias, full.out_bias * 0.01)
     bound = 1 / math.sqrt(1)  # nn.Linear(1, D) default init bound
-    assert plain.out_weight.abs().max() <= bound and plain.out_weight.abs().max() > 0.5 * bound
+    assert full.out_weight.abs().max() <= bound and full.out_weight.abs().max() > 0.5 * bound
+
+
+def copies(single: TinyAttention, experts: int) -> TinyAttention:
+    """``experts`` identical copies of a single expert, stacked by hand."""
+    many = TinyAttention(single.hidden_size, head_dim=single.head_dim, experts=experts).eval()
+    with torch.no_grad():
+        for name, param in many.named_parameters():
+            for e in range(experts):
+                param[e] = getattr(single, name)[0]
+    return many
 
 
 def test_identical_experts_average_to_single_expert():
     single = randomised(TinyAttention(8, head_dim=2))
-    many = TinyAttention.init_experts_from(single, 4, noise_std=0.0).eval()
+    many = copies(single, 4)
     x, mask = inputs()
     torch.testing.assert_close(many(x, mask), single(x, mask))
     torch.testing.assert_close(many.average_experts()(x, mask), single(x, mask))
 
 
-def test_average_equals_module_with_mean_weights():
-    many = randomised(TinyAttention(8, head_dim=2, experts=3), seed=3)
-    avg = many.average_experts()
+def test_averaged_experts_compute_the_hand_averaged_expert():
+    """The deployed module computes the formula with every weight averaged over the experts by hand."""
+    E = 3
+    many = randomised(TinyAttention(8, head_dim=2, experts=E), seed=3)
+    hand = {}
+    for name, param in many.named_parameters():
+        total = torch.zeros_like(param[0])
+        for e in range(E):
+            total = total + param[e].detach()
+        hand[name] = (total / E)[None]  # (1, ...): one expert
+    avg = many.average_experts().eval()
     assert avg.experts == 1
-    manual = TinyAttention(8, head_dim=2).eval()
-    with torch.no_grad():
-        for name, p in many.named_parameters():
-            getattr(manual, name).copy_(p.mean(0, keepdim=True))
-            torch.testing.assert_close(getattr(avg, name)[0], p.mean(0))
     x, mask = inputs()
-    torch.testing.assert_close(avg.eval()(x, mask), manual(x, mask))
+    want = reference_update(hand, x, mask)
+    torch.testing.assert_close(avg(x, mask), want, rtol=1e-5, atol=1e-5)
     # and, for experts that really differ, averaging weights is not averaging outputs
     assert not torch.allclose(avg(x, mask), many(x, mask), atol=1e-4)
-
-
-def test_init_experts_from_adds_small_noise_on_qkv_only():
-    single = randomised(TinyAttention(8))
-    gen = torch.Generator().manual_seed(0)
-    many = TinyAttention.init_experts_from(single, 4, noise_std=1e-3, generator=gen)
-    assert many.experts == 4
-    for name in ("norm_weight", "norm_bias", "out_weight", "out_bias"):
-        assert torch.equal(
-            getattr(many, name), getattr(single, name).expand(4, *getattr(single, name).shape[1:])
-        )
-    delta = many.qkv_weight - single.qkv_weight
-    assert 0 < delta.std() < 3e-3
-    assert not torch.equal(many.qkv_weight[0], many.qkv_weight[1])  # experts are not clones
 
 
 def test_expert_extracts_one_expert():
     many = randomised(TinyAttention(8, experts=3))
     x, mask = inputs()
     one = many.expert(2).eval()
-    want = reference_update(TinyAttention.init_experts_from(one, 1, noise_std=0).eval(), x, mask)
-    torch.testing.assert_close(one(x, mask), want, rtol=1e-5, atol=1e-5)
+    assert one.experts == 1
+    weights = {n: p.detach()[2:3] for n, p in many.named_parameters()}
+    torch.testing.assert_close(
+        one(x, mask), reference_update(weights, x, mask), rtol=1e-5, atol=1e-5
+    )
     with pytest.raises(IndexError):
         many.expert(3)
 
 
-def test_attention_dropout_only_in_training():
+@pytest.mark.parametrize("fast", [True, False])
+def test_attention_dropout_only_in_training(fast):
     module = randomised(TinyAttention(8, dropout=0.5))
+    module.fast = fast
     x, mask = inputs()
     torch.testing.assert_close(module(x, mask), module(x, mask))
     module.train()
@@ -178,6 +228,19 @@ def test_parameter_count_matches_formula(D, d, E):
         assert paper_param_count(D, 1, E) == E * (7 * D + 11)
     # the paper's headline count: RoBERTa-large, 24 layers, one expert
     assert 24 * paper_param_count(1024) == 172_296
+
+
+def test_state_dict_layout_is_stable():
+    """Saved adapters and the experts analysis read these names and shapes."""
+    module = TinyAttention(16, head_dim=2, experts=3)
+    assert {k: tuple(v.shape) for k, v in module.state_dict().items()} == {
+        "norm_weight": (3, 16),
+        "norm_bias": (3, 16),
+        "qkv_weight": (3, 6, 16),
+        "qkv_bias": (3, 6),
+        "out_weight": (3, 16, 2),
+        "out_bias": (3, 16),
+    }
 
 
 @pytest.mark.parametrize(
@@ -211,8 +274,8 @@ def test_recompute_gives_the_same_gradients_with_dropout():
         saved.append(len(count))
         out.pow(2).sum().backward()
         grads.append([p.grad.clone() for p in module.parameters()])
-    for plain, recomputed in zip(*grads):
-        torch.testing.assert_close(plain, recomputed)
+    for kept, recomputed in zip(*grads):
+        torch.testing.assert_close(kept, recomputed)
     assert saved[1] < saved[0]  # the recomputed module really kept fewer tensors for backward
 
 
@@ -230,8 +293,8 @@ def test_fused_residual_equals_residual_plus_update(combine, recompute):
         out = module(xg, mask, residual=rg) if fused else rg + module(xg, mask)
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         results.append([out.detach(), xg.grad, rg.grad, *(p.grad for p in module.parameters())])
-    for plain, fused in zip(*results):
-        torch.testing.assert_close(fused, plain)
+    for unfused, fused in zip(*results):
+        torch.testing.assert_close(fused, unfused)
     assert not torch.equal(results[0][0], residual)  # the update is really there
 
 
@@ -270,19 +333,24 @@ def test_mixed_precision_keeps_the_residual_in_float32(experts):
 
 @pytest.mark.parametrize("head_dim", [1, 3])
 def test_zero_padded_heads_change_nothing(head_dim):
-    """Padding q, k and v to a width of 8 (what a GPU gets) gives the same update and gradients."""
+    """Padding q, k and v to a width of 8 (what a GPU gets) gives the same attention and gradients."""
     x, mask = inputs()
+    module = randomised(TinyAttention(8, head_dim=head_dim, experts=3))
+    q, k, v = (t.detach() for t in module._qkv(x))  # each (B, E, T, d)
+    keep = mask.bool()[:, None, None, :]
     results = []
-    for pad_heads in ("never", "always"):
-        module = randomised(TinyAttention(8, head_dim=head_dim, experts=3))
-        module.pad_heads = pad_heads
-        xg = x.clone().requires_grad_()
-        out = module(xg, mask)
+    for pad in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = fastpath.attend(*leaves, keep, 0.0, pad=pad)
+        assert out.shape == q.shape
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results.append([out.detach(), xg.grad, *(p.grad for p in module.parameters())])
-    for plain, padded in zip(*results):
-        torch.testing.assert_close(padded, plain)
-    torch.testing.assert_close(results[1][0], reference_update(module, x, mask).detach())
+        results.append([out.detach(), *(t.grad for t in leaves)])
+    for unpadded, padded in zip(*results):
+        torch.testing.assert_close(padded, unpadded)
+    want = torch.softmax(
+        (q @ k.transpose(-1, -2)).masked_fill(~keep, -math.inf) / head_dim**0.5, -1
+    )
+    torch.testing.assert_close(results[1][0], want @ v)
 
 
 def test_inference_reuses_folded_weights_until_a_parameter_changes():
@@ -301,34 +369,13 @@ def test_inference_reuses_folded_weights_until_a_parameter_changes():
     with torch.inference_mode():
         stepped = module(x, mask)
     assert not torch.allclose(stepped, first)
-    torch.testing.assert_close(stepped, reference_update(module, x, mask).detach())
+    torch.testing.assert_close(stepped, reference(module, x, mask))
 
     # so does loading another module's weights
     other = randomised(TinyAttention(8, experts=3), seed=5)
     module.load_state_dict(other.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(module(x, mask), other(x, mask))
-
-
-@pytest.mark.parametrize("head_dim, experts", [(1, 1), (1, 4), (3, 2)])
-@pytest.mark.parametrize("combine", ["mean", "sequential"])
-def test_cpu_inference_path_computes_the_training_function(head_dim, experts, combine):
-    """Without gradients a CPU folds the LayerNorm into the projection and, for a rank-one update,
-    adds it elementwise; the result must be the function that training computes."""
-    module = randomised(
-        TinyAttention(8, head_dim=head_dim, experts=experts, combine=combine), seed=3
-    )
-    x, mask = inputs()
-    x = 3 * x + 2  # an offset mean: the folded variance, E[x^2] - mean^2, must not lose it
-    residual = torch.randn_like(x)
-    plain = module(x, mask, residual=residual)  # gradients on: LayerNorm, then the projection
-    assert plain.requires_grad
-    with torch.inference_mode():
-        fast = module(x, mask, residual=residual)
-        update = module(x, mask)
-    torch.testing.assert_close(fast, plain.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(update, (plain - residual).detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(update, reference_update(module, x, mask).detach())
 
 
 def test_cpu_inference_path_survives_tokens_without_variance():
@@ -350,24 +397,25 @@ def test_dropout_keep_mask_has_its_rate_and_follows_the_seed():
     assert dropout_keep_mask((7, 3), 0.0).all()
 
 
-def test_cpu_training_attention_applies_the_mask_it_draws(monkeypatch):
-    import tinyattn.adapter as adapter_module
-
-    module = randomised(TinyAttention(8, experts=2, dropout=0.25)).train()
+@pytest.mark.parametrize("head_dim", [1, 2])
+def test_cpu_training_attention_applies_the_mask_it_draws(monkeypatch, head_dim):
+    """A CPU training step draws its dropout mask cheaply; with that mask, it computes the plain
+    definition: probabilities of the non-padding keys, dropped and rescaled by 1 / (1 - p)."""
+    module = randomised(TinyAttention(8, head_dim=head_dim, experts=2, dropout=0.25)).train()
     x, mask = inputs()
     drawn = []
-    draw = adapter_module.dropout_keep_mask
+    draw = fastpath.dropout_keep_mask
     monkeypatch.setattr(
-        adapter_module,
-        "dropout_keep_mask",
-        lambda *a, **k: drawn.append(draw(*a, **k)) or drawn[-1],
+        fastpath, "dropout_keep_mask", lambda *a, **k: drawn.append(draw(*a, **k)) or drawn[-1]
     )
     update = module(x, mask)
     (keep,) = drawn
     assert 0 < keep.float().mean() < 1
-    # the same update by hand, with that mask
-    q, k, v = module._qkv(x, module._fold(slice(None)))
-    scores = (q @ k.transpose(-1, -2)).masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
+    # the same update from the plain definition's q, k, v, with that mask
+    q, k, v = module._qkv(x)
+    scores = (q @ k.transpose(-1, -2) / head_dim**0.5).masked_fill(
+        ~mask.bool()[:, None, None, :], float("-inf")
+    )
     o = (scores.softmax(-1) * keep) @ v / 0.75  # (B, E, T, d)
     want = torch.einsum("betd,eDd->btD", o, module.out_weight) / 2 + module.out_bias.mean(0)
     torch.testing.assert_close(update, want)

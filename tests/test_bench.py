@@ -12,14 +12,18 @@ from torch import nn
 
 from tinyattn.adapter import TinyAttention
 from tinyattn.bench import (
-    _batch,
+    INFER_METHODS,
+    SETUPS,
+    TRAIN_METHODS,
+    build,
     flops_per_token,
-    paired_ratio,
+    random_batch,
     runs_table,
-    training_memory_mb,
 )
 from tinyattn.cli import main as cli
-from tinyattn.methods import build_model
+from tinyattn.inject import PREFIX
+from tinyattn.measure import paired_ratio, quartiles, rotated, summary, training_memory_mb
+from tinyattn.methods import METHODS, build_model
 from tinyattn.model import DEFAULT_BACKBONE, load_encoder
 
 
@@ -83,24 +87,78 @@ def test_memory_accounting_counts_gradients_and_optimizer_state():
     assert full["gradients_mb"] > memory["gradients_mb"]
 
 
-def test_flops_per_token():
+def test_flops_per_token_of_minilm_by_hand():
+    # MiniLM-L6: D = 384, 6 layers, FFN 1536. Per layer and token: q, k, v and output projections
+    # (4 D² multiply-adds), the FFN (2 D·1536), attention scores and mixing over n = 128 tokens (2 n·D);
+    # a multiply-add is 2 FLOPs: 2 · (589 824 + 1 179 648 + 98 304) = 3 735 552, × 6 layers.
     args = dict(hidden=384, layers=6, intermediate=1536, length=128)
-    base = flops_per_token("backbone", **args)
-    assert flops_per_token("lora_merged", **args) == base
-    assert (
-        base < flops_per_token("tinyattn_averaged", **args) < flops_per_token("tinyattn_e4", **args)
+    assert flops_per_token("backbone", **args) == 22_413_312
+    # LoRA r = 8 on W_q and W_v: 2 modules × (D·8 + 8·D) multiply-adds = 12 288, × 2 FLOPs × 6 layers
+    assert flops_per_token("lora", **args) == 22_413_312 + 6 * 2 * 12_288
+    assert flops_per_token("lora_merged", **args) == 22_413_312  # folded into the weights
+    # one tiny-attention expert (d = 1): q, k, v (3 D), scores and mixing (2 n), output (D)
+    one = 2 * (3 * 384 + 2 * 128 + 384)
+    assert flops_per_token("tinyattn_e1", **args) == 22_413_312 + 6 * one
+    assert flops_per_token("tinyattn_e4", **args) == 22_413_312 + 6 * 4 * one
+    assert flops_per_token("tinyattn_averaged", **args) == 22_413_312 + 6 * one
+
+
+def _matmul_weights(model) -> int:
+    """Weights that multiply every token in the encoder's layers: their Linear layers (the backbone's
+    and those a library adds) and the tiny-attention adapters' q/k/v and output matrices."""
+    linear = sum(
+        m.weight.numel() for m in model.base_encoder.encoder.modules() if isinstance(m, nn.Linear)
     )
-    assert flops_per_token("tinyattn_averaged", **args) / base < 1.01  # the adapter is tiny
+    adapters = getattr(model, PREFIX, None)
+    tiny = sum(a.qkv_weight.numel() + a.out_weight.numel() for a in getattr(adapters, "layers", []))
+    return linear + tiny
+
+
+def test_flops_per_token_count_the_built_models_matrix_products():
+    """The formula against the models themselves: 2 FLOPs per weight that multiplies a token, plus
+    attention's scores and mixing, 2 n per head dimension: 4 n D for the backbone's heads and
+    4 n d for each tiny-attention expert."""
+    n, cfg = 11, tiny_encoder("bert").config
+    D, layers = cfg.hidden_size, cfg.num_hidden_layers
+    for name in ("backbone", "full_ft", "lora", "lora_merged", "houlsby", "pfeiffer"):
+        model = build(SETUPS[name], tiny_encoder("bert"))
+        expected = 2 * _matmul_weights(model) + layers * 4 * n * D
+        assert flops_per_token(name, D, layers, cfg.intermediate_size, n) == expected, name
+    for name, experts in (("tinyattn_e1", 1), ("tinyattn_e4", 4), ("tinyattn_averaged", 1)):
+        model = build(SETUPS[name], tiny_encoder("bert"))
+        expected = 2 * _matmul_weights(model) + layers * (4 * n * D + experts * 4 * n * 1)
+        assert flops_per_token(name, D, layers, cfg.intermediate_size, n) == expected, name
+    # prefix-tuning adds 30 keys and values that every query attends to: n + 30 keys in all
+    args = dict(hidden=D, layers=layers, intermediate=cfg.intermediate_size)
+    assert flops_per_token("prefix", length=n, **args) == flops_per_token(
+        "backbone", length=n + 30, **args
+    )
+    # a wider head costs what the formula says: head_dim d scales the adapter's every term
+    wide = flops_per_token("tinyattn_e1", length=n, options={"head_dim": 4}, **args)
+    base = flops_per_token("backbone", length=n, **args)
+    assert wide - base == 4 * (flops_per_token("tinyattn_e1", length=n, **args) - base)
+
+
+def test_bench_setups_are_registered_methods():
+    assert {s.method for s in SETUPS.values()} <= set(METHODS)
+    assert set(TRAIN_METHODS) >= {"lora", "tinyattn_e4"} and "backbone" in INFER_METHODS
+
+
+def test_timing_helpers():
+    assert [k for k, _ in rotated({"a": 1, "b": 2, "c": 3}, 4)] == ["b", "c", "a"]
+    assert quartiles([5.0]) == (5.0, 5.0, 5.0)
+    row = summary([3.0, 1.0, 2.0])
+    assert row["median_s"] == 2.0 and row["n"] == 3 and row["q1_s"] <= 2.0 <= row["q3_s"]
 
 
 def test_tiny_attention_trains_in_less_memory_than_lora_on_the_packaged_backbone():
     # the efficiency target, at its sequence length (every saved activation scales with the batch)
     base = load_encoder(DEFAULT_BACKBONE)
-    batch, labels = _batch(8, 128, base.config.vocab_size), torch.zeros(8, dtype=torch.long)
+    batch, labels = random_batch(8, 128, base.config.vocab_size), torch.zeros(8, dtype=torch.long)
 
     def memory(method: str, options: dict, recompute: bool = True) -> float:
         model = build_model(method, copy.deepcopy(base), 2, options).train()
-        for layer in getattr(model, "tiny_attention", nn.Module()).modules():
+        for layer in getattr(model, PREFIX, nn.Module()).modules():
             if isinstance(layer, TinyAttention):
                 layer.recompute = recompute
         return training_memory_mb(model, batch, labels)["total_mb"]

@@ -1,5 +1,5 @@
-"""The GPU code paths, on a GPU: the adapter on CUDA against the CPU (padded heads, fused attention,
-cached folded weights), every method's forward and training step, a whole two-stage run trained on
+"""The GPU code paths, on a GPU: the adapter on CUDA against the CPU and against its plain definition
+(padded heads, fused attention, cached folded weights), every method's forward and training step, a whole two-stage run trained on
 the GPU against the same run on the CPU, its adapter reloaded on the CPU, and bf16 mixed precision.
 
 Skipped where there is no CUDA device (as in CI, which has none). On a GPU machine or in Colab:
@@ -95,6 +95,29 @@ def test_adapter_on_gpu_matches_cpu(head_dim, experts, combine, context):
         for _ in range(2):  # the second call reads the cache
             expected = cpu.eval()(x, mask) * mask[..., None]
             close(gpu.eval()(x.to(CUDA), mask.to(CUDA)) * mask.to(CUDA)[..., None], expected)
+
+
+@pytest.mark.parametrize("head_dim", [1, 4, 16])
+def test_gpu_fast_path_computes_the_plain_definition(head_dim):
+    """On the GPU the fast path pads each head to a width of 8 for the fused attention kernels and
+    caches its folded weights at inference: the same function as the plain definition."""
+    torch.manual_seed(0)
+    module = TinyAttention(32, head_dim=head_dim, experts=4, dropout=0.0).to(CUDA)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    x, weights = torch.randn(3, 11, 32), torch.randn(3, 11, 32)
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[1, 7:], mask[2, 3:] = 0, 0
+    results = []
+    for fast in (True, False):
+        module.fast = fast
+        out, dx, grads = forward_backward(module.train(), x, mask, weights)
+        with torch.no_grad():
+            inferred = module.eval()(x.to(CUDA), mask.to(CUDA)) * mask.to(CUDA)[..., None]
+        results.append([out, dx, inferred, *grads.values()])
+    for fast, plain in zip(*results):
+        close(fast, plain, atol=1e-4, rtol=1e-3)
 
 
 def test_recompute_replays_gpu_dropout():

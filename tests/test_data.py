@@ -1,4 +1,5 @@
-"""Tests of tinyattn.data: local GLUE parsing, errors, Hub path (mocked), splits, batching."""
+"""Tests of tinyattn.data (local GLUE parsing, errors, Hub path mocked, splits) and of
+tinyattn.batching (encoding, length-bucketed batches)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,13 @@ import pathlib
 import pytest
 import torch
 
-from tinyattn import data
+from tinyattn import batching, data
+from tinyattn.batching import encode, make_dataloader
 from tinyattn.data import (
     DATA_DIR_ENV,
     DataFormatError,
-    encode,
     get_task,
     load_glue_task,
-    make_dataloader,
     resolve_data_dir,
     split_train_heldout,
     subsample,
@@ -417,7 +417,7 @@ def _pair_examples(n: int) -> list[dict]:
 
 
 def test_encode_pairs(tokenizer) -> None:
-    ds = encode(_pair_examples(20), "rte", tokenizer, max_length=32)
+    ds = encode(_pair_examples(20), get_task("rte"), tokenizer, max_length=32)
     assert len(ds) == 20
     assert set(ds.features) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
     assert max(ds.lengths) == 32  # truncated
@@ -426,6 +426,18 @@ def test_encode_pairs(tokenizer) -> None:
     assert item["input_ids"][0] == tokenizer.cls_token_id
     assert item["input_ids"].count(tokenizer.sep_token_id) == 2
     assert set(item["token_type_ids"]) == {0, 1}
+
+
+def test_encode_takes_the_task_spec_not_its_name(tokenizer) -> None:
+    with pytest.raises(TypeError, match=r"pass get_task\('rte'\)"):
+        encode(_pair_examples(2), "rte", tokenizer)
+    with pytest.raises(ValueError, match="lack the key 'sentence'"):
+        encode(_pair_examples(2), get_task("sst2"), tokenizer)
+
+
+def test_batching_names_are_still_importable_from_data() -> None:
+    for name in ("EncodedDataset", "GlueCollator", "encode", "make_dataloader"):
+        assert getattr(data, name) is getattr(batching, name)
 
 
 def _pad_tokens(loader) -> int:
@@ -437,7 +449,7 @@ def _order(loader) -> list[int]:
 
 
 def test_bucketed_loader_covers_each_example_once_and_pads_less(tokenizer) -> None:
-    ds = encode(_pair_examples(300), "rte", tokenizer)
+    ds = encode(_pair_examples(300), get_task("rte"), tokenizer)
     bucketed = make_dataloader(ds, tokenizer, 16, shuffle=True, seed=0)
     plain = make_dataloader(ds, tokenizer, 16, shuffle=True, seed=0, bucket=False)
     for loader in (bucketed, plain):
@@ -450,7 +462,7 @@ def test_bucketed_loader_covers_each_example_once_and_pads_less(tokenizer) -> No
 
 
 def test_loader_batches_and_dtypes(tokenizer) -> None:
-    ds = encode(_pair_examples(40), "rte", tokenizer)
+    ds = encode(_pair_examples(40), get_task("rte"), tokenizer)
     batch = next(iter(make_dataloader(ds, tokenizer, 8, shuffle=True, seed=1)))
     assert set(batch) == {
         "input_ids",
@@ -470,14 +482,16 @@ def test_loader_batches_and_dtypes(tokenizer) -> None:
 
     stsb = [{**ex, "label": 0.5 * (ex["idx"] % 11)} for ex in _pair_examples(10)]
     stsb_batch = next(
-        iter(make_dataloader(encode(stsb, "stsb", tokenizer), tokenizer, 4, shuffle=False))
+        iter(
+            make_dataloader(encode(stsb, get_task("stsb"), tokenizer), tokenizer, 4, shuffle=False)
+        )
     )
     assert stsb_batch["labels"].dtype == torch.float32
     assert stsb_batch["labels"].tolist() == [stsb[i]["label"] for i in stsb_batch["example_index"]]
 
 
 def test_loader_determinism_and_epochs(tokenizer) -> None:
-    ds = encode(_pair_examples(200), "rte", tokenizer)
+    ds = encode(_pair_examples(200), get_task("rte"), tokenizer)
     a = make_dataloader(ds, tokenizer, 8, shuffle=True, seed=5)
     b = make_dataloader(ds, tokenizer, 8, shuffle=True, seed=5)
     a0, a1 = _order(a), _order(a)
@@ -505,7 +519,7 @@ def test_loader_determinism_and_epochs(tokenizer) -> None:
 @needs_data
 def test_real_rte_batches(tokenizer) -> None:
     examples = subsample(load_glue_task("rte", "validation", DATA_DIR), 64, seed=0)
-    ds = encode(examples, "rte", tokenizer, max_length=128)
+    ds = encode(examples, get_task("rte"), tokenizer, max_length=128)
     assert ds.example_ids == [ex["idx"] for ex in examples]
     loader = make_dataloader(ds, tokenizer, 16, shuffle=False)
     batches = list(loader)

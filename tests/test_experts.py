@@ -1,4 +1,4 @@
-"""Heads as experts: attention probabilities, statistics, deployment variants, and the notebook."""
+"""Heads as experts: attention probabilities, statistics, deployment variants, reports, and the notebook."""
 
 from __future__ import annotations
 
@@ -6,15 +6,18 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_batch, tiny_encoder
 
-from tinyattn import experts
+from tinyattn import deployment, expert_stats, experts
 from tinyattn.adapter import TinyAttention
 from tinyattn.checkpoint import trainable_state
+from tinyattn.inject import average_experts
 from tinyattn.methods import build_model
+from tinyattn.metrics import compute_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "experts.ipynb"
@@ -76,7 +79,7 @@ def test_attention_probs_reproduce_forward(context):
 
 def test_attention_probs_refuse_sequential_experts():
     module = TinyAttention(16, experts=2, combine="sequential")
-    with pytest.raises(NotImplementedError, match="sequential"):
+    with pytest.raises(NotImplementedError, match="combine='mean'"):
         module.attention_probs(*hidden())
 
 
@@ -88,7 +91,7 @@ def test_attention_stats_on_a_hand_made_map():
     uniform = torch.zeros(4, 4)
     uniform[:, :3] = 1 / 3
     probs = torch.stack([eye, uniform])[None]  # (1, 2, 4, 4)
-    stats = experts.attention_stats([probs, probs], ids, mask, special_token_ids=[101, 102])
+    stats = expert_stats.attention_stats([probs, probs], ids, mask, special_token_ids=[101, 102])
     assert len(stats) == 4 and set(stats["layer"]) == {0, 1}
     own, spread = stats.iloc[0], stats.iloc[1]
     assert own["entropy"] == pytest.approx(0.0)
@@ -118,7 +121,7 @@ def _set_experts(model, same: bool, seed: int = 0):
     """Every layer's experts: copies of one random expert (same) or independently random ones."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for layer in experts.adapters_of(model).layers:
+        for layer in expert_stats.adapters_of(model).layers:
             for p in layer.parameters():
                 shape = (1, *p.shape[1:]) if same else p.shape
                 p.copy_((torch.randn(shape, generator=gen) * 0.5).expand_as(p))
@@ -126,12 +129,12 @@ def _set_experts(model, same: bool, seed: int = 0):
 
 def test_deployment_forms_agree_exactly_for_identical_experts_only():
     model = _tiny_model()
-    adapters = experts.adapters_of(model)
+    adapters = expert_stats.adapters_of(model)
     slots = list(adapters.layers)
     batches = _batches()
     _set_experts(model, same=True)
-    logits = {v: experts.variant_logits(model, v, batches)[0] for v in experts.VARIANTS[:3]}
-    single = experts.variant_logits(model, 1, batches)[0]
+    logits = {v: deployment.variant_logits(model, v, batches)[0] for v in deployment.VARIANTS[:3]}
+    single = deployment.variant_logits(model, 1, batches)[0]
     for value in (*logits.values(), single):
         assert torch.allclose(
             torch.from_numpy(value), torch.from_numpy(logits["trained_form"]), atol=1e-6
@@ -139,7 +142,7 @@ def test_deployment_forms_agree_exactly_for_identical_experts_only():
     assert list(adapters.layers) == slots and adapters.config.experts == 3  # restored
 
     _set_experts(model, same=False)
-    logits = {v: experts.variant_logits(model, v, batches)[0] for v in experts.VARIANTS[:3]}
+    logits = {v: deployment.variant_logits(model, v, batches)[0] for v in deployment.VARIANTS[:3]}
     trained = torch.from_numpy(logits["trained_form"])
     assert (torch.from_numpy(logits["averaged"]) - trained).abs().max() > 1e-3
     assert (torch.from_numpy(logits["logit_ensemble"]) - trained).abs().max() > 1e-3
@@ -158,23 +161,23 @@ def test_deployment_variants_reuse_the_single_experts(monkeypatch):
         batch["labels"] = torch.randint(0, 2, (3,), generator=gen)
         batch["example_index"] = torch.arange(3 * i, 3 * i + 3)
         batches.append(batch)
-    monkeypatch.setattr(experts, "make_dataloader", lambda *args, **kwargs: iter(batches))
+    monkeypatch.setattr(deployment, "make_dataloader", lambda *args, **kwargs: iter(batches))
 
-    singles, variants = experts.deployment_variants(
+    singles, variants = deployment.deployment_variants(
         model, None, None, "sst2", repeats=2, latency_batches=1
     )
     by_name = variants.set_index("variant")
     own = {
-        v: experts.variant_logits(model, v, batches)
+        v: deployment.variant_logits(model, v, batches)
         for v in ("logit_ensemble", "trained_form", 0, 1, 2)
     }
     assert list(singles["expert"]) == [0, 1, 2]
     for e in range(3):
-        assert singles.loc[e, "accuracy"] == experts._score("sst2", *own[e])["accuracy"]
+        assert singles.loc[e, "accuracy"] == compute_metrics("sst2", *own[e])["accuracy"]
     ensemble = own["logit_ensemble"][0]
     assert (
         by_name.loc["logit_ensemble", "accuracy"]
-        == experts._score("sst2", *own["logit_ensemble"])["accuracy"]
+        == compute_metrics("sst2", *own["logit_ensemble"])["accuracy"]
     )
     assert by_name.loc["logit_ensemble", "max_abs_logit_diff_vs_trained"] == pytest.approx(
         float(abs(ensemble - own["trained_form"][0]).max()), abs=1e-6
@@ -187,12 +190,32 @@ def test_deployment_variants_reuse_the_single_experts(monkeypatch):
     assert (variants["timed_examples"] == 3).all() and (variants["latency_s"] > 0).all()
     assert list(by_name["encoder_passes"]) == [1, 1, 3, 1, 1]
 
-    _, every = experts.deployment_variants(
+    _, every = deployment.deployment_variants(
         model, None, None, "sst2", repeats=1, latency_batches=None
     )
     assert (every["timed_examples"] == 9).all()
     with pytest.raises(ValueError, match="latency_batches"):
-        experts.deployment_variants(model, None, None, "sst2", latency_batches=0)
+        deployment.deployment_variants(model, None, None, "sst2", latency_batches=0)
+
+
+def test_averaged_variant_is_injects_deployment():
+    """The ``averaged`` variant scores the model that ``inject.average_experts`` deploys, and
+    ``trained_form`` the model as it is; neither changes the model."""
+    import copy
+
+    from tinyattn.train import predict
+
+    model = _tiny_model()
+    _set_experts(model, same=False)
+    batches = _batches()
+    deployed = average_experts(copy.deepcopy(model))
+    assert expert_stats.adapters_of(deployed).config.experts == 1
+    expected, _ = predict(deployed, batches)
+    averaged, _ = deployment.variant_logits(model, "averaged", batches)
+    assert torch.allclose(torch.from_numpy(averaged), torch.from_numpy(expected), atol=1e-6)
+    as_trained, _ = deployment.variant_logits(model, "trained_form", batches)
+    assert torch.equal(torch.from_numpy(as_trained), torch.from_numpy(predict(model, batches)[0]))
+    assert expert_stats.adapters_of(model).config.experts == 3
 
 
 def test_capture_attention_and_similarity_on_a_tiny_model():
@@ -200,19 +223,19 @@ def test_capture_attention_and_similarity_on_a_tiny_model():
     _set_experts(model, same=True)
     batch = tiny_batch()
     model.train()
-    probs = experts.capture_attention(model, batch)
+    probs = expert_stats.capture_attention(model, batch)
     assert model.training  # mode restored
-    assert all(not layer._forward_hooks for layer in experts.adapters_of(model).layers)
+    assert all(not layer._forward_hooks for layer in expert_stats.adapters_of(model).layers)
     assert [p.shape for p in probs] == [(3, 3, 9, 9)] * 2
     assert probs[0][2, :, :, 5:].abs().max() == 0  # row 2 has 4 padding tokens
 
     reference = _tiny_model(num_experts=1, seed=1)
-    sim = experts.expert_similarity(model, reference, batch)
+    sim = expert_stats.expert_similarity(model, reference, batch)
     assert set(sim["kind"]) == {"weights", "updates", "attention"}  # reference has 1 expert
     pairs = sim[sim["expert_i"] != sim["expert_j"]]
     for kind in ("weights", "updates", "attention"):
         assert pairs[pairs["kind"] == kind]["cosine"].min() == pytest.approx(1.0)
-    summary = experts.similarity_summary(sim)
+    summary = expert_stats.similarity_summary(sim)
     assert len(summary) == 3 * 2 and list(summary.columns) == [
         "kind",
         "layer",
@@ -232,6 +255,71 @@ def test_missing_adapter_folder_is_named(tmp_path):
         experts.load_run("nope", tmp_path)
 
 
+def _write_record(runs, run_id, *, status="done", experts=4, task="sst2", two_stage=True):
+    params = {"method": "tinyattn", "method_options": {"experts": experts}, "seed": 1}
+    record = {
+        "run_id": run_id,
+        "status": status,
+        "task": task,
+        "params": {**params, "two_stage": two_stage},
+        "select_metric": "accuracy",
+        "best": {"step": 3, "metrics": {"accuracy": 0.75}},
+    }
+    (runs / f"{run_id}.json").write_text(json.dumps(record))
+    return record
+
+
+def test_find_expert_runs_lists_finished_expert_runs_and_their_adapters(tmp_path):
+    _write_record(tmp_path, "sst2-a")
+    _write_record(tmp_path, "sst2-b", two_stage=False)
+    _write_record(tmp_path, "sst2-one", experts=1)
+    _write_record(tmp_path, "sst2-failed", status="failed")
+    _write_record(tmp_path, "mrpc-a", task="mrpc")
+    (tmp_path / "sst2-broken.json").write_text('{"run_id": "sst2-bro')  # a truncated record
+    (tmp_path / "adapters" / "sst2-b").mkdir(parents=True)
+    (tmp_path / "adapters" / "sst2-b" / "adapter_config.json").write_text("{}")
+    found = experts.find_expert_runs(tmp_path, "SST-2")
+    assert list(found["run_id"]) == ["sst2-a", "sst2-b"]
+    assert list(found["adapter_saved"]) == [False, True] and list(found["best"]) == [0.75, 0.75]
+    assert len(experts.find_expert_runs(tmp_path)) == 3
+    with pytest.raises(RuntimeError, match="no finished two-stage"):
+        experts.choose_run(found, "sst2", tmp_path)  # the two-stage run has no saved adapter
+    (tmp_path / "adapters" / "sst2-a").mkdir()
+    (tmp_path / "adapters" / "sst2-a" / "adapter_config.json").write_text("{}")
+    assert experts.choose_run(experts.find_expert_runs(tmp_path, "sst2"), "sst2") == "sst2-a"
+
+
+def test_a_report_written_is_read_back_by_the_book(tmp_path):
+    """The report's fields (the book's heads chapter reads them through ``collect_reports``)."""
+    record = _write_record(tmp_path, "sst2-a")
+    record["stage_one"] = {"run_id": "sst2-one"}
+    run = experts.ExpertRun(record, _tiny_model())
+    similarity = expert_stats.expert_similarity(run.model)
+    batch = tiny_batch()
+    probs = expert_stats.capture_attention(run.model, batch)
+    stats = expert_stats.attention_stats(probs, batch["input_ids"], batch["attention_mask"])
+    singles = pd.DataFrame({"expert": [0, 1, 2], "accuracy": [0.5, 0.6, 0.7]})
+    variants = pd.DataFrame({"variant": list(deployment.VARIANTS), "accuracy": [0.8] * 5})
+    other = experts.ExpertRun({**record, "run_id": "sst2-b", "params": {}}, _tiny_model())
+    independent = experts.run_tables(other, similarity, singles, variants.assign(accuracy=0.4))
+    payload = experts.report_payload(run, 9, stats, similarity, singles, variants, independent)
+    path = experts.write_report(tmp_path / "analysis", "sst2-a", payload, {"stats": "x/a.png"})
+    report = json.loads(path.read_text())
+    assert set(report) == {
+        "run_id", "task", "experts", "two_stage", "stage_one", "eval_examples", "record_best",
+        "attention_stats", "similarity_summary", "similarity", "single_experts", "variants",
+        "independent", "figures",
+    }  # fmt: skip
+    assert (
+        report["experts"] == 3 and report["two_stage"] and report["figures"] == {"stats": "a.png"}
+    )
+    assert report["independent"]["run_id"] == "sst2-b" and not report["independent"]["two_stage"]
+    tables = experts.collect_reports(tmp_path / "analysis")
+    by_init = tables["variants"].groupby("init")["score"].mean()
+    assert by_init.to_dict() == pytest.approx({"two-stage": 80.0, "independent": 40.0})
+    assert len(tables["attention"]) == 2 * 3 and len(tables["similarity"]) == 2 * 2
+
+
 @pytest.mark.slow
 def test_notebook_end_to_end_on_toy_runs(tmp_path, data_dir, monkeypatch):
     """A toy profile's two-stage and independent E = 2 runs, analysed by ``tinyattn analyse``'s
@@ -239,7 +327,8 @@ def test_notebook_end_to_end_on_toy_runs(tmp_path, data_dir, monkeypatch):
     import yaml
 
     from tinyattn.experiment import run
-    from tinyattn.study import REPO, expand, load_profile, run_analyses
+    from tinyattn.profiles import REPO, expand, load_profile
+    from tinyattn.runner import run_analyses
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TINYATTN_DATA_DIR", str(data_dir))
@@ -270,7 +359,9 @@ def test_notebook_end_to_end_on_toy_runs(tmp_path, data_dir, monkeypatch):
         },
     }
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(toy))
-    trained = {p.label: run(p) for p in expand(load_profile(str(tmp_path / "toy.yaml")), "runs")}
+    trained = {
+        p.label: run(p) for p in expand(load_profile(str(tmp_path / "toy.yaml")), out_dir="runs")
+    }
     (staged, staged_model), (independent, independent_model) = (
         trained["tinyattn_e4"],
         trained["tinyattn_e4_indep"],
@@ -300,7 +391,7 @@ def test_notebook_end_to_end_on_toy_runs(tmp_path, data_dir, monkeypatch):
     assert str(REPO.resolve()) not in executed  # ... and names no path of this checkout
     assert '"input_path": "notebooks/experts.ipynb"' in executed
     tables = experts.collect_reports(out)
-    assert len(tables["variants"]) == 2 * len(experts.VARIANTS)
+    assert len(tables["variants"]) == 2 * len(deployment.VARIANTS)
     assert set(tables["variants"]["init"]) == set(tables["similarity"]["init"])
     assert set(tables["variants"]["init"]) == {"two-stage", "independent"}
     assert (
@@ -316,7 +407,7 @@ def test_notebook_end_to_end_on_toy_runs(tmp_path, data_dir, monkeypatch):
         "independent",
         "figures",
     } <= set(report)
-    assert [v["variant"] for v in report["variants"]] == list(experts.VARIANTS)
+    assert [v["variant"] for v in report["variants"]] == list(deployment.VARIANTS)
     assert len(report["attention_stats"]) == 6 * 2  # MiniLM: 6 layers x 2 experts
     assert all((out / name).is_file() for name in report["figures"].values())
     # the weight-averaged model, rebuilt from the saved adapter, scores as training evaluated it

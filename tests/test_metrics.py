@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
+from tinyattn.data import get_task
 from tinyattn.metrics import compute_metrics, main_metric, majority_baseline
 
 
@@ -127,6 +128,15 @@ def test_main_metric() -> None:
         assert main_metric(task) in compute_metrics(task, preds, labels)
     with pytest.raises(ValueError, match="nope"):
         main_metric("nope")
+
+
+def test_a_task_spec_is_taken_as_resolved() -> None:
+    """The task travels as its spec once resolved; names and specs give the same metrics."""
+    spec = get_task("STS-B")
+    assert main_metric(spec) == main_metric("stsb") == "pearson"
+    preds, labels = [1.0, 2.0, 4.5], [1.0, 3.0, 4.0]
+    assert compute_metrics(spec, preds, labels) == compute_metrics("stsb", preds, labels)
+    assert majority_baseline(get_task("rte"), [0, 0, 1], [0, 1]) == {"accuracy": 0.5}
 
 
 def test_majority_baseline_synthetic() -> None:

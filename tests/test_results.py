@@ -1,5 +1,5 @@
-"""The committed results themselves: every record is complete, and every method of the baselines
-profile beat the majority class on its SST-2 slice."""
+"""The committed results themselves: every record is complete, its run id reproduces from its
+parameters, and every method of the baselines profile beat the majority class on its SST-2 slice."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from tinyattn.data import load_glue_task
+from tinyattn.experiment import RunParams
 from tinyattn.metrics import majority_baseline
-from tinyattn.records import read_record
-from tinyattn.study import estimate_seconds, expand, load_profile
+from tinyattn.profiles import estimate_seconds, expand, load_profile
+from tinyattn.records import read_record, read_records
+from tinyattn.tuning import planned_runs
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 RUNS = RESULTS / "runs"
@@ -31,6 +33,18 @@ def test_every_committed_record_is_complete():
             assert record["provenance"]["versions"]["torch"]
 
 
+def test_every_committed_records_run_id_reproduces_from_its_parameters():
+    """The run id is a hash of the parameters: a change to what it hashes (or to a parameter's
+    default) would orphan every committed record."""
+    paths = sorted(RUNS.glob("*.json"))
+    records = read_records(RUNS, status=None, run_ids=[p.stem for p in paths])
+    assert len(records) == len(paths) >= 332  # every record read back, none passed over
+    changed = [
+        r["run_id"] for r in records if RunParams.from_dict(r["params"]).run_id != r["run_id"]
+    ]
+    assert not changed, f"{len(changed)} run ids no longer reproduce, e.g. {changed[:3]}"
+
+
 def test_committed_results_name_no_path_of_the_machine_that_made_them():
     ignored = RESULTS / "executed"  # the runner's executed training notebooks: git ignores them
     paths = [
@@ -48,7 +62,7 @@ def test_committed_results_name_no_path_of_the_machine_that_made_them():
 
 
 def test_every_baseline_beats_the_majority_class(data_dir):
-    planned = expand(load_profile("baselines"), str(RUNS))
+    planned = expand(load_profile("baselines"), out_dir=str(RUNS))
     records = {p.label: RUNS / f"{p.run_id}.json" for p in planned}
     missing = [label for label, path in records.items() if not path.exists()]
     if len(missing) == len(records):
@@ -74,7 +88,7 @@ def test_planning_estimate_matches_the_committed_runs():
     calibration, on an idle machine with both cores per run, was 2.1-2.9 times too low)."""
     ratios: dict[str, list[float]] = {}
     for name in ("tune", "cpu"):
-        planned = {p.run_id: p for p in expand(load_profile(name), str(RUNS), untuned_ok=True)}
+        planned = {p.run_id: p for p in planned_runs(name, str(RUNS), untuned_ok=True)}
         for run_id, params in planned.items():
             path = RUNS / f"{run_id}.json"
             if not path.is_file() or (record := read_record(path))["status"] != "done":

@@ -1,30 +1,36 @@
-"""The batch runner: profiles -> runs through papermill, resume after a kill, shards, bad input."""
+"""Profiles -> planned runs -> the runner (papermill or processes, resume after a kill, shards) ->
+a study's status; bad input named; the package's imports flow one way."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tinyattn import runner
 from tinyattn.cli import main as cli
-from tinyattn.study import (
-    TRAIN_NOTEBOOK,
+from tinyattn.profiles import (
+    as_profile,
     estimate_seconds,
     expand,
     load_profile,
     parse_shard,
-    plan,
-    run_status,
-    run_study,
+    placeholder_rates,
     shard,
 )
+from tinyattn.records import record_status, write_json_atomic
+from tinyattn.runner import TRAIN_NOTEBOOK, run_study
+from tinyattn.study import plan, profile_runs
+from tinyattn.tuning import planned_runs
 
 TOY = {
     "name": "toy",
@@ -100,7 +106,7 @@ def test_time_limit_starts_nothing_after_it_and_leaves_the_rest_pending(toy):
     outcome = run_study(str(toy), executor="process", time_limit=0, log=lambda msg: None)
     assert outcome == {"done": 0, "failed": 0, "skipped": 0, "not_started": 2}
     assert not records()
-    assert all(run_status(p) == "pending" for p in expand(load_profile(str(toy))))
+    assert all(record_status(p.run_id) == "pending" for p in expand(load_profile(str(toy))))
     with pytest.raises(ValueError, match="unknown executor 'gpu'"):
         run_study(str(toy), executor="gpu", log=lambda msg: None)
 
@@ -137,14 +143,14 @@ def test_truncated_record_is_redone(toy):
     target = Path("results/runs") / f"{planned[0].run_id}.json"
     target.parent.mkdir(parents=True)
     target.write_text('{"run_id": "' + planned[0].run_id + '", "status": "do')  # cut off mid-write
-    assert run_status(planned[0]) == "pending"
+    assert record_status(planned[0].run_id) == "pending"
     run_study(str(toy), log=lambda msg: None)
     assert json.loads(target.read_text())["status"] == "done"
     assert list(target.parent.glob(f"{target.name}.corrupt-*"))  # kept aside, not lost
 
 
 def test_shards_partition_the_grid():
-    runs = expand(load_profile("cpu"), untuned_ok=True)
+    runs = planned_runs("cpu", untuned_ok=True)
     ids = [r.run_id for r in runs]
     assert len(ids) == len(set(ids))
     for n in (1, 2, 3, 4, 7):
@@ -198,9 +204,9 @@ def test_tuning_and_ablations_share_the_cpu_studys_budget(tmp_path):
     assert training(ablations["defaults"]) == training(cpu["defaults"]) | {"restore_best": False}
     for task, budget in ablations["tasks"].items():
         assert {k: v for k, v in budget.items() if k != "methods"} == cpu["tasks"][task]
-    ablation_runs = expand(ablations, str(tmp_path), untuned_ok=True)
-    assert len(ablation_runs) == 14 * 2 * 3 and not any(r.restore_best for r in ablation_runs)
-    shared = {r.run_id for r in expand(cpu, str(tmp_path), untuned_ok=True)} & {
+    ablation_runs = planned_runs(ablations, str(tmp_path), untuned_ok=True)
+    assert len(ablation_runs) == 15 * 2 * 3 and not any(r.restore_best for r in ablation_runs)
+    shared = {r.run_id for r in planned_runs(cpu, str(tmp_path), untuned_ok=True)} & {
         r.run_id for r in ablation_runs
     }
     assert not shared
@@ -271,14 +277,14 @@ def test_tuning_grid_on_heldout_data_then_a_tuned_profile(tmp_path, data_dir, mo
     assert table["chosen"].sum() == 1
     chosen = select_learning_rates(str(tmp_path / "toytune.yaml"))
     assert chosen["head_only"] == table.loc[table["chosen"], "learning_rate"].item()
-    (planned,) = expand(load_profile(str(tmp_path / "toystudy.yaml")))
+    (planned,) = planned_runs(str(tmp_path / "toystudy.yaml"))
     assert planned.learning_rate == chosen["head_only"] and planned.heldout_fraction is None
 
 
 def test_work_units_keep_two_stage_runs_after_their_twin_and_nothing_else_together():
-    from tinyattn.study import work_units
+    from tinyattn.runner import work_units
 
-    runs = expand(load_profile("ablations"), untuned_ok=True)
+    runs = planned_runs("ablations", untuned_ok=True)
     units = work_units(runs)
     assert sorted(r.run_id for u in units for r in u) == sorted(r.run_id for r in runs)
     for unit in units:
@@ -299,7 +305,7 @@ def test_work_units_keep_two_stage_runs_after_their_twin_and_nothing_else_togeth
 
 
 def test_portable_notebook_drops_the_checkouts_location(tmp_path):
-    from tinyattn.study import REPO, installed_packages_dirs, portable_notebook
+    from tinyattn.runner import REPO, installed_packages_dirs, portable_notebook
 
     root = str(REPO.resolve())
     elsewhere = tmp_path / "env" / "site-packages"  # a virtual environment outside the checkout
@@ -328,3 +334,217 @@ def test_portable_notebook_drops_the_checkouts_location(tmp_path):
     assert outputs[0]["text"] == [".venv/lib/x.py:1: Warning\n"]
     assert outputs[1]["text"] == ["<site-packages>/tqdm/auto.py:21: Warning\n"]
     assert any(str(d).endswith("-packages") for d in installed_packages_dirs())
+
+
+# ----------------------------------------------------------------------------- profiles, one way
+def test_a_profile_with_a_yaml_syntax_error_is_named_with_its_line(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: broken\nseeds: [1, 2\ntasks: {sst2: {}}\nmethods: {a: {}}\n")
+    with pytest.raises(ValueError, match=rf"profile {broken}: invalid YAML at line 3, column 6"):
+        load_profile(str(broken))
+    assert cli(["study", "--profile", str(broken), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err  # one line, no traceback
+    assert err.startswith(f"tinyattn study: error: profile {broken}: invalid YAML at line 3")
+    broken.write_text("- just\n- a list\n")
+    with pytest.raises(ValueError, match="is not a mapping"):
+        load_profile(str(broken))
+    broken.write_text("tasks: {sst2: {}}\nmethods: {a: {}}\nseeds: 13\n")
+    with pytest.raises(ValueError, match="'seeds' must be a non-empty list"):
+        load_profile(str(broken))
+
+
+def test_a_tuned_profile_expands_only_with_its_rates():
+    cpu = load_profile("cpu")
+    with pytest.raises(ValueError, match="takes its learning rates from tuning profile 'tune'"):
+        expand(cpu)
+    rates = placeholder_rates(load_profile("tune"))
+    runs = expand(cpu, rates | {"tinyattn_e1": 0.5})
+    for label in ("tinyattn_e1", "tinyattn_e4"):  # E = 4 borrows E = 1's rate (tuned_as)
+        assert {r.learning_rate for r in runs if r.label == label} == {0.5}
+    assert {r.learning_rate for r in runs if r.label == "lora"} == {rates["lora"]}
+    with pytest.raises(ValueError, match="method 'lora' has no tuned learning rate"):
+        expand(cpu, {k: v for k, v in rates.items() if k != "lora"})
+
+
+def fake_record(params, score: float, status: str = "done") -> dict:
+    """A finished record of a planned run, as the aggregation and the tuning tables read it."""
+    metrics = {"accuracy": score}
+    return {
+        "run_id": params.run_id,
+        "status": status,
+        "task": params.task,
+        "method": params.method,
+        "seed": params.seed,
+        "select_metric": "accuracy",
+        "params": asdict(params),
+        "params_count": {"adapter_params": 1, "head_params": 1, "backbone_params": 100},
+        "best": {"step": 1, "metrics": metrics},
+        "final": {"step": 1, "metrics": metrics},
+        "evaluations": [{"epoch": 1.0, "step": 1, "metrics": metrics, "train_loss": 0.5}],
+        "steps": 1,
+        "epochs_run": 1.0,
+        "train_examples": 12,
+        "eval_examples": 4,
+        "train_seconds": 1.0,
+        "eval_seconds": 1.0,
+        "wall_seconds": 2.0,
+        "tokens_per_second": 1.0,
+    }
+
+
+def test_profile_runs_gives_a_study_status_from_its_records(tmp_path):
+    """Planned, waiting for tuning, tuned, partly done, complete: on a tiny runs folder."""
+    runs_dir = str(tmp_path / "runs")
+    tune = {
+        **TOY,
+        "name": "toytune",
+        "defaults": {**TOY["defaults"], "heldout_fraction": 0.25},
+        "methods": {"head_only": {"method": "head_only", "learning_rates": [1e-4, 1e-3, 1e-2]}},
+    }
+    study = {**TOY, "name": "toystudy", "tuning": str(tmp_path / "toytune.yaml"), "seeds": [1, 2]}
+    study["methods"] = {"head_only": {"method": "head_only"}, "lora": {"tuned_as": "head_only"}}
+    (tmp_path / "toytune.yaml").write_text(yaml.safe_dump(tune))
+    (tmp_path / "toystudy.yaml").write_text(yaml.safe_dump(study))
+
+    waiting = profile_runs(str(tmp_path / "toystudy.yaml"), runs_dir)
+    assert not waiting.tuned and "3 of 3 runs not done" in waiting.waiting
+    assert len(waiting.planned) == 4 and {p.learning_rate for p in waiting.planned} == {1e-3}
+    assert waiting.runs.empty and waiting.done == 0 and not waiting.complete
+    assert waiting.profile["name"] == "toystudy"
+
+    for params, score in zip(expand(tune, out_dir=runs_dir), (0.6, 0.7, 0.9), strict=True):
+        write_json_atomic(Path(runs_dir) / f"{params.run_id}.json", fake_record(params, score))
+    tuned = profile_runs(str(tmp_path / "toystudy.yaml"), runs_dir)
+    assert tuned.tuned and tuned.waiting is None and tuned.done == 0 and not tuned.complete
+    assert {p.learning_rate for p in tuned.planned} == {1e-2}  # the grid's best held-out score
+    assert [p.run_id for p in tuned.planned] == [
+        p.run_id for p in planned_runs(str(tmp_path / "toystudy.yaml"), runs_dir)
+    ]
+
+    first, *rest = tuned.planned
+    write_json_atomic(Path(runs_dir) / f"{first.run_id}.json", fake_record(first, 0.8))
+    failed = fake_record(rest[0], 0.0, status="failed")  # a failed run is not a finished one
+    write_json_atomic(Path(runs_dir) / f"{rest[0].run_id}.json", failed)
+    partly = profile_runs(str(tmp_path / "toystudy.yaml"), runs_dir)
+    assert partly.done == 1 and list(partly.runs["run_id"]) == [first.run_id]
+    assert partly.runs["score"].tolist() == [80.0] and not partly.complete
+    assert not partly.complete_for([first.label]) and not partly.complete_for(["lora"])
+    dry = plan(str(tmp_path / "toystudy.yaml"), runs_dir)
+    assert dry["counts"] == {"done": 1, "pending": 2, "failed": 1}
+
+    for params in rest:
+        write_json_atomic(Path(runs_dir) / f"{params.run_id}.json", fake_record(params, 0.75))
+    done = profile_runs(str(tmp_path / "toystudy.yaml"), runs_dir)
+    assert done.complete and done.done == 4 and set(done.runs["method"]) == {"head_only", "lora"}
+    assert done.complete_for(["lora"]) and not done.complete_for(["no_such_method"])
+    assert not waiting.complete_for(["head_only"])  # nothing counts before the rates are chosen
+    # a profile that names no tuning is tuned as it stands; nothing of it has run here
+    alone = profile_runs(as_profile(str(tmp_path / "toytune.yaml")), str(tmp_path / "empty"))
+    assert alone.tuned and alone.waiting is None and alone.done == 0 and len(alone.planned) == 3
+
+
+@pytest.mark.parametrize("executor", ["notebook", "process"])
+def test_either_executor_records_a_run_that_died_before_recording(toy, executor, monkeypatch):
+    """A kernel or process that ends without writing the run's record: the runner writes the failed
+    record, the same one for both executors."""
+    notebook = TRAIN_NOTEBOOK
+    if executor == "notebook":  # the notebook's parameters, then a cell that fails at once
+        from tinyattn.experiment import RunParams
+
+        cells = [
+            {
+                "cell_type": "code",
+                "id": "parameters",
+                "metadata": {"tags": ["parameters"]},
+                "source": "\n".join(f"{name} = None" for name in RunParams.names()),
+                "outputs": [],
+                "execution_count": None,
+            },
+            {
+                "cell_type": "code",
+                "id": "dies",
+                "metadata": {},
+                "source": "raise RuntimeError('died early')",
+                "outputs": [],
+                "execution_count": None,
+            },
+        ]
+        notebook = Path("dies.ipynb")
+        kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        notebook.write_text(
+            json.dumps(
+                {
+                    "cells": cells,
+                    "metadata": {"kernelspec": kernel},
+                    "nbformat": 4,
+                    "nbformat_minor": 5,
+                }
+            )
+        )
+    else:
+        monkeypatch.setattr(runner, "PROCESS_CODE", "import sys; print('died early'); sys.exit(3)")
+    profile = yaml.safe_load(toy.read_text())
+    profile["methods"] = {"head_only": profile["methods"]["head_only"]}
+    toy.write_text(yaml.safe_dump(profile))
+    (params,) = expand(load_profile(str(toy)))
+
+    outcome = run_study(str(toy), executor=executor, notebook=notebook, log=lambda msg: None)
+    assert outcome == {"done": 0, "failed": 1, "skipped": 0}
+    (record,) = records().values()
+    assert set(record) == {"run_id", "status", "params", "error"}
+    assert record["run_id"] == params.run_id and record["status"] == "failed"
+    assert record["params"] == asdict(params) and "died early" in record["error"]
+    assert record_status(params.run_id) == "failed"
+    assert run_study(str(toy), executor=executor, notebook=notebook, log=lambda m: None) == {
+        "done": 0,
+        "failed": 0,
+        "skipped": 0,
+    }  # a failed run is not retried without --retry-failed
+
+
+def tinyattn_imports(path: Path) -> set[str]:
+    """The ``tinyattn`` modules a module imports, anywhere in it (inside functions too)."""
+    package = {p.stem for p in path.parent.glob("*.py")}
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "tinyattn" and len(parts) > 1 and parts[1] in package:
+                found.add(parts[1])
+    return found - {path.stem}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The cycles a depth-first walk of the import graph meets (empty when it has none)."""
+    cycles, state = [], {}
+
+    def walk(module: str, trail: list[str]) -> None:
+        state[module] = "open"
+        for other in sorted(graph.get(module, ())):
+            if state.get(other) == "open":
+                cycles.append(trail[trail.index(other) :] + [other])
+            elif other not in state:
+                walk(other, trail + [other])
+        state[module] = "closed"
+
+    for module in sorted(graph):
+        if module not in state:
+            walk(module, [module])
+    return cycles
+
+
+def test_tinyattn_modules_import_each_other_one_way():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert import_cycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+    package = Path(runner.__file__).parent
+    graph = {path.stem: tinyattn_imports(path) for path in package.glob("*.py")}
+    assert {"profiles", "records", "experiment"} <= graph["runner"] | graph["tuning"]
+    assert "tuning" not in graph["profiles"] and "runner" not in graph["tuning"]
+    assert not import_cycles(graph)

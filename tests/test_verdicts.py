@@ -1,4 +1,5 @@
-"""Every outcome of the verdict rules on C1, C2 and C3, on paired comparisons made from scores."""
+"""Every outcome of the verdict rules: C1, C2 and C3 on paired comparisons made from scores, the
+task-by-task standing, and the efficiency targets on measured ratios."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tinyattn import verdicts
-from tinyattn.aggregate import paired_comparison
+from tinyattn.aggregate import paired_comparison, task_standing
 from tinyattn.experts import deployment_comparison
 
 
@@ -160,3 +161,89 @@ def test_headline_gives_the_gist_and_keeps_the_provisional_mark():
     empty = pd.DataFrame(columns=["method", "mean_difference", "ci_low", "ci_high"])
     assert verdicts.headline(verdicts.c3(empty, complete=False)) == "No verdict yet"
     assert verdicts.headline("plain text\nmore") == "plain text"
+
+
+def test_c1_waits_for_a_comparison():
+    assert verdicts.c1(pd.DataFrame(), "ref", True).startswith("**No verdict yet.**")
+
+
+def test_c2_names_independent_experts_and_waits_for_expert_runs():
+    four_vs_one = comparison("tinyattn_e4", tinyattn_e1=AHEAD)
+    kept = deployments([0.1, 0.2, 0.0, 0.1, 0.15, 0.05])
+    independent = deployments([30.0] * 6)  # averaging independent experts loses 30 points
+    text = verdicts.c2(four_vs_one, kept, True, independent=independent)
+    assert "- independently initialised experts, as trained minus averaged: +30.00 points" in text
+    assert verdicts.c2(pd.DataFrame(), kept, True).startswith("**No verdict yet.**")
+
+
+def standing_table(*rows: tuple[str, int, str, float]) -> pd.DataFrame:
+    """A ``task_standing`` table: (task, rank, best method, gap to the best) per task, 11 methods."""
+    table = pd.DataFrame(rows, columns=["task", "rank", "best", "gap_to_best"]).set_index("task")
+    return table.assign(methods=11)
+
+
+def test_standing_names_best_and_worst_tasks_and_the_widest_gap():
+    assert verdicts.standing(pd.DataFrame()) == "No task has a finished run of the reference yet."
+    everywhere = standing_table(("rte", 1, "tinyattn_e4", 0.0), ("sst2", 1, "tinyattn_e4", 0.0))
+    assert verdicts.standing(everywhere) == "Tiny attention is the best method on every task."
+    mixed = standing_table(
+        ("rte", 1, "tinyattn_e4", 0.0),
+        ("mrpc", 7, "full_ft", 2.34),
+        ("sst2", 4, "lora", 0.5),
+        ("cola", 7, "lora", 1.0),
+    )
+    assert verdicts.standing(mixed) == (
+        "Tiny attention is the best method on rte. Its rank runs from 1 (rte) to 7 (mrpc, cola) "
+        "of up to 11 methods; its largest gap to the best method is 2.3 points, behind full_ft "
+        "on mrpc."
+    )
+    nowhere = standing_table(("rte", 2, "lora", 0.25), ("sst2", 3, "bitfit", 0.5))
+    assert verdicts.standing(nowhere) == (
+        "Its rank runs from 2 (rte) to 3 (sst2) of up to 11 methods; its largest gap to the best "
+        "method is 0.5 points, behind bitfit on sst2."
+    )
+
+
+def test_standing_reads_the_aggregated_table():
+    rows = [("t1", "ref", 80.0), ("t1", "a", 70.0), ("t2", "ref", 60.0), ("t2", "a", 65.0)]
+    summary = pd.DataFrame(rows, columns=["task", "method", "mean"])
+    table = task_standing(summary, "ref").set_index("task")
+    assert verdicts.standing(table) == (
+        "Tiny attention is the best method on t1. Its rank runs from 1 (t1) to 2 (t2) of up to 2 "
+        "methods; its largest gap to the best method is 5.0 points, behind a on t2."
+    )
+
+
+def ratio(q1: float, median: float, q3: float) -> dict:
+    return {"q1": q1, "median": median, "q3": q3}
+
+
+@pytest.mark.parametrize(
+    "measured, verdict",
+    [
+        (ratio(0.98, 1.01, 1.03), "is met"),  # the upper quartile on the target counts as met
+        (ratio(1.031, 1.04, 1.05), "is missed"),
+        (ratio(1.01, 1.03, 1.05), "cannot be resolved by this measurement"),
+        (ratio(1.00, 1.01, 1.031), "cannot be resolved by this measurement"),
+    ],
+)
+def test_ratio_target_is_decided_by_the_quartiles(measured, verdict):
+    assert verdicts.ratio_target(measured, 1.03).startswith(verdict)
+
+
+def test_memory_target_needs_every_configuration_within_lora():
+    assert verdicts.memory_target([367.6, 380.0], 399.9) == "is met"
+    assert verdicts.memory_target([399.9, 380.0], 399.9) == "is met"
+    assert verdicts.memory_target([367.6, 400.0], 399.9) == "is missed"
+
+
+def test_within_spread_compares_quartile_ranges():
+    assert verdicts.within_spread(ratio(1.0, 1.1, 1.2), ratio(1.15, 1.3, 1.4)) == "within"
+    assert verdicts.within_spread(ratio(1.15, 1.3, 1.4), ratio(1.0, 1.1, 1.2)) == "within"
+    assert verdicts.within_spread(ratio(1.0, 1.05, 1.1), ratio(1.2, 1.3, 1.4)) == "beyond"
+
+
+def test_ranges_apart_needs_every_process_faster():
+    before = pd.Series([1.30, 1.45, 1.38])
+    assert verdicts.ranges_apart(before, pd.Series([1.10, 1.25])) == "ranges that do not overlap"
+    assert verdicts.ranges_apart(before, pd.Series([1.10, 1.30])).startswith("ranges that overlap")

@@ -1,1 +1,41 @@
-"""tinyattn."""
+"""tinyattn: a reproducible study of tiny-attention adapters (Zhao, Tan & Mei, EMNLP 2022).
+
+A map of the package, one job per module. Data flows one way:
+*profile -> planned runs -> runner -> records -> aggregate / analysis -> chapters*; the modules have no
+import cycle, counting imports inside functions (``tests/test_study.py`` checks it).
+
+The method
+    ``adapter``       ``TinyAttention``: the plain definition of one layer's adapter (E experts).
+    ``fastpath``      the same function in fewer passes (folded weights, CPU tricks), tested against it.
+    ``inject``        placing adapters in BERT / RoBERTa / ALBERT encoders; averaging; two-stage start.
+    ``peft``          tiny attention as a PEFT method (``get_peft_model``); ``peft_convert`` between routes.
+
+Models, data, metrics
+    ``model``         backbones (the packaged MiniLM-L6 offline) and ``EncoderClassifier``.
+    ``methods``       the method registry: tiny attention and the baselines (peft, adapters).
+    ``checkpoint``    adapter-only save and load, refusing another backbone.
+    ``data``          GLUE task specs and loading (local folder or Hub); ``batching`` encodes and batches.
+    ``fewglue``       FewGLUE / SuperGLUE data and the cloze pattern; ``cloze`` the PET-style protocol.
+    ``metrics``       GLUE metrics and majority-class baselines.
+
+One run
+    ``train``         the training loop (Accelerate): evaluation, best / last weights.
+    ``experiment``    one run's parameters -> trained model and its record.
+    ``records``       the runs folder: record files, adapter folders, one reader, provenance.
+
+A study
+    ``profiles``      study grids: load, validate, expand into runs, cost estimates (pure).
+    ``tuning``        learning rates chosen on held-out data, on top of profiles.
+    ``runner``        running a grid: locks, executors, scheduler, resume, analyses.
+    ``study``         a profile's status and finished runs, for chapters and notebooks.
+
+Results
+    ``aggregate``     records -> tables, curves, paired comparisons.
+    ``stats``         the declared statistics: intervals, sign test, Holm, collapsed runs.
+    ``verdicts``      the rules that turn comparisons into verdicts on the paper's claims.
+    ``report``        the tables and sentences the chapters show.
+    ``experts``       the heads-as-experts analysis of one run (``expert_stats``: its maths;
+                      ``deployment``: deployment variants).
+    ``measure``       timing and memory helpers; ``bench`` the cost benchmark; ``plots`` figures.
+    ``cli``           the ``tinyattn`` command.
+"""

@@ -8,20 +8,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from tinyattn.records import CorruptRecordError, read_record
+from tinyattn.records import read_records
 
 SCORE_SCALE = 100.0  # GLUE convention: scores in points
 
 
-def _done_records(runs_dir: str | Path, run_ids: set[str] | None = None):
+def _done_records(runs_dir: str | Path, run_ids: set[str] | None = None) -> list[dict]:
     """Every finished run's record (``status == done``), optionally only the given run ids."""
-    for path in sorted(Path(runs_dir).glob("*.json")):
-        try:
-            record = read_record(path)
-        except CorruptRecordError:
-            continue
-        if record["status"] == "done" and (run_ids is None or record["run_id"] in run_ids):
-            yield record
+    return read_records(runs_dir, run_ids=run_ids)
 
 
 def load_records(
@@ -32,13 +26,7 @@ def load_records(
     if frame.empty:
         return frame
     # A two-stage run's compute includes its E = 1 twin's when it started from the twin's adapter.
-    walls = {}
-    for path in Path(runs_dir).glob("*.json"):
-        try:
-            record = read_record(path)
-        except CorruptRecordError:
-            continue
-        walls[record["run_id"]] = record.get("wall_seconds", 0.0)
+    walls = {r["run_id"]: r.get("wall_seconds", 0.0) for r in read_records(runs_dir, status=None)}
     frame["compute_seconds"] = frame["wall_seconds"] + frame["stage_one_run_id"].map(
         lambda rid: walls.get(rid, 0.0) if isinstance(rid, str) else 0.0
     )

@@ -1,218 +1,116 @@
 """Training and inference cost of the methods, side by side, in one process.
 
 Every method is built once on the same backbone; timings interleave the methods (A, B, C, then B, C, A,
-...: the order rotates every repetition) after warm-up, so that drift in the machine's speed falls on all of them alike; medians and
-inter-quartile ranges are reported. Training memory is counted tensor by tensor (saved activations,
-gradients, optimiser state), which is exact on any device. Analytic FLOPs per token complete it.
+...: the order rotates every repetition) after warm-up, so that drift in the machine's speed falls on
+all of them alike; medians and inter-quartile ranges are reported. Training memory is counted tensor
+by tensor (saved activations, gradients, optimiser state), which is exact on any device (the
+measurements are ``tinyattn.measure``'s). Analytic FLOPs per token complete it; ``cost_tables`` and
+``runs_table`` read the benchmark's JSON back for the book.
 """
 
 from __future__ import annotations
 
 import copy
 import statistics
-import time
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 
-from tinyattn.methods import build_model
+from tinyattn.adapter import TinyAttention
+from tinyattn.inject import PREFIX, average_experts
+from tinyattn.measure import (
+    ModuleClock,
+    dispatch_profile,
+    paired_ratio,
+    quartiles,
+    rotated,
+    summary,
+    synchronizer,
+    timed,
+    training_memory_mb,
+)
+from tinyattn.methods import build_model, method_options
 from tinyattn.model import DEFAULT_BACKBONE, load_encoder
 from tinyattn.records import machine, versions
 
-TRAIN_METHODS = {  # bench name -> (registered method, options)
-    "full_ft": ("full_ft", {}),
-    "lora": ("lora", {}),
-    "houlsby": ("houlsby", {}),
-    "pfeiffer": ("pfeiffer", {}),
-    "prefix": ("prefix", {}),
-    "tinyattn_e1": ("tinyattn", {}),
-    "tinyattn_e4": ("tinyattn", {"experts": 4}),
-    "tinyattn_e4_stored": ("tinyattn", {"experts": 4}),  # activations kept, not recomputed
+
+@dataclass(frozen=True)
+class Setup:
+    """One configuration the benchmark measures: a registered method (``tinyattn.methods``), its
+    options (the registry's defaults fill in the rest), and the form it runs in:
+
+    ``trained`` (as built), ``stored`` (tiny attention keeping its activations for the backward pass
+    instead of recomputing them), ``averaged`` (experts weight-averaged, as deployed), ``unmerged`` /
+    ``merged`` (LoRA with non-zero updates, beside or folded into the backbone's weights)."""
+
+    method: str
+    options: dict = field(default_factory=dict)
+    form: str = "trained"
+
+    def __post_init__(self) -> None:
+        method_options(self.method, self.options)  # an unknown method or option fails at import
+
+
+# The benchmark measures configurations of the registered methods rather than the registry itself:
+# the study's main comparisons (not every registered method), some in several forms (E = 1 and E = 4,
+# activations recomputed or stored, trained or deployed), under the names that results/bench/*.json
+# and the efficiency chapter key on. Each names its registered method and options, checked against the
+# registry; the FLOPs formula reads the options (LoRA's rank, the bottleneck width, ...) from there too.
+TRAIN_METHODS = {
+    "full_ft": Setup("full_ft"),
+    "lora": Setup("lora"),
+    "houlsby": Setup("houlsby"),
+    "pfeiffer": Setup("pfeiffer"),
+    "prefix": Setup("prefix"),
+    "tinyattn_e1": Setup("tinyattn"),
+    "tinyattn_e4": Setup("tinyattn", {"experts": 4}),
+    "tinyattn_e4_stored": Setup("tinyattn", {"experts": 4}, "stored"),
 }
-TINY_INFER = ("tinyattn_e4", "tinyattn_averaged")  # their adapters' share of a pass is timed too
-INFER_METHODS = (
-    "backbone",
-    "tinyattn_e4",
-    "tinyattn_averaged",
-    "lora_unmerged",
-    "lora_merged",
-    "houlsby",
-    "pfeiffer",
-)
+INFER_METHODS = {  # deployed forms: merged / averaged where the method allows it
+    "backbone": Setup("head_only"),
+    "tinyattn_e4": Setup("tinyattn", {"experts": 4}),
+    "tinyattn_averaged": Setup("tinyattn", {"experts": 4}, "averaged"),
+    "lora_unmerged": Setup("lora", form="unmerged"),
+    "lora_merged": Setup("lora", form="merged"),
+    "houlsby": Setup("houlsby"),
+    "pfeiffer": Setup("pfeiffer"),
+}
+SETUPS = {**TRAIN_METHODS, **INFER_METHODS}
+# inference forms whose adapters' share of a pass is timed too, and those whose dispatch is profiled
+TINY_INFER = tuple(name for name, s in INFER_METHODS.items() if s.method == "tinyattn")
+DISPATCHED = ("backbone", "tinyattn_averaged", "tinyattn_e4", "lora_merged")
 
 
-def _batch(batch_size: int, length: int, vocab: int, seed: int = 0) -> dict:
+def random_batch(batch_size: int, length: int, vocab: int, seed: int = 0) -> dict:
+    """Random token ids (no padding) and their attention mask: the benchmark's input."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, min(vocab, 20000), (batch_size, length), generator=gen)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def _inference_model(name: str, encoder):
-    """The deployed form of each method: merged / averaged where the method allows it."""
-    from tinyattn.inject import average_experts
-
-    if name == "backbone":
-        return build_model("head_only", encoder, 2)
-    if name in ("tinyattn_e4", "tinyattn_averaged"):
-        model = build_model("tinyattn", encoder, 2, {"experts": 4})
-        return average_experts(model) if name == "tinyattn_averaged" else model
-    if name.startswith("lora"):
-        model = build_model("lora", encoder, 2)
+def build(setup: Setup, encoder):
+    """The model of ``setup`` on ``encoder`` (modified in place: pass a copy), in its form."""
+    model = build_model(setup.method, encoder, 2, setup.options)
+    if setup.form == "stored":
+        for layer in getattr(model, PREFIX).layers:
+            layer.recompute = False
+    elif setup.form == "averaged":
+        average_experts(model)
+    elif setup.form in ("unmerged", "merged"):
         with torch.no_grad():  # LoRA's B starts at zero; give it weights so merging is real work
             for pname, param in model.named_parameters():
                 if "lora_B" in pname:
                     param.normal_(0, 0.01)
-        if name == "lora_merged":
+        if setup.form == "merged":
             model.encoder = model.encoder.merge_and_unload()
-        return model
-    return build_model(name, encoder, 2)
-
-
-class AdapterClock:
-    """Time spent inside a model's tiny-attention modules, measured around each call.
-
-    The adapter's share of one forward pass is a ratio of two times from the same pass, so whatever
-    the machine does between passes cancels; the backbone alone would take the rest of the pass.
-    On a GPU the clock records CUDA events on the stream instead of synchronising around each
-    module, so that timing the adapter does not slow the pass it is a share of.
-    """
-
-    def __init__(self, model, device: str = "cpu") -> None:
-        from tinyattn.adapter import TinyAttention
-
-        self._cuda = device.startswith("cuda")
-        self._seconds, self._start, self._events = 0.0, 0.0, []
-        layers = [m for m in model.modules() if isinstance(m, TinyAttention)]
-        self._handles = [h for m in layers for h in self._attach(m)]
-
-    def _attach(self, module):
-        def start(*_):
-            if self._cuda:
-                self._events.append(torch.cuda.Event(enable_timing=True))
-                self._events[-1].record()
-            else:
-                self._start = time.perf_counter()
-
-        def stop(*_):
-            if self._cuda:
-                self._events.append(torch.cuda.Event(enable_timing=True))
-                self._events[-1].record()
-            else:
-                self._seconds += time.perf_counter() - self._start
-
-        return module.register_forward_pre_hook(start), module.register_forward_hook(stop)
-
-    def reset(self) -> None:
-        self._seconds, self._events = 0.0, []
-
-    @property
-    def seconds(self) -> float:
-        """Time inside the modules since the last reset (on a GPU, once the stream has finished)."""
-        if not self._cuda:
-            return self._seconds
-        torch.cuda.synchronize()
-        pairs = zip(self._events[::2], self._events[1::2], strict=True)
-        return sum(a.elapsed_time(b) for a, b in pairs) / 1000
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
-def dispatch_profile(model, batch: dict, passes: int = 5) -> dict:
-    """What one inference pass asks of the machine: operator calls dispatched (``aten::`` calls, nested
-    ones included) and, on a GPU, kernels launched and their summed device time. When the pass is short,
-    each call's fixed cost (Python, dispatch, launch) rather than the arithmetic sets the latency."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = next(model.parameters()).is_cuda
-    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
-    with torch.inference_mode():
-        model(**batch)
-        with profile(activities=activities) as prof:
-            for _ in range(passes):
-                model(**batch)
-            if cuda:
-                torch.cuda.synchronize()
-    events = prof.events()
-    ops = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
-    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
-    return {
-        "aten_calls_per_pass": len(ops) / passes,
-        "kernels_per_pass": len(kernels) / passes,
-        "kernel_ms_per_pass": sum(e.time_range.elapsed_us() for e in kernels) / passes / 1000,
-    }
-
-
-def _rotated(models: dict, rep: int) -> list:
-    """The methods in an order that starts one further along each repetition: whatever the machine
-    does to the first (or last) measurement of a round falls on every method alike."""
-    items = list(models.items())
-    shift = rep % len(items)
-    return items[shift:] + items[:shift]
+    return model
 
 
 def _train_step(model, optim, batch: dict, labels: torch.Tensor) -> None:
     torch.nn.functional.cross_entropy(model(**batch), labels).backward()
     optim.step()
     optim.zero_grad(set_to_none=True)
-
-
-def _timed(fn, sync) -> float:
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
-
-
-def _quartiles(values: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
-    return q[0], statistics.median(values), q[2]
-
-
-def _summary(times: list[float]) -> dict:
-    q1, median, q3 = _quartiles(times)
-    return {"median_s": median, "q1_s": q1, "q3_s": q3, "n": len(times), "times_s": times}
-
-
-def paired_ratio(rows: dict, name: str, reference: str) -> dict:
-    """``name``'s time over ``reference``'s, repetition by repetition (both ran in the same round, so
-    drift in the machine's speed cancels): median and quartiles of the per-round ratios."""
-    ratios = [a / b for a, b in zip(rows[name]["times_s"], rows[reference]["times_s"], strict=True)]
-    q1, median, q3 = _quartiles(ratios)
-    return {"median": median, "q1": q1, "q3": q3}
-
-
-def training_memory_mb(model, batch: dict, labels: torch.Tensor) -> dict:
-    """Memory one training step needs beyond the model's weights, counted tensor by tensor.
-
-    Activations saved for the backward pass (each storage once, parameters excluded), the trainable
-    parameters' gradients, and AdamW's two moments. Exact and the same on every device, unlike the
-    process's resident-set peak on a CPU.
-    """
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = torch.nn.functional.cross_entropy(model(**batch), labels)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    mb = 2**20
-    return {
-        "activations_mb": sum(saved.values()) / mb,
-        "gradients_mb": trainable / mb,
-        "optimizer_mb": 2 * trainable / mb,
-        "total_mb": (sum(saved.values()) + 3 * trainable) / mb,
-    }
 
 
 def flops_per_token(
@@ -223,25 +121,97 @@ def flops_per_token(
     length: int,
     options: dict | None = None,
 ) -> float:
-    """Analytic forward FLOPs per token (multiply-add = 2 FLOPs) of the backbone plus the method."""
-    D, n, d = hidden, length, (options or {}).get("head_dim", 1)
+    """Analytic forward FLOPs per token (multiply-add = 2 FLOPs) of the backbone plus the method.
+
+    ``method``: a name of ``SETUPS``; ``options`` override its options. Per layer, the backbone's
+    matrix products (q, k, v, output: 4 D²; FFN: 2 D·I) and its attention over ``length`` tokens
+    (scores and mixing: 2 n·D); biases, LayerNorms, softmax and the head are not counted.
+    """
+    setup = SETUPS[method]
+    opts = method_options(setup.method, {**setup.options, **(options or {})})
+    D, n = hidden, length
     backbone = layers * (2 * (4 * D * D + 2 * D * intermediate) + 4 * n * D)
-    tiny = 2 * 3 * D * d + 4 * n * d + 2 * d * D  # q/k/v, scores and mixing, output; one expert
-    extra = {
-        "backbone": 0,
-        "full_ft": 0,
-        "lora_merged": 0,
-        "lora": layers * 2 * 2 * (2 * D * 8),  # r = 8 on W_q and W_v: down and up projections
-        "lora_unmerged": layers * 2 * 2 * (2 * D * 8),
-        "houlsby": layers * 2 * 2 * (2 * D * (D // 16)),
-        "pfeiffer": layers * 2 * (2 * D * (D // 16)),
-        "prefix": layers * 4 * 30 * D,
-        "tinyattn_e1": layers * tiny,
-        "tinyattn_averaged": layers * tiny,
-        "tinyattn_e4": layers * 4 * tiny,
-        "tinyattn_e4_stored": layers * 4 * tiny,  # the default recomputes it again in backward
+    return float(backbone + layers * _adapter_flops(setup, opts, D, n))
+
+
+def _adapter_flops(setup: Setup, opts: dict, D: int, n: int) -> int:
+    """One layer's FLOPs per token added by the method, in its form."""
+    if setup.method in ("head_only", "full_ft") or setup.form == "merged":
+        return 0
+    if setup.method == "lora":  # down (D -> r) and up (r -> D) beside each target projection
+        return len(opts["target_modules"]) * 2 * (2 * D * opts["r"])
+    if setup.method in ("houlsby", "pfeiffer"):  # bottleneck D -> D/f -> D: two per layer, or one
+        per_adapter = 2 * (2 * D * (D // opts["reduction_factor"]))
+        return (2 if setup.method == "houlsby" else 1) * per_adapter
+    if setup.method == "prefix":  # every query scores and mixes prefix_length more keys and values
+        return 4 * opts["prefix_length"] * D
+    if setup.method == "tinyattn":  # per expert: q/k/v, scores and mixing, output
+        d = opts["head_dim"]
+        experts = 1 if setup.form == "averaged" else opts["experts"]
+        return experts * (2 * 3 * D * d + 4 * n * d + 2 * d * D)
+    raise ValueError(f"no FLOPs formula for method {setup.method!r}")
+
+
+def _time_training(base, device: str, batch: dict, labels, warmup: int, repeats: int) -> dict:
+    """Every ``TRAIN_METHODS`` model's training step (forward, backward, AdamW), and its memory."""
+    sync = synchronizer(device)
+    models, optims = {}, {}
+    for name, setup in TRAIN_METHODS.items():
+        models[name] = build(setup, copy.deepcopy(base)).to(device).train()
+        optims[name] = torch.optim.AdamW(
+            [p for p in models[name].parameters() if p.requires_grad], lr=1e-5
+        )
+    times = {name: [] for name in models}
+    for rep in range(warmup + repeats):
+        for name, model in rotated(models, rep):
+            elapsed = timed(partial(_train_step, model, optims[name], batch, labels), sync)
+            if rep >= warmup:
+                times[name].append(elapsed)
+    tokens = batch["input_ids"].numel()
+    return {
+        name: {
+            **summary(t),
+            "tokens_per_s": tokens / statistics.median(t),
+            "memory": training_memory_mb(models[name], batch, labels),
+        }
+        for name, t in times.items()
     }
-    return float(backbone + extra[method])
+
+
+def _time_inference(base, device: str, batch: dict, warmup: int, repeats: int) -> tuple[dict, dict]:
+    """Every ``INFER_METHODS`` model's forward pass in eval mode without gradients, the adapters'
+    in-pass share for ``TINY_INFER``; and what a pass dispatches for ``DISPATCHED``."""
+    sync = synchronizer(device)
+    infer = {
+        name: build(setup, copy.deepcopy(base)).to(device).eval()
+        for name, setup in INFER_METHODS.items()
+    }
+    times = {name: [] for name in infer}
+    clocks = {
+        name: ModuleClock(
+            [m for m in infer[name].modules() if isinstance(m, TinyAttention)], device
+        )
+        for name in TINY_INFER
+    }
+    shares = {name: [] for name in clocks}
+    with torch.inference_mode():
+        for rep in range(warmup + repeats):
+            for name, model in rotated(infer, rep):
+                if name in clocks:
+                    clocks[name].reset()
+                elapsed = timed(partial(model, **batch), sync)
+                if rep >= warmup:
+                    times[name].append(elapsed)
+                    if name in clocks:
+                        shares[name].append(clocks[name].seconds / elapsed)
+    rows = {name: summary(t) for name, t in times.items()}
+    for clock in clocks.values():
+        clock.remove()
+    dispatch = {name: dispatch_profile(infer[name], batch) for name in DISPATCHED}
+    for name, share in shares.items():
+        q1, median, q3 = quartiles(share)
+        rows[name]["adapter_share"] = {"median": median, "q1": q1, "q3": q3}
+    return rows, dispatch
 
 
 def run_benchmark(
@@ -261,7 +231,6 @@ def run_benchmark(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if threads:
         torch.set_num_threads(threads)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     base = load_encoder(backbone, weights=weights)
     cfg = base.config
     results: dict = {
@@ -279,71 +248,20 @@ def run_benchmark(
         "flops_per_token": {},
     }
     for length in lengths:
-        batch = {k: v.to(device) for k, v in _batch(batch_size, length, cfg.vocab_size).items()}
+        key = str(length)
+        batch = {
+            k: v.to(device) for k, v in random_batch(batch_size, length, cfg.vocab_size).items()
+        }
         labels = torch.zeros(batch_size, dtype=torch.long, device=device)
-        # training step: forward + backward + AdamW step
-        models, optims = {}, {}
-        for name, (method, options) in TRAIN_METHODS.items():
-            models[name] = build_model(method, copy.deepcopy(base), 2, options).to(device).train()
-            if name.endswith("_stored"):
-                for layer in models[name].tiny_attention.layers:
-                    layer.recompute = False
-            optims[name] = torch.optim.AdamW(
-                [p for p in models[name].parameters() if p.requires_grad], lr=1e-5
-            )
-        times = {name: [] for name in models}
-        for rep in range(warmup + repeats):
-            for name, model in _rotated(models, rep):
-                elapsed = _timed(partial(_train_step, model, optims[name], batch, labels), sync)
-                if rep >= warmup:
-                    times[name].append(elapsed)
-        results["train"][str(length)] = {
-            name: {
-                **_summary(t),
-                "tokens_per_s": batch_size * length / statistics.median(t),
-                "memory": training_memory_mb(models[name], batch, labels),
-            }
-            for name, t in times.items()
-        }
-        del models, optims
-        # inference: deployed forms, eval mode, no gradients
-        infer = {
-            name: _inference_model(name, copy.deepcopy(base)).to(device).eval()
-            for name in INFER_METHODS
-        }
-        times = {name: [] for name in infer}
-        clocks = {name: AdapterClock(infer[name], device) for name in TINY_INFER}
-        shares = {name: [] for name in clocks}
-        with torch.inference_mode():
-            for rep in range(warmup + repeats):
-                for name, model in _rotated(infer, rep):
-                    if name in clocks:
-                        clocks[name].reset()
-                    elapsed = _timed(partial(model, **batch), sync)
-                    if rep >= warmup:
-                        times[name].append(elapsed)
-                        if name in clocks:
-                            shares[name].append(clocks[name].seconds / elapsed)
-        results["inference"][str(length)] = {name: _summary(t) for name, t in times.items()}
-        for clock in clocks.values():
-            clock.remove()
-        results.setdefault("inference_dispatch", {})[str(length)] = {
-            name: dispatch_profile(infer[name], batch)
-            for name in ("backbone", "tinyattn_averaged", "tinyattn_e4", "lora_merged")
-        }
-        for name, share in shares.items():
-            q1, median, q3 = _quartiles(share)
-            results["inference"][str(length)][name]["adapter_share"] = {
-                "median": median,
-                "q1": q1,
-                "q3": q3,
-            }
-        del infer
-        results["flops_per_token"][str(length)] = {
+        results["train"][key] = _time_training(base, device, batch, labels, warmup, repeats)
+        infer, dispatch = _time_inference(base, device, batch, warmup, repeats)
+        results["inference"][key] = infer
+        results.setdefault("inference_dispatch", {})[key] = dispatch
+        results["flops_per_token"][key] = {
             name: flops_per_token(
                 name, cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, length
             )
-            for name in (*TRAIN_METHODS, *INFER_METHODS)
+            for name in SETUPS
         }
     main = str(lengths[-1])
     train, infer = results["train"][main], results["inference"][main]

@@ -1,5 +1,6 @@
 """Adapter-only checkpoints: the trainable weights as safetensors, plus a JSON config that says how to
-rebuild the model (method, options, head) and which backbone it belongs to."""
+rebuild the model (method, options, head) and which backbone it belongs to; and the two-stage start of
+a tiny-attention model's experts from its one-expert twin's checkpoint (``start_experts_from``)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,20 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tinyattn.model import EncoderClassifier, backbone_identity
+from tinyattn.adapter import TinyAttention
+from tinyattn.inject import PREFIX
+from tinyattn.methods import RETIRED_OPTIONS, build_model
+from tinyattn.model import EncoderClassifier, backbone_identity, load_encoder
 
 FORMAT = "tinyattn-adapter/1"
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
+#: The authors' two-stage recipe: std of the Gaussian noise that makes the E copies of the trained
+#: single expert differ (on their q/k/v Linear only).
+EXPERT_NOISE_STD = 1e-6
 
 
 class BackboneMismatchError(ValueError):
@@ -42,10 +50,9 @@ def save_adapter(
         or backbone_identity(model.base_encoder),
         **(extra or {}),
     }
-    if hasattr(
-        model, "tiny_attention"
-    ):  # the deployed state may differ from the options (averaged)
-        config["options"] = {**config["options"], **model.tiny_attention.config.to_dict()}
+    adapters = getattr(model, PREFIX, None)
+    if adapters is not None:  # the deployed state may differ from the options (averaged)
+        config["options"] = {**config["options"], **adapters.config.to_dict()}
     save_file(trainable_state(model), str(directory / WEIGHTS_FILE))
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     return directory
@@ -59,6 +66,19 @@ def read_adapter_config(directory: str | Path) -> dict:
     if config.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} checkpoint (format={config.get('format')!r})")
     return config
+
+
+def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The saved tensors of an adapter folder; a missing or damaged file is an error naming it."""
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no adapter weights at {path}")
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise ValueError(
+            f"cannot read the adapter weights {path} (damaged or incomplete: {err})"
+        ) from err
 
 
 def check_backbone(saved: dict, encoder) -> None:
@@ -75,18 +95,15 @@ def check_backbone(saved: dict, encoder) -> None:
 
 def load_adapter(directory: str | Path, backbone=None) -> EncoderClassifier:
     """Rebuild the model around a saved adapter. ``backbone``: a name, path or encoder; default: the saved one."""
-    from tinyattn.methods import build_model
-
     directory = Path(directory)
     config = read_adapter_config(directory)
-    from tinyattn.model import load_encoder
-
     if backbone is None or isinstance(backbone, str):
         encoder = load_encoder(backbone or config["backbone"]["name"])
     else:
         encoder = backbone
     check_backbone(config["backbone"], encoder)
-    options = {k: v for k, v in config["options"].items() if k != "init_from"}
+    retired = RETIRED_OPTIONS.get(config["method"], {})  # older adapters still name them
+    options = {k: v for k, v in config["options"].items() if k not in retired}
     model = build_model(
         config["method"],
         encoder,
@@ -94,7 +111,7 @@ def load_adapter(directory: str | Path, backbone=None) -> EncoderClassifier:
         options,
         head_dropout=config["head_dropout"],
     )
-    load_trainable_state(model, load_file(str(directory / WEIGHTS_FILE)), source=directory)
+    load_trainable_state(model, read_weights(directory), source=directory)
     return model
 
 
@@ -117,35 +134,78 @@ def load_trainable_state(model: EncoderClassifier, state: dict, source="state") 
             params[name].copy_(tensor)
 
 
-def init_experts_from_checkpoint(
-    model: EncoderClassifier, directory, *, noise_std: float = 1e-6, seed: int = 0
-) -> None:
-    """Stage two of the authors' recipe: E experts from a trained single-expert adapter (+ its head)."""
-    from tinyattn.adapter import TinyAttention
+def start_experts_from(
+    model: EncoderClassifier,
+    twin: str | Path | dict,
+    *,
+    noise_std: float = EXPERT_NOISE_STD,
+    seed: int = 0,
+) -> EncoderClassifier:
+    """Stage two of the authors' recipe, in place: every layer's E experts start as copies of the
+    trained single expert plus N(0, noise_std^2) noise on their q/k/v Linear; the head is the twin's.
 
-    config = read_adapter_config(directory)
-    options = config["options"]
-    if config["method"] != "tinyattn" or options.get("experts", 1) != 1:
-        raise ValueError(f"{directory}: init_from needs a single-expert tinyattn adapter")
-    check_backbone(config["backbone"], model.base_encoder)
-    state = load_file(str(Path(directory) / WEIGHTS_FILE))
-    adapters = model.tiny_attention
-    singles = []
-    for i, layer in enumerate(adapters.layers):
-        single = TinyAttention(
-            layer.hidden_size,
-            head_dim=options["head_dim"],
-            experts=1,
-            dropout=options["dropout"],
-            combine=options["combine"],
-            context=options["context"],
-        )
-        prefix = f"tiny_attention.layers.{i}."
-        layer_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-        single.load_state_dict(layer_state)
-        singles.append(single)
+    Starting every expert from one trained solution keeps them in one basin, which is what makes the
+    element-wise average of their weights a good deployed model. ``twin``: the folder of the one-expert
+    twin's saved adapter, or its trainable weights (``trainable_state``). The noise comes from its own
+    generator seeded with ``seed``.
+    """
+    adapters = getattr(model, PREFIX, None)
+    if adapters is None:
+        raise ValueError("start_experts_from: the model has no tiny-attention adapters")
+    state = twin if isinstance(twin, dict) else _twin_weights(model, Path(twin))
+    # The twin's layers, then every layer's E copies, are built as modules; their (overwritten)
+    # initialisation draws from torch's global generator, on which a run's later dropout masks depend:
+    # the same draws in the same order keep every recorded two-stage run reproducible.
+    singles = [_twin_layer(state, i, layer) for i, layer in enumerate(adapters.layers)]
     generator = torch.Generator().manual_seed(seed)
-    adapters.load_experts_from(singles, noise_std=noise_std, generator=generator)
+    for layer, single in zip(adapters.layers, singles):
+        copies = TinyAttention(
+            single.hidden_size,
+            head_dim=single.head_dim,
+            experts=adapters.config.experts,
+            dropout=single.dropout,
+            combine=adapters.config.combine,
+            context=single.context,
+        ).to(device=single.qkv_weight.device, dtype=single.qkv_weight.dtype)
+        with torch.no_grad():
+            for name, param in copies.named_parameters():
+                param.copy_(getattr(single, name).expand_as(param))
+            for param in (copies.qkv_weight, copies.qkv_bias):
+                noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
+                param.add_(noise.to(param.device) * noise_std)
+            for name, param in layer.named_parameters():
+                param.copy_(getattr(copies, name))
     with torch.no_grad():
         model.head.weight.copy_(state["head.weight"])
         model.head.bias.copy_(state["head.bias"])
+    return model
+
+
+def _twin_weights(model: EncoderClassifier, folder: Path) -> dict[str, torch.Tensor]:
+    """The weights of a saved one-expert tinyattn adapter for ``model``'s backbone and adapters."""
+    config = read_adapter_config(folder)
+    options = config["options"]
+    if config["method"] != "tinyattn" or options.get("experts", 1) != 1:
+        raise ValueError(f"{folder}: the experts can start only from a one-expert tinyattn adapter")
+    ours = getattr(model, PREFIX).config.to_dict()
+    differing = [k for k in ("head_dim", "placement", "context") if options.get(k) != ours[k]]
+    if differing:
+        raise ValueError(f"{folder}: its adapter differs from the model's in {differing}")
+    check_backbone(config["backbone"], model.base_encoder)
+    return read_weights(folder)
+
+
+def _twin_layer(state: dict, index: int, like: TinyAttention) -> TinyAttention:
+    """Layer ``index`` of the twin's weights as a one-expert module with ``like``'s options."""
+    single = TinyAttention(
+        like.hidden_size,
+        head_dim=like.head_dim,
+        dropout=like.dropout,
+        combine=like.combine,
+        context=like.context,
+    )
+    prefix = f"{PREFIX}.layers.{index}."
+    single.load_state_dict(
+        {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    )
+    return single

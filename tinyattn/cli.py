@@ -14,7 +14,6 @@ _TINYATTN_FLAGS = {
     "placement": str,
     "combine": str,
     "context": str,
-    "init_from": str,
 }
 
 
@@ -48,9 +47,6 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--combine", help="tinyattn: mean | sequential")
     parser.add_argument("--context", help="tinyattn: full | self")
     parser.add_argument(
-        "--init-from", dest="init_from", help="tinyattn: a saved E=1 adapter folder"
-    )
-    parser.add_argument(
         "--option",
         action="append",
         metavar="KEY=VALUE",
@@ -59,7 +55,7 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_params(args) -> int:
-    from tinyattn.inject import experts_averaged
+    from tinyattn.inject import PREFIX, experts_averaged
     from tinyattn.methods import build_model
     from tinyattn.model import count_parameters, load_encoder
 
@@ -67,7 +63,7 @@ def cmd_params(args) -> int:
     model = build_model(args.method, encoder, args.num_labels, _method_options(args))
     counts = {"backbone": args.backbone, "method": args.method, **count_parameters(model)}
     counts["method_options"] = model.method_options
-    adapters = getattr(model, "tiny_attention", None)
+    adapters = getattr(model, PREFIX, None)
     if adapters is not None:
         from tinyattn.adapter import paper_param_count
 
@@ -118,6 +114,7 @@ def cmd_train(args) -> int:
         max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples,
         method_options=_method_options(args),
+        two_stage=args.two_stage,
         data_dir=args.data_dir,
         out_dir=args.out,
         save_adapter=args.save_adapter,
@@ -141,7 +138,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from tinyattn.study import plan, run_study
+    from tinyattn.runner import run_study
+    from tinyattn.study import plan
 
     if args.dry_run:
         result = plan(args.profile, args.out, args.shard)
@@ -169,7 +167,7 @@ def cmd_study(args) -> int:
 
 
 def cmd_analyse(args) -> int:
-    from tinyattn.study import run_analyses
+    from tinyattn.runner import run_analyses
 
     done = run_analyses(
         args.profile, out_dir=args.out, analysis_dir=args.analysis, force=args.force
@@ -297,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", dest="max_length", type=int, default=128)
     p.add_argument("--max-train-samples", dest="max_train_samples", type=int)
     p.add_argument("--max-eval-samples", dest="max_eval_samples", type=int)
+    p.add_argument(
+        "--two-stage",
+        dest="two_stage",
+        action="store_true",
+        help="tinyattn, E > 1: start the experts from the trained E=1 twin (trained first if its "
+        "adapter is not saved under OUT/adapters)",
+    )
     p.add_argument(
         "--data-dir",
         dest="data_dir",

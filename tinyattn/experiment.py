@@ -1,20 +1,24 @@
 """One run of the study: (task, method, seed, hyper-parameters) -> a trained model and its run record.
 
 This is what the ``tinyattn train`` command and the training notebook call; everything a run depends on
-is a field of ``RunParams``, and the record stores all of them.
+is a field of ``RunParams``, and the record stores all of them. ``initial_model`` and ``eval_data`` give
+a run's starting model and evaluation data exactly as the run had them (the experts analysis uses them).
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 import traceback
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from tinyattn.checkpoint import save_adapter
+from tinyattn.checkpoint import CONFIG_FILE, save_adapter, start_experts_from
 from tinyattn.data import (
+    EncodedDataset,
+    TaskSpec,
     encode,
     get_task,
     load_glue_task,
@@ -22,34 +26,31 @@ from tinyattn.data import (
     split_train_heldout,
     subsample,
 )
-from tinyattn.inject import experts_averaged
-from tinyattn.methods import build_model, method_options
+from tinyattn.inject import PREFIX, experts_averaged
+from tinyattn.methods import RETIRED_OPTIONS, build_model, method_options
 from tinyattn.model import DEFAULT_BACKBONE, count_parameters, load_tokenizer, set_seed
-from tinyattn.records import RECORD_VERSION, provenance, run_id, write_json_atomic
+from tinyattn.records import RECORD_VERSION, adapter_dir, provenance, run_id, write_json_atomic
 from tinyattn.train import TrainConfig, train
 
 # Parameters that say where things are or what a run is called, not what it is: not in the run id.
 _LOCATION_KEYS = ("label", "data_dir", "out_dir", "progress", "save_adapter")
 # Parameters added after the first records were written: left out of the run id while at their
 # default, so that every earlier record keeps its id.
-_OMITTED_AT_DEFAULT = {"heldout_fraction": None, "restore_best": True}
+_OMITTED_AT_DEFAULT = {
+    "heldout_fraction": None,
+    "restore_best": True,
+    "max_grad_norm": 1.0,
+    "select_metric": None,
+}
 
 
 @dataclass
-class RunParams:
+class RunParams(TrainConfig):
+    """Everything one run depends on: the training loop's settings (``TrainConfig``) and these."""
+
     task: str = "sst2"
     method: str = "tinyattn"
     backbone: str = DEFAULT_BACKBONE
-    seed: int = 42
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    warmup_ratio: float = 0.0
-    scheduler: str = "linear"
-    evals_per_epoch: int = 1
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -61,18 +62,14 @@ class RunParams:
     # Model selection without the dev set: hold out this fraction of the (capped) training set,
     # stratified, train on the rest and evaluate on the held-out part instead of the dev set.
     heldout_fraction: float | None = None
-    # True: the run ends with its best evaluation's weights, which its saved adapter (and a two-stage
-    # run's start) then are; False keeps the last step's, so that nothing chosen on the dev set
-    # reaches a saved adapter or a later stage
-    restore_best: bool = True
     label: str | None = None  # the method's name in a study profile, e.g. "tinyattn_e4"
     data_dir: str | None = None
     out_dir: str = "results/runs"
     save_adapter: bool = False
-    progress: bool = True
 
     def __post_init__(self) -> None:
         _check_types(self)
+        super().__post_init__()
         get_task(self.task)  # unknown task -> ValueError naming it
         self.method_options = method_options(self.method, self.method_options)
         if self.two_stage and (self.method != "tinyattn" or self.method_options["experts"] < 2):
@@ -93,13 +90,21 @@ class RunParams:
             raise ValueError(f"unknown run parameter(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**data)
 
+    @property
+    def spec(self) -> TaskSpec:
+        """The task, resolved."""
+        return get_task(self.task)
+
     def identity(self) -> dict:
-        return {
+        """What the run id hashes: every parameter that changes what the run computes."""
+        kept = {
             k: v
             for k, v in asdict(self).items()
             if k not in _LOCATION_KEYS
             and not (k in _OMITTED_AT_DEFAULT and v == _OMITTED_AT_DEFAULT[k])
         }
+        kept["method_options"] = {**kept["method_options"], **RETIRED_OPTIONS.get(self.method, {})}
+        return kept
 
     @property
     def run_id(self) -> str:
@@ -107,16 +112,15 @@ class RunParams:
 
     @property
     def adapter_dir(self) -> Path:
-        return Path(self.out_dir) / "adapters" / self.run_id
+        return adapter_dir(self.run_id, self.out_dir)
 
     def stage_one(self) -> RunParams:
         """The single-expert twin whose trained adapter starts this run's experts."""
-        options = {**self.method_options, "experts": 1, "init_from": None}
+        options = {**self.method_options, "experts": 1}
         return replace(self, two_stage=False, label=None, method_options=options, save_adapter=True)
 
     def train_config(self) -> TrainConfig:
-        shared = {f.name for f in fields(TrainConfig)} & {f.name for f in fields(self)}
-        return TrainConfig(**{name: getattr(self, name) for name in shared})
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)})
 
 
 def _check_types(params: RunParams) -> None:
@@ -134,11 +138,81 @@ def _check_types(params: RunParams) -> None:
             raise TypeError(f"run parameter {f.name!r} must be {names}, got {value!r}")
 
 
+def initial_model(params: RunParams, runs_dir: str | Path | None = None):
+    """The model exactly as the run's training starts: seeded, built, and for a two-stage run its
+    experts started from the E = 1 twin's saved adapter in ``runs_dir`` (default ``params.out_dir``)."""
+    set_seed(params.seed)  # the head and adapter initialisation depend on it
+    model = build_model(
+        params.method,
+        params.backbone,
+        params.spec.num_labels,
+        params.method_options,
+        head_dropout=params.head_dropout,
+    )
+    if params.two_stage:
+        folder = adapter_dir(params.stage_one().run_id, runs_dir or params.out_dir)
+        if not (folder / CONFIG_FILE).is_file():
+            raise FileNotFoundError(
+                f"run {params.run_id} starts its experts from its E=1 twin's adapter, but the folder "
+                f"{folder} holds none; train the twin with save_adapter=True"
+            )
+        start_experts_from(model, folder)
+    return model
+
+
+def eval_data(
+    params: RunParams, data_dir: str | Path | None = None, max_eval_samples: int | None = None
+) -> tuple[EncodedDataset, object]:
+    """The run's evaluation data encoded as the run encoded it, and the tokenizer.
+
+    ``data_dir``: default ``params.data_dir``, else ``$TINYATTN_DATA_DIR``, else the Hub.
+    ``max_eval_samples``: default the run's own cap; a number replaces it (same seeded subsample).
+    """
+    folder = resolve_data_dir(params.data_dir if data_dir is None else data_dir)
+    _, rows, _ = _split(params, folder)
+    limit = params.max_eval_samples if max_eval_samples is None else max_eval_samples
+    tokenizer = load_tokenizer(params.backbone)
+    rows = subsample(rows, limit, params.seed)
+    return encode(rows, params.spec, tokenizer, params.max_length), tokenizer
+
+
+def _split(params: RunParams, folder, train_rows: list | None = None):
+    """(training rows, evaluation rows before the cap, the evaluation split's name), as the run has
+    them; the training rows are read only when needed (a held-out split, or ``train_rows`` given)."""
+    spec = params.spec
+    if params.heldout_fraction is None:
+        return train_rows, load_glue_task(spec.name, "validation", folder), "validation"
+    if train_rows is None:
+        train_rows = _train_rows(params, folder)
+    train_rows, heldout = split_train_heldout(train_rows, params.heldout_fraction, params.seed)
+    return train_rows, heldout, f"heldout {params.heldout_fraction:g} of train"
+
+
+def _train_rows(params: RunParams, folder) -> list:
+    rows = load_glue_task(params.spec.name, "train", folder)
+    return subsample(rows, params.max_train_samples, params.seed)
+
+
+def check_out_dir(folder: str | Path) -> None:
+    """Fail now, before any training, unless run records can be written to ``folder`` (created)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"cannot write run records to the folder {str(folder)!r}: {err.strerror or err}"
+        ) from err
+
+
 def run(params: RunParams, *, write: bool = True) -> tuple[dict, object]:
     """Train one run; write ``<out_dir>/<run_id>.json``; return (record, trained model or None).
 
     A failure is recorded (status ``failed`` with the error and traceback) and then re-raised.
     """
+    if write or params.save_adapter:
+        check_out_dir(params.out_dir)
     started = time.time()
     record: dict = {
         "record_version": RECORD_VERSION,
@@ -170,58 +244,40 @@ def run(params: RunParams, *, write: bool = True) -> tuple[dict, object]:
 
 
 def _train_and_measure(params: RunParams) -> dict:
-    spec = get_task(params.task)
-    data_dir = resolve_data_dir(params.data_dir)
-    train_rows = subsample(
-        load_glue_task(spec.name, "train", data_dir), params.max_train_samples, params.seed
-    )
-    if params.heldout_fraction is None:
-        eval_split = "validation"
-        eval_rows = load_glue_task(spec.name, "validation", data_dir)
-    else:
-        eval_split = f"heldout {params.heldout_fraction:g} of train"
-        train_rows, eval_rows = split_train_heldout(
-            train_rows, params.heldout_fraction, params.seed
-        )
+    spec = params.spec
+    folder = resolve_data_dir(params.data_dir)
+    train_rows, eval_rows, eval_split = _split(params, folder, _train_rows(params, folder))
     eval_rows = subsample(eval_rows, params.max_eval_samples, params.seed)
     tokenizer = load_tokenizer(params.backbone)
     train_data = encode(train_rows, spec, tokenizer, params.max_length)
-    eval_data = encode(eval_rows, spec, tokenizer, params.max_length)
+    evaluation = encode(eval_rows, spec, tokenizer, params.max_length)
 
-    options, stage_one = params.method_options, None
-    if params.two_stage:
-        options, stage_one = _stage_one(params)
-    set_seed(params.seed)  # the head and adapter initialisation depend on it
-    model = build_model(
-        params.method, params.backbone, spec.num_labels, options, head_dropout=params.head_dropout
-    )
+    stage_one = _prepare_twin(params) if params.two_stage else None
+    model = initial_model(params)
     counts = count_parameters(model)
     result = train(
         model,
-        spec.name,
+        spec,
         train_data,
-        eval_data,
+        evaluation,
         tokenizer,
         params.train_config(),
         eval_context=experts_averaged,
     )
-    if hasattr(model, "tiny_attention") and model.tiny_attention.config.experts > 1:
+    adapters = getattr(model, PREFIX, None)
+    if adapters is not None and adapters.config.experts > 1:
         with experts_averaged(model):
             counts["deployed_adapter_params"] = count_parameters(model)["adapter_params"]
         result["evaluated_as"] = "experts weight-averaged (deployed)"
     if params.save_adapter:
-        save_adapter(
-            model,
-            Path(params.out_dir) / "adapters" / params.run_id,
-            extra={"task": spec.name, "run_id": params.run_id},
-        )
+        save_adapter(model, params.adapter_dir, extra={"task": spec.name, "run_id": params.run_id})
     if stage_one is not None:
         result["stage_one"] = stage_one
     return {
         "task": spec.name,
         "method": params.method,
         "seed": params.seed,
-        "data_source": "local folder" if data_dir else "hub:nyu-mll/glue",
+        "data_source": "local folder" if folder else "hub:nyu-mll/glue",
         "eval_split": eval_split,
         "params_count": counts,
         **result,
@@ -240,11 +296,11 @@ def _portable(text: str) -> str:
     return text
 
 
-def _stage_one(params: RunParams) -> tuple[dict, dict]:
-    """Options that start the experts from the E = 1 twin's adapter, training the twin if needed."""
+def _prepare_twin(params: RunParams) -> dict:
+    """Make sure the E = 1 twin's adapter is saved, training the twin if needed; say where it came from."""
     twin = params.stage_one()
     info = {"run_id": twin.run_id}
-    if (twin.adapter_dir / "adapter_config.json").is_file():
+    if (twin.adapter_dir / CONFIG_FILE).is_file():
         info["source"] = "saved adapter of the E=1 run"
     else:
         twin_record, _ = run(replace(twin, progress=params.progress), write=False)
@@ -254,4 +310,4 @@ def _stage_one(params: RunParams) -> tuple[dict, dict]:
             best=twin_record["best"],
             evaluations=twin_record["evaluations"],
         )
-    return {**params.method_options, "init_from": str(twin.adapter_dir)}, info
+    return info

@@ -7,9 +7,11 @@ Each adapter is attached to one self-attention sub-layer by a forward hook:
 - ``parallel_attention``: the adapter reads the layer's input and its update is added to the output of the
   self-attention sub-layer, in parallel with it.
 
-The adapters live in one module, ``TinyAttentionAdapters``, stored on the classifier under the prefix
-``tiny_attention.``; that prefix is what freezing, saving and loading key on. The encoder's padding mask
-is captured by a pre-hook on the encoder's forward so the adapters attend only to real tokens.
+The adapters live in one module, ``TinyAttentionAdapters``, stored on the classifier as the attribute
+named ``PREFIX``, the prefix of their parameters' names that freezing, saving and loading key on. The
+encoder's padding mask is captured by a pre-hook on the encoder's forward so the adapters attend only to
+real tokens. The functions here take an ``EncoderClassifier`` but import nothing from ``tinyattn.model``,
+which imports ``PREFIX`` to recognise tiny-attention modules placed inside an encoder (``tinyattn.peft``).
 
 ALBERT shares one layer's weights across its depth; its one shared attention sub-layer gets one shared
 adapter, as in the authors' code.
@@ -25,11 +27,10 @@ import torch
 from torch import nn
 
 from tinyattn.adapter import TinyAttention, param_count
-from tinyattn.model import EncoderClassifier
 
 PLACEMENTS = ("after_attention", "parallel_attention")
 SUPPORTED_ARCHITECTURES = ("bert", "roberta", "albert")
-PREFIX = "tiny_attention"
+PREFIX = "tiny_attention"  # the classifier's attribute holding the adapters; their names' prefix
 
 
 @dataclass
@@ -62,6 +63,20 @@ class TinyAttnConfig:
         return asdict(self)
 
 
+def new_adapter(hidden_size: int, config) -> TinyAttention:
+    """A freshly initialised ``TinyAttention`` with the options of ``config`` (a ``TinyAttnConfig``,
+    or the PEFT route's ``TinyAttentionConfig``: any object with the same option fields)."""
+    return TinyAttention(
+        hidden_size,
+        head_dim=config.head_dim,
+        experts=config.experts,
+        dropout=config.dropout,
+        combine=config.combine,
+        context=config.context,
+        out_scale=config.out_scale,
+    )
+
+
 def attention_sublayers(encoder: nn.Module) -> list[nn.Module]:
     """The distinct self-attention sub-layers of a BERT, RoBERTa or ALBERT encoder, bottom to top."""
     model_type = getattr(getattr(encoder, "config", None), "model_type", type(encoder).__name__)
@@ -87,18 +102,7 @@ class TinyAttentionAdapters(nn.Module):
         self.config = config
         sublayers = attention_sublayers(encoder)
         hidden = encoder.config.hidden_size
-        self.layers = nn.ModuleList(
-            TinyAttention(
-                hidden,
-                head_dim=config.head_dim,
-                experts=config.experts,
-                dropout=config.dropout,
-                combine=config.combine,
-                context=config.context,
-                out_scale=config.out_scale,
-            )
-            for _ in sublayers
-        )
+        self.layers = nn.ModuleList(new_adapter(hidden, config) for _ in sublayers)
         self._padding_mask: torch.Tensor | None = None
         self._handles = [encoder.register_forward_pre_hook(self._capture_mask, with_kwargs=True)]
         for index, sublayer in enumerate(sublayers):
@@ -139,35 +143,12 @@ class TinyAttentionAdapters(nn.Module):
         self.config.experts = 1
         return self
 
-    def load_experts_from(
-        self, trained, *, noise_std: float = 1e-6, generator: torch.Generator | None = None
-    ) -> None:
-        """Initialise every layer's E experts from trained single-expert layers (two-stage start).
-
-        ``trained``: a single-expert ``TinyAttentionAdapters`` or a list of single-expert layers.
-        """
-        singles = list(getattr(trained, "layers", trained))
-        if len(singles) != len(self.layers):
-            raise ValueError(
-                f"cannot initialise {len(self.layers)} layers from {len(singles)} trained layers"
-            )
-        for i, single in enumerate(singles):
-            new = TinyAttention.init_experts_from(
-                single,
-                self.config.experts,
-                noise_std=noise_std,
-                combine=self.config.combine,
-                generator=generator,
-            )
-            with torch.no_grad():
-                for name, param in new.named_parameters():
-                    getattr(self.layers[i], name).copy_(param)
-
 
 def add_tiny_attention(
-    model: EncoderClassifier, config: TinyAttnConfig | None = None, **options
+    model: nn.Module, config: TinyAttnConfig | None = None, **options
 ) -> TinyAttentionAdapters:
-    """Freeze the encoder, attach tiny-attention adapters, and keep the backbone in eval mode in training.
+    """Freeze the encoder of ``model`` (a ``model.EncoderClassifier``), attach tiny-attention adapters,
+    and keep the backbone in eval mode in training.
 
     Trainable afterwards: the adapters and the classification head, nothing else.
     """
@@ -183,27 +164,39 @@ def add_tiny_attention(
     return adapters
 
 
-def average_experts(model: EncoderClassifier) -> EncoderClassifier:
+def average_experts(model: nn.Module) -> nn.Module:
     """Deploy a model's tiny-attention experts as their weight average (in place); returns the model."""
     getattr(model, PREFIX).average_experts()
     return model
 
 
 @contextmanager
-def experts_averaged(model: EncoderClassifier):
+def layers_installed(model: nn.Module, layers: list[TinyAttention]):
+    """Temporarily run ``model`` with ``layers`` (one module per adapter slot) as its adapters."""
+    adapters = getattr(model, PREFIX)
+    saved, experts = list(adapters.layers), adapters.config.experts
+    if len(layers) != len(saved):
+        raise ValueError(f"{len(layers)} layers for {len(saved)} adapter slots")
+    for i, layer in enumerate(layers):
+        adapters.layers[i] = layer
+    adapters.config.experts = layers[0].experts
+    try:
+        yield model
+    finally:
+        for i, layer in enumerate(saved):
+            adapters.layers[i] = layer
+        adapters.config.experts = experts
+
+
+@contextmanager
+def experts_averaged(model: nn.Module):
     """Temporarily deploy the weight-averaged experts (for evaluation during training); restore after."""
     adapters = getattr(model, PREFIX, None)
     if adapters is None or adapters.config.experts == 1:
         yield model
         return
-    layers, experts = list(adapters.layers), adapters.config.experts
-    adapters.average_experts()
-    try:
+    with layers_installed(model, [layer.average_experts() for layer in adapters.layers]):
         yield model
-    finally:
-        for i, layer in enumerate(layers):
-            adapters.layers[i] = layer
-        adapters.config.experts = experts
 
 
 def expected_adapter_params(encoder: nn.Module, config: TinyAttnConfig) -> int:

@@ -67,10 +67,27 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
+#: Options a method took in earlier versions, at the value that every run record and saved adapter
+#: written since carries: tinyattn's two-stage start was an option (``init_from``, a folder, and
+#: ``init_noise_std``) before it became a step of the run (``RunParams.two_stage``, which calls
+#: ``checkpoint.start_experts_from``). ``method_options`` drops them at these values, and
+#: ``RunParams.identity`` adds them back, so that the run ids of all records stay what they were.
+RETIRED_OPTIONS = {"tinyattn": {"init_from": None, "init_noise_std": 1e-6}}
+
+
 def method_options(name: str, options: dict | None = None) -> dict:
-    """The method's defaults overridden by ``options``; an option the method does not take is an error."""
+    """The method's defaults overridden by ``options``; an option the method does not take is an error.
+
+    A retired option (``RETIRED_OPTIONS``) at its retired value is dropped."""
     method = get_method(name)
-    options = {k: v for k, v in (options or {}).items() if v is not None}
+    retired = RETIRED_OPTIONS.get(name, {})
+    for key, value in (options or {}).items():
+        if key in retired and value != retired[key]:
+            raise ValueError(
+                f"method {name!r}: {key} is no longer an option; to start E experts from the trained "
+                "one-expert twin, use the run parameter two_stage (tinyattn train --two-stage)"
+            )
+    options = {k: v for k, v in (options or {}).items() if v is not None and k not in retired}
     unknown = set(options) - set(method.defaults)
     if unknown:
         raise ValueError(
@@ -115,18 +132,12 @@ def frozen_backbone(model: EncoderClassifier) -> None:
 # ----------------------------------------------------------------------------- methods
 @register(
     "tinyattn",
-    defaults={**TinyAttnConfig().to_dict(), "init_from": None, "init_noise_std": 1e-6},
+    defaults=TinyAttnConfig().to_dict(),
     source="Zhao, Tan & Mei (2022) and their released code: d=1, dropout 0.1, placement m0, x0.01 init",
     description="tiny-attention adapter (ours): attention with head dimension d in every layer",
 )
 def _tinyattn(model: EncoderClassifier, opts: dict) -> None:
-    config = {k: v for k, v in opts.items() if k not in ("init_from", "init_noise_std")}
-    adapters = add_tiny_attention(model, TinyAttnConfig.from_dict(config))
-    if opts["init_from"]:
-        from tinyattn.checkpoint import init_experts_from_checkpoint
-
-        init_experts_from_checkpoint(model, opts["init_from"], noise_std=opts["init_noise_std"])
-    del adapters
+    add_tiny_attention(model, TinyAttnConfig.from_dict(opts))
 
 
 @register(
@@ -279,13 +290,29 @@ def _wrap_with_peft(model: EncoderClassifier, config) -> None:
 
 
 # ----------------------------------------------------------------------------- adapters library
+#: The methods that come from AdapterHub's ``adapters``, an optional extra (it pins transformers 4.57).
+ADAPTERS_METHODS = ("prefix", "houlsby", "pfeiffer", "parallel")
+
+
+def adapters_library(method: str):
+    """The ``adapters`` package, or an error naming the extra that brings it."""
+    try:
+        import adapters
+    except ImportError as err:
+        raise ValueError(
+            f"method {method!r} comes from AdapterHub's `adapters` package, which is not installed: "
+            "pip install 'tinyattn[adapters]' (it pins transformers 4.57)"
+        ) from err
+    return adapters
+
+
 def _add_library_adapter(model: EncoderClassifier, name: str, config) -> None:
     """Add one ``adapters`` adapter to the encoder (in place) and train only it.
 
     ``train_adapter`` freezes the encoder and activates the adapter; it also switches the encoder to
     train mode, so the encoder's previous mode is restored afterwards.
     """
-    import adapters
+    adapters = adapters_library(name)
 
     frozen_backbone(model)
     encoder = model.encoder
@@ -319,9 +346,8 @@ def _prefix(model: EncoderClassifier, opts: dict) -> None:
     # and forward stay as they are. peft's prefix tuning needs a task-typed PeftModel
     # (FEATURE_EXTRACTION) that feeds the prefixes through the model's past_key_values cache interface,
     # which transformers keeps changing; the bottleneck adapters below use the same library.
-    from adapters import PrefixTuningConfig
-
-    _add_library_adapter(model, "prefix", PrefixTuningConfig(**opts))
+    config = adapters_library("prefix").PrefixTuningConfig(**opts)
+    _add_library_adapter(model, "prefix", config)
 
 
 @register(
@@ -334,9 +360,8 @@ def _prefix(model: EncoderClassifier, opts: dict) -> None:
     description="Houlsby adapters: two sequential bottleneck adapters per layer (adapters)",
 )
 def _houlsby(model: EncoderClassifier, opts: dict) -> None:
-    from adapters import DoubleSeqBnConfig
-
-    _add_library_adapter(model, "houlsby", DoubleSeqBnConfig(**opts))
+    config = adapters_library("houlsby").DoubleSeqBnConfig(**opts)
+    _add_library_adapter(model, "houlsby", config)
 
 
 @register(
@@ -349,9 +374,8 @@ def _houlsby(model: EncoderClassifier, opts: dict) -> None:
     "(adapters)",
 )
 def _pfeiffer(model: EncoderClassifier, opts: dict) -> None:
-    from adapters import SeqBnConfig
-
-    _add_library_adapter(model, "pfeiffer", SeqBnConfig(**opts))
+    config = adapters_library("pfeiffer").SeqBnConfig(**opts)
+    _add_library_adapter(model, "pfeiffer", config)
 
 
 @register(
@@ -364,9 +388,8 @@ def _pfeiffer(model: EncoderClassifier, opts: dict) -> None:
     description="parallel adapter: a scaled bottleneck branch beside every FFN (adapters)",
 )
 def _parallel(model: EncoderClassifier, opts: dict) -> None:
-    from adapters import ParBnConfig
-
-    _add_library_adapter(model, "parallel", ParBnConfig(**opts))
+    config = adapters_library("parallel").ParBnConfig(**opts)
+    _add_library_adapter(model, "parallel", config)
 
 
 def library_adapter_params(model: EncoderClassifier) -> int | None:

@@ -128,4 +128,4 @@ def majority_score(task: str | TaskSpec, data_dir: str | None = None) -> float:
     folder = resolve_data_dir(data_dir)
     train = [row["label"] for row in load_glue_task(spec.name, "train", folder)]
     dev = [row["label"] for row in load_glue_task(spec.name, "validation", folder)]
-    return majority_baseline(spec, train, dev)[main_metric(spec.name)]
+    return majority_baseline(spec, train, dev)[main_metric(spec)]

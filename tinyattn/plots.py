@@ -1,8 +1,12 @@
-"""Figures shared by the notebooks and the book."""
+"""Figures shared by the notebooks and the book: a run's learning curve, the tuning grid's and the
+study's curves, ablation sweeps, and the experts analysis' attention maps, statistics and similarities."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 
@@ -104,3 +108,104 @@ def study_curves_figure(curves: pd.DataFrame, methods: list[str]):
         ax.set(title=task, ylabel=f"dev {metric} (×100)")
         ax.grid(alpha=0.3)
     return grid.figure
+
+
+# ----------------------------------------------------------------------------- experts analysis
+def plot_attention_maps(probs_per_layer: list, tokens: list[list[str]], index: int = 0):
+    """One sentence's attention maps: a grid of layers (rows) by experts (columns), tokens on the axes,
+    one colour scale for all panels. ``probs_per_layer``: (B, E, T, T) per layer, as
+    ``expert_stats.capture_attention`` gives them; ``tokens``: each example's tokens."""
+    words = tokens[index]
+    n = len(words)
+    vmax = max(float(p[index, :, :n, :n].max()) for p in probs_per_layer)
+    layers, experts = len(probs_per_layer), probs_per_layer[0].shape[1]
+    size = max(1.6, 0.16 * n + 0.8)
+    fig, axes = plt.subplots(
+        layers,
+        experts,
+        figsize=(size * experts, size * layers),
+        squeeze=False,
+        layout="constrained",
+    )
+    for layer, probs in enumerate(probs_per_layer):
+        for e in range(experts):
+            ax = axes[layer, e]
+            image = ax.imshow(probs[index, e, :n, :n].numpy(), vmin=0, vmax=vmax, cmap="viridis")
+            bottom, left = layer == layers - 1, e == 0  # token labels on the outer panels only
+            ax.set_xticks(range(n), words if bottom else [], rotation=90, fontsize=6)
+            ax.set_yticks(range(n), words if left else [], fontsize=6)
+            if layer == 0:
+                ax.set_title(f"expert {e}", fontsize=9)
+            if e == 0:
+                ax.set_ylabel(f"layer {layer}\nquery", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.5, label="attention")
+    return fig
+
+
+def _heatmap(ax, table: pd.DataFrame, *, cmap: str, vmin=None, vmax=None, annotate=True, fmt=".2f"):
+    """``table`` as an annotated image on ``ax`` (plain matplotlib: seaborn's is far slower)."""
+    values = table.to_numpy(dtype=float)
+    image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    if annotate:
+        for (i, j), value in np.ndenumerate(values):
+            shade = float(image.norm(value))  # light text where the colour map is dark
+            dark = shade < 0.5 if cmap == "viridis" else abs(shade - 0.5) > 0.3
+            colour = "white" if dark else "black"
+            ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=6, color=colour)
+    ax.set_xticks(range(values.shape[1]), table.columns, fontsize=7)
+    ax.set_yticks(range(values.shape[0]), table.index, fontsize=7)
+    ax.set(xlabel=table.columns.name, ylabel=table.index.name)
+
+
+def plot_stats(stats: pd.DataFrame):
+    """Heatmaps (layer x expert) of the attention statistics, each on a scale from 0: entropy up to
+    that of uniform attention, the shares up to 1."""
+    ranges = {
+        "entropy": stats["entropy_uniform"].max(),
+        "mean_distance": stats["mean_distance"].max(),
+        "special_share": 1.0,
+        "self_share": 1.0,
+    }
+    fig, axes = plt.subplots(1, len(ranges), figsize=(3.2 * len(ranges), 3.2), layout="constrained")
+    for ax, (name, top) in zip(axes, ranges.items()):
+        table = stats.pivot(index="layer", columns="expert", values=name)
+        _heatmap(ax, table, cmap="viridis", vmin=0, vmax=top, fmt=".3g")
+        ax.set_title(name, fontsize=9)
+    return fig
+
+
+def plot_similarity(similarity: pd.DataFrame, title: str = ""):
+    """E x E cosine heatmaps: one row per kind, one column per layer."""
+    kinds = list(dict.fromkeys(similarity["kind"]))
+    layers = sorted(similarity["layer"].unique())
+    fig, axes = plt.subplots(
+        len(kinds),
+        len(layers),
+        figsize=(1.8 * len(layers) + 0.6, 1.8 * len(kinds) + 0.4),
+        squeeze=False,
+        layout="constrained",
+    )
+    for row, kind in enumerate(kinds):
+        for col, layer in enumerate(layers):
+            ax = axes[row, col]
+            part = similarity[(similarity["kind"] == kind) & (similarity["layer"] == layer)]
+            if part.empty:
+                ax.axis("off")
+                continue
+            table = part.pivot(index="expert_i", columns="expert_j", values="cosine")
+            _heatmap(ax, table, cmap="RdBu_r", vmin=-1, vmax=1, annotate=len(table) <= 4)
+            ax.set(xlabel="", ylabel=kind if col == 0 else "")
+            if row == 0:
+                ax.set_title(f"layer {layer}", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def save_figure(fig, out_dir: str | Path, run_id: str, name: str, dpi: int = 120) -> Path:
+    """Save ``fig`` as ``<out_dir>/<run_id>-<name>.png`` and close it; return the path."""
+    path = Path(out_dir) / f"{run_id}-{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from tinyattn.data import EncodedDataset, get_task, make_dataloader
+from tinyattn.data import EncodedDataset, TaskSpec, get_task, make_dataloader
 from tinyattn.metrics import compute_metrics, main_metric
 from tinyattn.model import EncoderClassifier
 
@@ -27,6 +27,8 @@ SCHEDULES = ("linear", "cosine", "constant")
 
 @dataclass
 class TrainConfig:
+    """The training loop's settings; ``experiment.RunParams`` extends them with the run's own."""
+
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     epochs: float = 1.0
@@ -94,7 +96,9 @@ def predict(model, loader, accelerator: Accelerator | None = None) -> tuple[np.n
     return torch.cat(logits_all)[order].numpy(), torch.cat(labels_all)[order].numpy()
 
 
-def evaluate(model, task: str, loader, accelerator: Accelerator | None = None) -> dict[str, float]:
+def evaluate(
+    model, task: str | TaskSpec, loader, accelerator: Accelerator | None = None
+) -> dict[str, float]:
     logits, labels = predict(model, loader, accelerator)
     preds = logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
     return compute_metrics(task, preds, labels)
@@ -102,14 +106,15 @@ def evaluate(model, task: str, loader, accelerator: Accelerator | None = None) -
 
 def train(
     model: EncoderClassifier,
-    task: str,
+    task: str | TaskSpec,
     train_data: EncodedDataset,
     eval_data: EncodedDataset,
     tokenizer,
     config: TrainConfig,
     eval_context: Callable | None = None,
 ) -> dict:
-    """Train ``model``'s trainable parameters; leave it at the best evaluation; return the record.
+    """Train ``model``'s trainable parameters on ``task`` (a name or its ``TaskSpec``); leave it at the
+    best evaluation (or the last step, see ``restore_best``); return the record.
 
     The record holds every evaluation (step, epoch, train loss, metrics), the best and the final ones,
     timings, and throughput in real (non-padding) tokens per second of training.
@@ -117,8 +122,8 @@ def train(
     experts weight-averaged, so that selection uses the deployed model).
     """
     eval_context = eval_context or (lambda m: contextlib.nullcontext(m))
-    spec = get_task(task)
-    select = config.select_metric or main_metric(spec.name)
+    spec = get_task(task)  # resolved once; the spec travels from here
+    select = config.select_metric or main_metric(spec)
     accelerator = Accelerator()
     train_loader = make_dataloader(
         train_data, tokenizer, config.batch_size, shuffle=True, seed=config.seed
@@ -177,7 +182,7 @@ def train(
                 train_seconds += time.perf_counter() - tick
                 tick = time.perf_counter()
                 with eval_context(accelerator.unwrap_model(model)):
-                    metrics = evaluate(model, spec.name, eval_loader, accelerator)
+                    metrics = evaluate(model, spec, eval_loader, accelerator)
                 eval_seconds += time.perf_counter() - tick
                 entry = {
                     "step": step,

@@ -5,7 +5,8 @@ A tuning profile (``profiles/tune.yaml``) gives every method the same small grid
 the training set minus a stratified held-out slice and is evaluated on that slice, never on the dev set
 that the study reports. The chosen rate of a method is the grid value with the highest held-out score at
 the **end of training**, averaged over the tuning tasks (a tie goes to the smaller rate). A study
-profile that names ``tuning: <profile>`` takes its learning rates from this choice.
+profile that names ``tuning: <profile>`` takes its learning rates from this choice: ``planned_runs``
+expands it with them (``tinyattn.profiles.expand`` given the chosen rates).
 """
 
 from __future__ import annotations
@@ -15,59 +16,61 @@ from pathlib import Path
 import pandas as pd
 
 from tinyattn.aggregate import SCORE_SCALE, evaluation_rows
-from tinyattn.records import CorruptRecordError, read_record
+from tinyattn.experiment import RunParams
+from tinyattn.profiles import as_profile, expand, load_profile, placeholder_rates
+from tinyattn.records import read_records, record_status
 
 
 class TuningIncompleteError(ValueError):
     """A study asked for tuned learning rates before its tuning grid finished."""
 
 
-def tuning_table(profile_name: str, out_dir: str = "results/runs") -> pd.DataFrame:
+def tuning_table(profile: str | Path | dict, out_dir: str = "results/runs") -> pd.DataFrame:
     """One row per run of the tuning grid: label, learning rate, task, status, held-out scores."""
-    from tinyattn.study import expand, load_profile  # the study module imports this one
-
-    profile = load_profile(profile_name)
-    rows = []
-    for params in expand(profile, out_dir):
+    profile = as_profile(profile)
+    planned = expand(profile, None, out_dir)
+    for params in planned:
         if params.heldout_fraction is None:
             raise ValueError(
                 f"tuning profile {profile['name']!r} evaluates on the dev set: set heldout_fraction"
             )
-        path = Path(params.out_dir) / f"{params.run_id}.json"
+    finished = {r["run_id"]: r for r in read_records(out_dir, run_ids=[p.run_id for p in planned])}
+    rows = []
+    for params in planned:
+        record = finished.get(params.run_id)
         row = {
             "method": params.label,
             "learning_rate": params.learning_rate,
             "task": params.task,
             "seed": params.seed,
             "run_id": params.run_id,
-            "status": "pending",
+            "status": "done" if record else _unfinished_status(params.run_id, out_dir),
             "final_score": float("nan"),
             "best_score": float("nan"),
         }
-        if path.exists():
-            try:
-                record = read_record(path)
-            except CorruptRecordError:
-                record = {"status": "failed"}
-            row["status"] = record["status"]
-            if record["status"] == "done":
-                metric = record["select_metric"]
-                row["metric"] = metric
-                row["final_score"] = SCORE_SCALE * record["final"]["metrics"][metric]
-                row["best_score"] = SCORE_SCALE * record["best"]["metrics"][metric]
-                row["wall_seconds"] = record["wall_seconds"]
+        if record:
+            metric = record["select_metric"]
+            row["metric"] = metric
+            row["final_score"] = SCORE_SCALE * record["final"]["metrics"][metric]
+            row["best_score"] = SCORE_SCALE * record["best"]["metrics"][metric]
+            row["wall_seconds"] = record["wall_seconds"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def tuning_curves(profile_name: str, out_dir: str = "results/runs") -> pd.DataFrame:
+def _unfinished_status(run_id: str, out_dir: str) -> str:
+    """``failed`` or ``pending`` for a run without a finished record."""
+    return "failed" if record_status(run_id, out_dir) == "failed" else "pending"
+
+
+def tuning_curves(profile: str | Path | dict, out_dir: str = "results/runs") -> pd.DataFrame:
     """Every evaluation of every finished tuning run: its held-out score and training loss by epoch."""
+    table = tuning_table(profile, out_dir)
+    done = table[table["status"] == "done"]
+    records = {r["run_id"]: r for r in read_records(out_dir, run_ids=done["run_id"])}
     rows = []
-    for row in tuning_table(profile_name, out_dir).itertuples():
-        if row.status != "done":
-            continue
-        record = read_record(Path(out_dir) / f"{row.run_id}.json")
-        for e in evaluation_rows(record):
+    for row in done.itertuples():
+        for e in evaluation_rows(records[row.run_id]):
             e["heldout_score"] = e.pop("score")
             rows.append(
                 {"method": row.method, "learning_rate": row.learning_rate, "task": row.task, **e}
@@ -75,20 +78,48 @@ def tuning_curves(profile_name: str, out_dir: str = "results/runs") -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def select_learning_rates(profile_name: str, out_dir: str = "results/runs") -> dict[str, float]:
+def select_learning_rates(
+    profile: str | Path | dict, out_dir: str = "results/runs"
+) -> dict[str, float]:
     """Each method's chosen learning rate; raises ``TuningIncompleteError`` until the grid is done."""
-    table = tuning_table(profile_name, out_dir)
+    name = profile["name"] if isinstance(profile, dict) else str(profile)
+    table = tuning_table(profile, out_dir)
     missing = table[table["status"] != "done"]
     if not missing.empty:
         raise TuningIncompleteError(
-            f"tuning profile {profile_name!r} has {len(missing)} of {len(table)} runs not done "
+            f"tuning profile {name!r} has {len(missing)} of {len(table)} runs not done "
             f"(e.g. {missing['run_id'].iloc[0]}: {missing['status'].iloc[0]}); "
-            f"run `tinyattn study --profile {profile_name}` first"
+            f"run `tinyattn study --profile {name}` first"
         )
     return {
         method: float(group["learning_rate"].iloc[0])
         for method, group in _mean_scores(table).groupby("method", sort=False)
     }
+
+
+def learning_rates(
+    profile: str | Path | dict, out_dir: str = "results/runs", *, untuned_ok: bool = False
+) -> dict[str, float] | None:
+    """The learning rates a study profile takes from its ``tuning`` profile (None when it names
+    none). Until that grid is done: ``TuningIncompleteError``, or with ``untuned_ok`` the middle of
+    each method's grid as a placeholder (for planning only)."""
+    profile = as_profile(profile)
+    if "tuning" not in profile:
+        return None
+    try:
+        return select_learning_rates(profile["tuning"], out_dir)
+    except TuningIncompleteError:
+        if not untuned_ok:
+            raise
+    return placeholder_rates(load_profile(profile["tuning"]))
+
+
+def planned_runs(
+    profile: str | Path | dict, out_dir: str = "results/runs", *, untuned_ok: bool = False
+) -> list[RunParams]:
+    """Every run of a profile with its tuned learning rates (see ``learning_rates``)."""
+    profile = as_profile(profile)
+    return expand(profile, learning_rates(profile, out_dir, untuned_ok=untuned_ok), out_dir)
 
 
 def _mean_scores(table: pd.DataFrame) -> pd.DataFrame:
@@ -101,10 +132,10 @@ def _mean_scores(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def selection_table(profile_name: str, out_dir: str = "results/runs") -> pd.DataFrame:
+def selection_table(profile: str | Path | dict, out_dir: str = "results/runs") -> pd.DataFrame:
     """Method x learning rate: held-out final score per task and their mean, the chosen rate marked,
     and whether the choice is the smallest or largest rate of the method's grid."""
-    table = tuning_table(profile_name, out_dir)
+    table = tuning_table(profile, out_dir)
     wide = table.pivot_table(
         index=["method", "learning_rate"], columns="task", values="final_score", sort=False
     )

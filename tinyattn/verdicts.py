@@ -1,9 +1,10 @@
-"""The rules that turn paired comparisons into plain-language verdicts on the paper's claims C1, C2 and C3.
+"""Every rule that turns measurements into a verdict the book states, and the verdict's sentence.
 
-Each rule is written once here and tested on every outcome it can give, so that the book's chapters only
-display what it returns. Every comparison is a ``paired_comparison`` table (``tinyattn.aggregate``): the
-reference minus each other method, paired on (task, seed), with a 95 % bootstrap interval. A difference
-counts as resolved only when its interval excludes zero.
+The paper's claims C1, C2 and C3 are judged on paired comparisons; the efficiency targets on a
+benchmark's per-round ratios. Each rule is written once here and tested on every outcome it can give,
+so that the book's chapters only display what it returns. Every comparison is a ``paired_comparison``
+table (``tinyattn.aggregate``): the reference minus each other method, paired on (task, seed), with a
+95 % bootstrap interval. A difference counts as resolved only when its interval excludes zero.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def _row(comparison: pd.DataFrame, method: str) -> Mapping | None:
 def c1(comparison: pd.DataFrame, reference: str, complete: bool) -> str:
     """C1, tiny attention beats every other method: it must be resolvably better than each of them."""
     table = comparison.set_index("method") if "method" in comparison.columns else comparison
+    if table.empty:
+        return f"**No verdict yet.** No finished run of `{reference}` has a pair to compare."
     groups: dict[str, list[str]] = {}
     for method, row in table.iterrows():
         groups.setdefault(outcome(row), []).append(method)
@@ -105,19 +108,22 @@ def c2(
     complete: bool,
     *,
     speed: float | None = None,
-    independent: Mapping | None = None,
+    independent: pd.DataFrame | None = None,
 ) -> str:
     """C2, heads as experts: weight averaging keeps the experts' accuracy, and the experts help.
 
     ``experts``: four averaged experts (the reference) minus one expert (``tinyattn_e1``) and minus one
     expert trained as long (``tinyattn_e1_2x``); ``deployment``: the trained form (reference) minus
-    the averaged model, one row ``"averaged"``, over the analysed runs; ``speed``: how many times as
-    fast the averaged model serves; ``independent``: the same comparison for independently initialised
-    experts.
+    each deployment, with a row ``"averaged"``, over the analysed runs; ``speed``: how many times as
+    fast the averaged model serves; ``independent``: the same deployment comparison for independently
+    initialised experts.
     """
     row = _row(deployment, "averaged")
     if row is None:
         return "**No verdict yet.** No analysed run compares the deployments."
+    if experts.empty:
+        return "**No verdict yet.** No finished run of four experts to compare with one."
+    independent = None if independent is None else _row(independent, "averaged")
     kept = averaging(row)
     e1, e1_2x = _row(experts, "tinyattn_e1"), _row(experts, "tinyattn_e1_2x")
     lines = [
@@ -210,3 +216,59 @@ def c3(comparison: pd.DataFrame, complete: bool) -> str:
                 else "."
             )
     return head + "\n\n" + "\n".join(lines)
+
+
+def standing(table: pd.DataFrame) -> str:
+    """Where tiny attention wins and fails, task by task, in one sentence: every task at its best and
+    at its worst rank, and its widest gap to the best method.
+
+    ``table``: ``tinyattn.aggregate.task_standing`` indexed by task (``rank``, ``methods``, ``best``,
+    ``gap_to_best``).
+    """
+    if table.empty:
+        return "No task has a finished run of the reference yet."
+    if (table["rank"] == 1).all():
+        return "Tiny attention is the best method on every task."
+    first = ", ".join(table.index[table["rank"] == 1])
+    top, low = table["rank"].min(), table["rank"].max()
+    widest = table.loc[table["gap_to_best"].idxmax()]
+    return (
+        (f"Tiny attention is the best method on {first}. " if first else "")
+        + f"Its rank runs from {top} ({', '.join(table.index[table['rank'] == top])}) to "
+        + f"{low} ({', '.join(table.index[table['rank'] == low])}) of up to "
+        + f"{table['methods'].max()} methods; its largest gap to the best method is "
+        + f"{widest['gap_to_best']:.1f} points, behind {widest['best']} on {widest.name}."
+    )
+
+
+# Efficiency targets. A benchmark gives each ratio between two methods as the median and quartiles of
+# its per-round ratios (``tinyattn.bench``), e.g. ``{"median": 1.02, "q1": 1.0, "q3": 1.04}``.
+
+
+def ratio_target(ratio: Mapping, target: float) -> str:
+    """A target on a measured ratio (at most ``target`` times the other method), met or missed only
+    where the quartiles of the per-round ratio lie on one side of it."""
+    if ratio["q3"] <= target:
+        return "is met"
+    if ratio["q1"] > target:
+        return "is missed"
+    return "cannot be resolved by this measurement (the quartiles of the ratio straddle it)"
+
+
+def memory_target(tiny_attention: list[float], lora: float) -> str:
+    """The memory target: every tiny-attention configuration needs no more than LoRA (MB)."""
+    return "is met" if max(tiny_attention) <= lora else "is missed"
+
+
+def within_spread(a: Mapping, b: Mapping) -> str:
+    """Whether two measured ratios differ by more than their spread: ``"within"`` where their
+    inter-quartile ranges overlap, else ``"beyond"``."""
+    return "within" if a["q1"] <= b["q3"] and b["q1"] <= a["q3"] else "beyond"
+
+
+def ranges_apart(before: pd.Series, after: pd.Series) -> str:
+    """Whether a change is resolved across processes (one measured value each): every ``after``
+    value below every ``before`` value, or ranges that overlap."""
+    if after.max() < before.min():
+        return "ranges that do not overlap"
+    return "ranges that overlap: the process-to-process spread is larger than the change"

@@ -1,0 +1,449 @@
+"""Tables and sentences the chapters show, computed from aggregated runs.
+
+One function per table, paragraph of numbers or sentence of a chapter in ``book/``, so that a chapter
+only calls, displays and glues. Inputs: a profile's ``ProfileRuns`` (``tinyattn.study.profile_runs``),
+analysis reports, benchmark files. The verdicts and their rules are in ``tinyattn.verdicts``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from tinyattn import verdicts
+from tinyattn.adapter import paper_param_count, param_count
+from tinyattn.aggregate import near_majority
+from tinyattn.data import get_task
+from tinyattn.inject import experts_averaged
+from tinyattn.methods import METHODS, build_model, library_adapter_params
+from tinyattn.metrics import majority_score
+from tinyattn.model import count_parameters
+from tinyattn.profiles import TASK_SIZES, estimate_seconds
+from tinyattn.study import profile_runs
+
+# --------------------------------------------------------------------------- any study chapter
+
+
+def code_list(items) -> str:
+    """Names as inline code, comma-separated, in order of first appearance; ``"none"`` if empty."""
+    return ", ".join(f"`{item}`" for item in dict.fromkeys(items)) or "none"
+
+
+def progress(study) -> str:
+    """``"12 of 84 runs of the `ablations` profile are done."``, and why the rest wait, if they do."""
+    wait = f" (the rest wait: {study.waiting})" if study.waiting else ""
+    runs = f"{study.done} of {len(study.planned)} runs"
+    return f"{runs} of the `{study.profile['name']}` profile are done{wait}."
+
+
+# --------------------------------------------------------------------------- GLUE chapter (claim C1)
+
+
+def pilot_numbers(pilot) -> dict:
+    """The stopped RTE tuning pilot (a ``ProfileRuns``): runs done and planned, the range of their
+    held-out scores, the held-out slice's size and the standard error of an accuracy near 50 % on it."""
+    numbers = {"pilot_done": pilot.done, "pilot_planned": len(pilot.planned)}
+    nan, runs = float("nan"), pilot.runs
+    if runs.empty:
+        return numbers | {"pilot_min": nan, "pilot_max": nan, "pilot_slice": 0, "pilot_se": nan}
+    examples = int(runs["eval_examples"].min())
+    return numbers | {
+        "pilot_min": float(runs["final_score"].min()),
+        "pilot_max": float(runs["final_score"].max()),
+        "pilot_slice": examples,
+        "pilot_se": float(100 * (0.25 / examples) ** 0.5),
+    }
+
+
+def rate_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Method x learning rate: the end-of-training score, rounded to 0.1 (one run per cell)."""
+    return (
+        runs.pivot_table(index="method", columns="learning_rate", values="final_score")
+        .rename(columns=lambda v: f"{v:.0e}")
+        .round(1)
+    )
+
+
+def mean_late_gain(gains: pd.DataFrame, reference: str) -> tuple[float, float]:
+    """From ``aggregate.late_gain``: the reference's late gain averaged over its tasks, and the median
+    of the other methods' averages (NaN, NaN without a run of the reference)."""
+    by_method = gains.groupby("method")["gain"].mean()
+    if reference not in by_method:
+        return float("nan"), float("nan")
+    return float(by_method[reference]), float(by_method.drop(reference).median())
+
+
+def stage_one_numbers(table: pd.DataFrame, reference: str) -> tuple[dict, pd.DataFrame]:
+    """From ``aggregate.stage_one_selection``: how many of the reference's runs started from a twin's
+    checkpoint chosen on the dev set, of how many, the largest such gap; and those runs."""
+    ours = table[table["method"] == reference] if not table.empty else table
+    selected = ours[ours["selected"]] if not ours.empty else ours
+    numbers = {
+        "stage_one_selected": len(selected),
+        "stage_one_runs": len(ours),
+        "stage_one_gap": float(selected["twin_gap"].max()) if len(selected) else 0.0,
+    }
+    columns = ["task", "seed", "twin_best_step", "twin_steps", "twin_score", "twin_final_score"]
+    return numbers, selected[columns] if len(selected) else selected
+
+
+def budget_numbers(study) -> dict:
+    """The compute a profile used: CPU-hours measured on this machine's CPU (wall-clock times the
+    threads each run had), the runs still to do and the projected total, the sentence that says so,
+    and the runs that ran on a GPU instead (count, tasks, minutes, the CPU-hours estimated for them)."""
+    columns = ["run_id", "task", "device", "wall_seconds", "torch_threads"]
+    runs = study.runs if not study.runs.empty else pd.DataFrame(columns=columns)
+    planned = study.planned if study.tuned else []
+    on_cpu, on_gpu = runs[runs["device"] == "cpu"], runs[runs["device"] != "cpu"]
+    measured = float((on_cpu["wall_seconds"] * on_cpu["torch_threads"].fillna(1)).sum() / 3600)
+    pending = [p for p in planned if p.run_id not in set(runs["run_id"])]
+    projected = measured + sum(estimate_seconds(p) for p in pending) / 3600
+    sentence = (
+        f"all {len(on_cpu)} runs on this CPU are finished, and took {measured:.1f} CPU-hours."
+    )
+    if pending:
+        sentence = (
+            f"the {len(on_cpu)} runs finished on this CPU took {measured:.1f} CPU-hours; with the "
+            f"recalibrated estimate for the {len(pending)} still to run, the whole profile takes "
+            f"about {projected:.0f} CPU-hours."
+        )
+    gpu_ids = set(on_gpu["run_id"])
+    return {
+        "budget_measured": measured,
+        "budget_pending": len(pending),
+        "budget_projected": projected,
+        "budget_sentence": sentence,
+        "budget_gpu_runs": len(gpu_ids),
+        "budget_gpu_tasks": ", ".join(sorted(set(on_gpu["task"]))) if gpu_ids else "no task",
+        "budget_gpu_minutes": float(on_gpu["wall_seconds"].sum() / 60) if gpu_ids else 0.0,
+        "budget_gpu_cpu_estimate": sum(estimate_seconds(p) for p in planned if p.run_id in gpu_ids)
+        / 3600,
+    }
+
+
+# --------------------------------------------------------------------------- context chapter (C3)
+
+
+def collapsed_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The runs that ended within a point of their task's majority-class score, with each method's
+    learning rate, and the sentence that counts them and gives each task's majority score."""
+    if runs.empty:
+        return pd.DataFrame(columns=["task", "method", "seed", "final_score", "majority"]), ""
+    majority = {task: 100 * majority_score(task) for task in sorted(set(runs["task"]))}
+    table = near_majority(runs, majority)
+    table["learning_rate"] = table["method"].map(runs.groupby("method")["learning_rate"].first())
+    scores = ", ".join(f"{t}: {s:.1f}" for t, s in majority.items())
+    sentence = (
+        f"{len(table)} of {len(runs)} runs end at most a point above the majority class ({scores})."
+    )
+    return table, sentence
+
+
+# --------------------------------------------------------------------------- heads chapter (C2)
+
+#: The runs of the ``ablations`` profile that vary the experts, in the order the tables show them.
+EXPERT_RUNS = ("tinyattn_e1", "tinyattn_e1_2x", "tinyattn_e2", "tinyattn_e4", "tinyattn_e8")
+EXPERT_RUNS += ("tinyattn_e4_indep",)  # four experts, initialised independently
+EXPERT_RUNS += ("tinyattn_e4_seq",)  # four experts applied one after another, as the authors' code
+
+
+def expert_runs(study) -> tuple[pd.DataFrame, int]:
+    """A profile's finished runs that vary the experts (``EXPERT_RUNS``), and how many it plans."""
+    runs = study.runs
+    if not runs.empty:
+        runs = runs[runs["method"].isin(EXPERT_RUNS)].reset_index(drop=True)
+    return runs, sum(p.label in EXPERT_RUNS for p in study.planned)
+
+
+def analysed_run_ids(ablations, glue_study) -> set[str]:
+    """The runs whose experts analysis the heads chapter reads: the expert runs of the ablations (once
+    tuned) and the four-expert runs of the GLUE study."""
+    ids = {p.run_id for p in ablations.planned if ablations.tuned and p.label in EXPERT_RUNS}
+    return ids | {p.run_id for p in glue_study.planned if p.label == "tinyattn_e4"}
+
+
+def deployment_table(variants: pd.DataFrame) -> pd.DataFrame:
+    """Per initialisation and deployment variant, over the analysed runs: runs, mean and std score,
+    mean latency per example, agreement with the trained form, encoder passes."""
+    if variants.empty:
+        return pd.DataFrame()
+    return (
+        variants.groupby(["init", "variant"], sort=False)
+        .agg(
+            runs=("run_id", "nunique"),
+            score=("score", "mean"),
+            score_std=("score", "std"),
+            ms_per_example=("ms_per_example", "mean"),
+            agreement=("agreement_with_trained", "mean"),
+            encoder_passes=("encoder_passes", "first"),
+        )
+        .round(3)
+    )
+
+
+def serving_speedup(deployment: pd.DataFrame) -> float | None:
+    """How many times as fast two-stage experts serve weight-averaged as in their trained form."""
+    if deployment.empty or "two-stage" not in deployment.index:
+        return None
+    staged = deployment.loc["two-stage"]
+    return staged.loc["trained_form", "ms_per_example"] / staged.loc["averaged", "ms_per_example"]
+
+
+# --------------------------------------------------------------------------- efficiency chapter
+
+
+def _ratio_text(ratio: dict) -> str:
+    return f"{ratio['median']:.3f} (quartiles {ratio['q1']:.3f}–{ratio['q3']:.3f})"
+
+
+def bench_numbers(bench: dict) -> dict:
+    """The numbers the efficiency chapter quotes from one ``tinyattn bench`` file, with the verdict
+    on each target (``tinyattn.verdicts``)."""
+    paired, share = bench["paired_inference_ratio"], bench["share_inference_ratio"]
+    train, memory = bench["paired_train_step_ratio"], bench["peak_memory_mb"]
+    kept, recomputed = train["tinyattn_e4_stored"], train["tinyattn_e4"]
+    return {
+        "bench_averaged_ratio": _ratio_text(paired["tinyattn_averaged"]),
+        "bench_e4_ratio": _ratio_text(paired["tinyattn_e4"]),
+        "bench_lora_merged_ratio": _ratio_text(paired["lora_merged"]),
+        "bench_e4_train_ratio": _ratio_text(train["tinyattn_e4"]),
+        "bench_e1_train_ratio": _ratio_text(train["tinyattn_e1"]),
+        "bench_tiny_memory": round(memory["tinyattn_e4"], 1),
+        "bench_e1_memory": round(memory["tinyattn_e1"], 1),
+        "bench_lora_memory": round(memory["lora"], 1),
+        "bench_share_ratio": _ratio_text(share["tinyattn_averaged"]),
+        "bench_share_e4_ratio": _ratio_text(share["tinyattn_e4"]),
+        "bench_latency_verdict": verdicts.ratio_target(share["tinyattn_averaged"], 1.03),
+        "bench_latency_paired_verdict": verdicts.ratio_target(paired["tinyattn_averaged"], 1.03),
+        "bench_train_verdict": verdicts.ratio_target(train["tinyattn_e4"], 1.10),
+        "bench_memory_verdict": verdicts.memory_target(
+            [memory["tinyattn_e4"], memory["tinyattn_e1"]], memory["lora"]
+        ),
+        "bench_stored_memory": round(memory["tinyattn_e4_stored"], 1),
+        "bench_stored_train_ratio": _ratio_text(kept),
+        "bench_recompute_cost": f"{100 * (recomputed['median'] / kept['median'] - 1):+.1f}",
+        "bench_recompute_spread": verdicts.within_spread(kept, recomputed),
+    }
+
+
+def bench_stages(files: dict[str, str | Path]) -> pd.DataFrame:
+    """The benchmark at each stage of optimising the adapter (``files``: stage -> bench file; a
+    missing file is left out), one column per stage named with its commit."""
+    rows = {}
+    for label, path in files.items():
+        if not Path(path).exists():
+            continue
+        data = json.loads(Path(path).read_text())
+        p_inf, p_train = data["paired_inference_ratio"], data["paired_train_step_ratio"]
+        share = data.get("share_inference_ratio", {}).get("tinyattn_averaged", {})
+        rows[f"{label} ({data['git']['commit'][:7]})"] = {
+            "averaged / backbone (inference)": p_inf["tinyattn_averaged"]["median"],
+            "E = 4 / backbone (inference)": p_inf["tinyattn_e4"]["median"],
+            "E = 1 / LoRA (training step)": p_train["tinyattn_e1"]["median"],
+            "E = 4 / LoRA (training step)": p_train["tinyattn_e4"]["median"],
+            "E = 4 memory MB": data["peak_memory_mb"]["tinyattn_e4"],
+            "averaged / backbone (in-pass share)": share.get("median", float("nan")),
+        }
+    return pd.DataFrame(rows).round(3)
+
+
+def gpu_numbers(gpu: pd.DataFrame, benches: dict[str, dict], layers: int = 6) -> dict:
+    """The numbers the efficiency chapter quotes from its GPU runs, one benchmark per process:
+    ``gpu`` is their ``bench.runs_table`` with a column ``code`` (``"before"`` or ``"after"`` the
+    adapter's GPU-specific changes); ``layers`` the backbone's (MiniLM-L6)."""
+    small = gpu[gpu["batch × tokens"] == "32 × 128"]
+    large = gpu[gpu["batch × tokens"] == "128 × 512"]
+
+    def spread(rows, column: str) -> str:
+        return f"{rows[column].min():.2f}–{rows[column].max():.2f}"
+
+    def median(rows, column: str) -> float:
+        return round(float(rows[column].median()), 3)
+
+    numbers = {}
+    for code in ("before", "after"):
+        s, lg = small[small["code"] == code], large[large["code"] == code]
+        added = median(s, "kernels per pass, averaged") - median(s, "kernels per pass, backbone")
+        numbers |= {
+            f"gpu_small_{code}_runs": len(s),
+            f"gpu_small_{code}_ratio": spread(s, "averaged / backbone"),
+            f"gpu_small_{code}_kernel_time": median(s, "kernel time, averaged / backbone"),
+            f"gpu_small_{code}_kernels_per_layer": round(added / layers, 1),
+            f"gpu_large_{code}_ratio": median(lg, "averaged / backbone"),
+            f"gpu_large_{code}_share": median(lg, "averaged, in-pass share"),
+            f"gpu_large_{code}_kernel_time": median(lg, "kernel time, averaged / backbone"),
+            f"gpu_large_{code}_e4": median(lg, "E = 4 / backbone"),
+            f"gpu_large_{code}_train": median(lg, "E = 4 / LoRA (training step)"),
+        }
+    before, after = small[small["code"] == "before"], small[small["code"] == "after"]
+    after_benches = [benches[name] for name in after.index]
+    stored = [b["paired_train_step_ratio"]["tinyattn_e4_stored"]["median"] for b in after_benches]
+    others = {
+        m: [b["paired_inference_ratio"][m]["median"] for b in after_benches]
+        for m in ("houlsby", "pfeiffer", "lora_unmerged")
+    }
+    return numbers | {
+        "gpu_backbone_kernels": int(median(small, "kernels per pass, backbone")),
+        "gpu_small_backbone_ms": f"{small['backbone ms'].min():.1f}–{small['backbone ms'].max():.1f}",
+        "gpu_small_backbone_kernel_ms": spread(small, "backbone kernel ms"),
+        "gpu_small_overlap": verdicts.ranges_apart(
+            before["averaged / backbone"], after["averaged / backbone"]
+        ),
+        "gpu_null_spread": spread(gpu, "merged LoRA / backbone (null control)"),
+        "gpu_small_train": spread(after, "E = 4 / LoRA (training step)"),
+        "gpu_small_stored_train": f"{min(stored):.2f}–{max(stored):.2f}",
+        "gpu_small_others": ", ".join(
+            f"{m.replace('_', ' ')} {min(v):.2f}–{max(v):.2f}" for m, v in others.items()
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- parameters chapter
+
+
+def parameter_counts(pretrained, num_labels: int) -> tuple[pd.DataFrame, int]:
+    """Every registered method (tiny attention with one and four experts) built on its own copy of
+    ``pretrained`` and counted: adapter trained and deployed (experts averaged), its share of the
+    backbone, the head, the method library's own count; and the backbone's parameter count."""
+    variants = {name: (name, {}) for name in METHODS if name != "tinyattn"}
+    variants |= {f"tinyattn_e{e}": ("tinyattn", {"experts": e}) for e in (1, 4)}
+    rows = {}
+    for label, (method, options) in variants.items():
+        model = build_model(method, copy.deepcopy(pretrained), num_labels, options)
+        counts = count_parameters(model)
+        with experts_averaged(model):
+            deployed = count_parameters(model)["adapter_params"]
+        library = library_adapter_params(model)
+        rows[label] = {
+            "adapter, trained": counts["adapter_params"],
+            "adapter, deployed": deployed,
+            "% of backbone": 100 * deployed / counts["backbone_params"],
+            "head": counts["head_params"],
+            "library's count": pd.NA if library is None else library,
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table["library's count"] = table["library's count"].astype("Int64")
+    return table, int(counts["backbone_params"])
+
+
+def parameter_numbers(table: pd.DataFrame, config, backbone_params: int) -> dict:
+    """The tiny-attention counts the text quotes, checked against the formula E L (7D + 3), and the
+    authors' count L (7D + 11) on RoBERTa-base and -large (355 M parameters in all)."""
+    layers, hidden = config.num_hidden_layers, config.hidden_size
+    measured = int(table.loc["tinyattn_e1", "adapter, trained"])
+    e4 = int(table.loc["tinyattn_e4", "adapter, trained"])
+    if (measured, e4) != (layers * param_count(hidden), 4 * layers * param_count(hidden)):
+        raise AssertionError(f"tiny attention's counts {measured}, {e4} do not follow E L (7D + 3)")
+    roberta_large = 24 * paper_param_count(1024)
+    prefix_length = METHODS["prefix"].defaults["prefix_length"]
+    return {
+        "backbone_params": backbone_params,
+        "backbone_layers": int(layers),
+        "backbone_hidden": int(hidden),
+        "tinyattn_e1_params": measured,
+        "tinyattn_e1_percent": float(table.loc["tinyattn_e1", "% of backbone"]),
+        "tinyattn_e4_training_params": e4,
+        "tinyattn_paper_formula_params": int(layers * paper_param_count(hidden)),
+        "roberta_base_paper_params": int(12 * paper_param_count(768)),
+        "roberta_large_paper_params": int(roberta_large),
+        "roberta_large_paper_percent": 100 * roberta_large / 355e6,
+        "prefix_deployed_params": int(2 * layers * prefix_length * hidden),
+    }
+
+
+# --------------------------------------------------------------------------- profiles chapter
+
+
+def planned_runs(profiles: list[str], runs_dir: str | Path) -> pd.DataFrame:
+    """Every planned run of the profiles, one row each: its parameters, profile, CPU-hour estimate
+    (MiniLM-L6 only) and whether its learning rate still waits for a tuning grid."""
+    rows = []
+    for name in profiles:
+        study = profile_runs(name, runs_dir)
+        waiting = "tuning" in study.profile and not study.tuned
+        for r in study.planned:
+            rows.append(
+                {**asdict(r), "run_id": r.run_id, "profile": name}
+                | {"cpu_hours": estimate_seconds(r) / 3600, "awaiting_tuning": waiting}
+                | {"tuning": study.profile.get("tuning")}
+            )
+    runs = pd.DataFrame(rows)
+    runs["cpu_hours"] = runs["cpu_hours"].where(runs["backbone"] == "minilm-l6")
+    runs["max_train_samples"] = runs["max_train_samples"].astype("Int64")
+    return runs
+
+
+def _distinct(values) -> str:
+    """The distinct values, in order of appearance, as one string (floats as ``%g``)."""
+    return ", ".join(dict.fromkeys(f"{v:g}" if isinstance(v, float) else str(v) for v in values))
+
+
+def _per_task(frame: pd.DataFrame, column: str) -> str:
+    """One value, or "task: value" for each task where a profile sets it per task."""
+    by_task = frame.groupby("task", sort=False)[column].agg(_distinct)
+    if by_task.nunique() == 1:
+        return by_task.iloc[0]
+    return ", ".join(f"{task}: {value}" for task, value in by_task.items())
+
+
+def budget_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per profile and task: backbone, training cap, epochs, batch, length, evaluations per epoch,
+    warm-up, scheduler, weight decay, seeds, runs and estimated CPU-hours."""
+    return runs.groupby(["profile", "task"], sort=False).agg(
+        backbone=("backbone", "first"),
+        train_cap=("max_train_samples", "first"),
+        epochs=("epochs", "first"),
+        batch=("batch_size", "first"),
+        max_length=("max_length", "first"),
+        evals_per_epoch=("evals_per_epoch", "first"),
+        warmup_ratio=("warmup_ratio", _distinct),
+        scheduler=("scheduler", _distinct),
+        weight_decay=("weight_decay", _distinct),
+        seeds=("seed", lambda s: _distinct(sorted(set(s)))),
+        runs=("run_id", "size"),
+        cpu_hours=("cpu_hours", lambda h: h.sum(min_count=1)),
+    )
+
+
+def learning_rate_table(runs: pd.DataFrame, profiles: list[str]) -> pd.DataFrame:
+    """Method x profile: the learning rate (per task where it differs), or the tuning grid that will
+    choose it while that grid is not done."""
+
+    def rates(frame: pd.DataFrame) -> str:
+        if frame["awaiting_tuning"].iloc[0]:
+            return f"chosen by `{frame['tuning'].iloc[0]}` (pending)"
+        return _per_task(frame, "learning_rate")
+
+    return (
+        runs.groupby(["label", "profile"], sort=False)
+        .apply(rates)
+        .unstack("profile")
+        .reindex(columns=profiles)
+        .rename_axis(index="method", columns=None)
+    )
+
+
+def task_table(tasks: list[str]) -> pd.DataFrame:
+    """Per GLUE task: the full train and dev split sizes and the metric it is scored by."""
+    return pd.DataFrame(
+        {"train": TASK_SIZES[t][0], "dev": TASK_SIZES[t][1], "metric": get_task(t).metric}
+        for t in tasks
+    ).set_index(pd.Index(tasks, name="task"))
+
+
+def profile_numbers(runs: pd.DataFrame) -> dict:
+    """Per profile, the numbers the text quotes: runs, seeds, tasks, task names, CPU-hours (where
+    every run has an estimate)."""
+    numbers = {}
+    for name, part in runs.groupby("profile", sort=False):
+        numbers[f"{name}_profile_runs"] = int(len(part))
+        numbers[f"{name}_profile_seeds"] = int(part["seed"].nunique())
+        numbers[f"{name}_profile_tasks"] = int(part["task"].nunique())
+        numbers[f"{name}_profile_task_names"] = ", ".join(dict.fromkeys(part["task"]))
+        if part["cpu_hours"].notna().all():
+            numbers[f"{name}_profile_cpu_hours"] = round(float(part["cpu_hours"].sum()), 1)
+    return numbers
