@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 
 import pytest
 import torch
@@ -13,8 +14,15 @@ from torch import nn
 from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
 from tinyattn.checkpoint import load_adapter, save_adapter
-from tinyattn.inject import TinyAttnConfig, expected_adapter_params
-from tinyattn.methods import METHODS, build_model, library_adapter_params
+from tinyattn.cli import main as cli
+from tinyattn.inject import PREFIX, TinyAttnConfig, expected_adapter_params
+from tinyattn.methods import (
+    METHODS,
+    RETIRED_OPTIONS,
+    build_model,
+    library_adapter_params,
+    method_options,
+)
 from tinyattn.model import _is_added_parameter, count_parameters
 
 H, LAYERS, FFN, LABELS = 32, 2, 37, 3
@@ -47,7 +55,7 @@ STOCHASTIC_IN_TRAINING = {"full_ft", "tinyattn"}
 
 # Which parameters (named as in ``model.named_parameters()``) must train, besides the head.
 TRAINS = {
-    "tinyattn": lambda n: n.startswith("tiny_attention."),
+    "tinyattn": lambda n: n.startswith(f"{PREFIX}."),
     "full_ft": lambda n: True,
     "head_only": lambda n: False,
     "bitfit": lambda n: n.startswith("encoder.") and n.endswith("bias"),
@@ -338,3 +346,44 @@ def test_adapter_internal_dropout_follows_training(encoders, batch):
     with torch.no_grad():
         assert torch.equal(_logits(model, batch), _logits(model, batch))
     assert not any(m.training for m in lora_dropouts)
+
+
+def test_retired_options_are_dropped_at_their_value_and_refused_otherwise():
+    """tinyattn's two-stage start is a step of the run now, not an option; records still carry the
+    options at these values (and the run id hashes them), so they are accepted there only."""
+    assert RETIRED_OPTIONS == {"tinyattn": {"init_from": None, "init_noise_std": 1e-6}}
+    options = method_options("tinyattn", {"experts": 4, "init_from": None, "init_noise_std": 1e-6})
+    assert options == {**TinyAttnConfig(experts=4).to_dict()}
+    with pytest.raises(ValueError, match="init_from is no longer an option.*two_stage"):
+        method_options("tinyattn", {"init_from": "results/runs/adapters/x"})
+    with pytest.raises(ValueError, match="init_noise_std"):
+        method_options("tinyattn", {"init_noise_std": 1e-3})
+
+
+def test_build_model_reads_no_files(encoders, monkeypatch):
+    """Building any method's model touches no checkpoint: initialisation from files is a later step."""
+    import builtins
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"build_model opened {args[0]!r}")
+
+    monkeypatch.setattr(builtins, "open", refuse)
+    model = _build("tinyattn", encoders, "bert", {"experts": 4})
+    assert getattr(model, PREFIX).config.experts == 4
+
+
+def test_unknown_backbone_is_one_line_error(capsys, monkeypatch):
+    """``tinyattn params --backbone nope-model-xyz``: a one-line error naming the backbone."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli(["params", "--backbone", "nope-model-xyz"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "backbone 'nope-model-xyz' not found" in err and "Hub" in err
+
+
+def test_adapters_methods_name_the_extra_to_install_when_it_is_missing(encoders, monkeypatch):
+    monkeypatch.setitem(sys.modules, "adapters", None)  # `import adapters` now raises ImportError
+    for method in sorted(ADAPTERS_METHODS):
+        with pytest.raises(ValueError, match=rf"'{method}'.*pip install 'tinyattn\[adapters\]'"):
+            _build(method, encoders, "bert")
+    assert _build("lora", encoders, "bert") is not None  # peft's methods do not need it
