@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/data/glue),)
 export TINYATTN_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install test test-core lint study cpu-study book clean
+.PHONY: install test test-core lint study cpu-study book datasets-summary clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -43,6 +43,11 @@ cpu-study: install
 	$(VENV)/bin/tinyattn analyse --profile ablations
 	$(VENV)/bin/tinyattn analyse --profile cpu
 	$(MAKE) book
+
+# What the book quotes from the GLUE files (split sizes, majority-class scores), counted into
+# results/summary/datasets.json, so that the book builds from results/ alone, without the data.
+datasets-summary: install
+	$(PY) -m tinyattn.datasets_summary
 
 # The book from the committed results: every page rebuilt (--all: the analysis notebooks read
 # results/runs, which Sphinx does not track) and executed offline; any warning fails the build.

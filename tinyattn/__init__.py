@@ -34,6 +34,7 @@ Results
     ``stats``         the declared statistics: intervals, sign test, Holm, collapsed runs.
     ``verdicts``      the rules that turn comparisons into verdicts on the paper's claims.
     ``report``        the tables and sentences the chapters show.
+    ``datasets_summary`` split sizes and majority-class scores, recorded for the book.
     ``experts``       the heads-as-experts analysis of one run (``expert_stats``: its maths;
                       ``deployment``: deployment variants).
     ``measure``       timing and memory helpers; ``bench`` the cost benchmark; ``plots`` figures.
