@@ -79,6 +79,119 @@ def ablation_sweep_figure(summary: pd.DataFrame, x_of: dict[str, float], xlabel:
     return fig
 
 
+def score_against_parameters(
+    runs: pd.DataFrame,
+    *,
+    score: str = "final_score",
+    highlight: tuple[str, ...] = ("tinyattn_e1", "tinyattn_e4"),
+    per_task: bool = False,
+    claim: str | None = None,
+    title: str = "",
+):
+    """Each method's dev score against its trainable parameters at deployment (adapter + head, log
+    axis): one dot per seed, the mean over seeds as a bar; ``highlight`` in colour, the rest grey.
+
+    ``per_task=False``: one panel, each seed's average over the tasks (only seeds that finished every
+    task of ``runs``, so no average is over other tasks); ``True``: one panel per task. Methods with
+    equal counts are spread sideways a little so that their dots do not hide each other. ``claim``:
+    the paper's claim, drawn as a dashed line at the best non-highlighted mean (what a highlighted
+    method must beat), with this text as its label."""
+    columns = ["task", "method", "seed", "metric", score, "adapter_plus_head_params"]
+    missing = [c for c in columns if c not in runs.columns]
+    if missing:
+        raise ValueError(f"runs lack column(s) {missing} (expected aggregate.load_records rows)")
+    frame = runs[columns].rename(columns={score: "value", "adapter_plus_head_params": "params"})
+    if per_task:
+        panels = {t: part for t, part in frame.groupby("task", sort=False)}
+    else:
+        n_tasks = frame["task"].nunique()
+        seeds = frame.groupby(["method", "seed"], sort=False).agg(
+            tasks=("task", "nunique"), value=("value", "mean"), params=("params", "first")
+        )
+        panels = {f"average over {n_tasks} tasks": seeds[seeds["tasks"] == n_tasks].reset_index()}
+    if not any(len(p) for p in panels.values()):
+        raise ValueError("no method finished every task for any seed: nothing to draw")
+    width = 4.2 * len(panels) if per_task else 8.0
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.6), squeeze=False)
+    for ax, (name, part) in zip(axes.flat, panels.items()):
+        means = part.groupby("method", sort=False).agg(
+            value=("value", "mean"), params=("params", "first")
+        )
+        # methods with the same count side by side (a factor 10^0.06 apart on the log axis)
+        shift = (
+            means.groupby("params").cumcount()
+            - (means.groupby("params")["value"].transform("size") - 1) / 2
+        )
+        means["x"] = means["params"] * 10 ** (0.06 * shift)
+        # labels: nudged upwards where two of them, close on the x axis, would overlap
+        gap = 0.04 * (part["value"].max() - part["value"].min() or 1.0)
+        placed: list[tuple[float, float]] = []
+        for method, row in means.sort_values("value").iterrows():
+            y, log_x = row["value"], np.log10(row["x"])
+            for other_x, other_y in placed:
+                if abs(log_x - other_x) < 0.6 and y < other_y + gap:
+                    y = other_y + gap
+            placed.append((log_x, y))
+            means.loc[method, "label_y"] = y
+        for method, row in means.iterrows():
+            focus = method in highlight
+            colour = f"C{highlight.index(method) % 10}" if focus else "0.55"
+            values = part.loc[part["method"] == method, "value"]
+            ax.scatter(
+                [row["x"]] * len(values),
+                values,
+                s=22 if focus else 14,
+                color=colour,
+                alpha=0.75,
+                zorder=3 if focus else 2,
+                linewidths=0,
+            )
+            ax.plot(
+                [row["x"] / 1.12, row["x"] * 1.12],
+                [row["value"]] * 2,
+                color=colour,
+                lw=3 if focus else 2,
+                zorder=4,
+            )
+            ax.annotate(
+                method,
+                (row["x"] * 1.14, row["label_y"]),
+                fontsize=8 if focus else 7,
+                va="center",
+                color="black" if focus else "0.35",
+                fontweight="bold" if focus else "normal",
+            )
+        others = means.loc[[m not in highlight for m in means.index], "value"]
+        if claim and not others.empty:
+            ax.axhline(others.max(), color="C3", ls="--", lw=1, zorder=1)
+            ax.annotate(
+                claim,
+                (0.01, others.max()),
+                xycoords=("axes fraction", "data"),
+                xytext=(0, 3),
+                textcoords="offset points",
+                fontsize=7.5,
+                color="C3",
+                va="bottom",
+            )
+            low, high = ax.get_ylim()  # room above the line for the claim's text
+            room = 0.05 * (high - low) * (claim.count("\n") + 2)
+            ax.set_ylim(low, max(high, others.max()) + room)
+        ax.set_xscale("log")
+        ax.set_xlim(means["x"].min() / 2.5, means["x"].max() * 8)
+        metric = part["metric"].iloc[0] if per_task else "GLUE metric"
+        ax.set(
+            title=name,
+            xlabel="trainable parameters at deployment (adapter + head, log scale)",
+            ylabel=f"dev {metric} (×100), end of training",
+        )
+        ax.grid(alpha=0.3, which="major")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def study_curves_figure(curves: pd.DataFrame, methods: list[str]):
     """One panel per task: dev score by epoch, per method the mean over its seeds."""
     import seaborn as sns
@@ -108,6 +221,31 @@ def study_curves_figure(curves: pd.DataFrame, methods: list[str]):
         ax.set(title=task, ylabel=f"dev {metric} (×100)")
         ax.grid(alpha=0.3)
     return grid.figure
+
+
+def budget_curves_figure(curves: pd.DataFrame, methods: list[str], short_epochs: dict[str, float]):
+    """One panel per task: dev score by epoch at the long budget, each seed a faint line and each
+    method's mean over its seeds a bold one, with a dotted line where the short budget ended."""
+    tasks = list(dict.fromkeys(curves["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.4), squeeze=False)
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    for ax, task in zip(axes[0], tasks):
+        part = curves[curves["task"] == task]
+        for method in [m for m in methods if m in set(part["method"])]:
+            runs = part[part["method"] == method]
+            for _, run in runs.groupby("seed"):
+                ax.plot(run["epoch"], run["score"], color=colours[method], alpha=0.25, lw=0.8)
+            mean = runs.groupby("epoch")["score"].mean()
+            seeds = runs["seed"].nunique()
+            label = f"{method} ({seeds})"
+            ax.plot(mean.index, mean, color=colours[method], marker="o", ms=3, label=label)
+        if task in short_epochs:
+            ax.axvline(short_epochs[task], color="grey", ls=":", label="short budget ends")
+        ax.set(title=task, xlabel="epoch", ylabel=f"dev {part['metric'].iloc[0]} (×100)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, title="method (seeds)", title_fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 # ----------------------------------------------------------------------------- experts analysis

@@ -1,0 +1,326 @@
+"""The budget study (``tinyattn.budget``): runs paired across budgets, partial grids, the C1 verdict
+at each budget, and the long runs' learning curves, on synthetic records."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import pandas as pd
+import pytest
+
+from tinyattn import budget
+from tinyattn.plots import budget_curves_figure
+from tinyattn.records import write_json_atomic
+from tinyattn.tuning import planned_runs
+
+matplotlib.use("Agg")
+FAMILY = ["ia3", "houlsby", "full_ft"]
+METHODS = ["tinyattn_e1", *FAMILY]
+
+
+def _plan(tasks=("mrpc", "stsb"), seeds=(13, 42, 87), epochs=10) -> pd.DataFrame:
+    rows = [
+        {"task": t, "method": m, "seed": s, "epochs": epochs, "run_id": f"{t}-{m}-s{s}-long"}
+        for t in tasks
+        for m in METHODS
+        for s in seeds
+    ]
+    return pd.DataFrame(rows).assign(estimate_hours=1.0)
+
+
+def _runs(plan: pd.DataFrame, score, *, suffix: str, epochs, hours=1.0) -> pd.DataFrame:
+    """Finished runs for every row of ``plan``: ``score(task, method, seed)`` (None: not finished)."""
+    rows = []
+    for row in plan.itertuples():
+        value = score(row.task, row.method, row.seed)
+        if value is None:
+            continue
+        rows.append(
+            {
+                "task": row.task,
+                "method": row.method,
+                "seed": row.seed,
+                "final_score": value,
+                "epochs": epochs(row.task) if callable(epochs) else epochs,
+                "run_id": row.run_id.replace("long", suffix),
+                "wall_seconds": 3600.0 * hours,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _gap(offsets: dict[str, float], base: float = 80.0):
+    """Scores where each method sits ``offsets[method]`` points above tiny attention, plus a small
+    per-(task, seed) wobble so that no two pairs are equal."""
+
+    def score(task, method, seed):
+        wobble = 0.1 * (seed % 7) + (0.3 if task == "stsb" else 0.0)
+        return base + wobble + offsets.get(method, 0.0)
+
+    return score
+
+
+def test_runs_pair_by_task_method_and_seed_and_pending_ones_stay_empty():
+    plan = _plan()
+    short = _runs(
+        plan, _gap({"ia3": 2.0}), suffix="short", epochs=lambda t: 3 if t == "mrpc" else 2
+    )
+    long = _runs(
+        plan, lambda t, m, s: 90.0 if (m, s) == ("ia3", 42) else None, suffix="long", epochs=10
+    )
+    pairs = budget.pair_budgets(plan, long, short).set_index(["task", "method", "seed"])
+    assert len(pairs) == 24
+    row = pairs.loc[("mrpc", "ia3", 42)]
+    assert row["long_score"] == 90.0 and row["short_score"] == pytest.approx(82.0)
+    assert row["change"] == pytest.approx(8.0) and row["short_run_id"] == "mrpc-ia3-s42-short"
+    assert (row["short_epochs"], row["long_epochs"]) == (3, 10)
+    assert pairs.loc[("stsb", "ia3", 42), "short_epochs"] == 2
+    pending = pairs.drop(index=[("mrpc", "ia3", 42), ("stsb", "ia3", 42)])
+    assert pending["long_score"].isna().all() and pending["change"].isna().all()
+    assert pending["short_score"].notna().all()
+
+
+def test_pairing_refuses_a_second_record_and_a_run_outside_the_plan():
+    plan = _plan()
+    short = _runs(plan, _gap({}), suffix="short", epochs=3)
+    twice = pd.concat([short, short.iloc[[0]].assign(run_id="again")])
+    with pytest.raises(ValueError, match="more than one finished record.*again"):
+        budget.pair_budgets(plan, pd.DataFrame(), twice)
+    stray = _runs(plan.iloc[[0]].assign(seed=7), _gap({}), suffix="long", epochs=10)
+    with pytest.raises(ValueError, match="outside its plan"):
+        budget.pair_budgets(plan, stray, short)
+    with pytest.raises(ValueError, match="plans no run"):
+        budget.pair_budgets(plan.iloc[0:0], pd.DataFrame(), short)
+
+
+def test_comparisons_use_only_the_pairs_finished_at_both_budgets():
+    plan = _plan()
+    short = _runs(plan, _gap({m: 2.0 for m in FAMILY}), suffix="short", epochs=3)
+    # long budget: tiny attention on every MRPC seed, IA3 on two of them, nothing else yet
+    done = {("mrpc", "tinyattn_e1", s) for s in (13, 42, 87)} | {
+        ("mrpc", "ia3", 13),
+        ("mrpc", "ia3", 87),
+    }
+    long = _runs(
+        plan, lambda t, m, s: 85.0 if (t, m, s) in done else None, suffix="long", epochs=10
+    )
+    pairs = budget.pair_budgets(plan, long, short)
+    runs = budget.paired_runs(pairs)
+    assert len(runs["short"]) == len(runs["long"]) == 5  # the long budget's five runs, both budgets
+    table = budget.compare(pairs, "tinyattn_e1", FAMILY).set_index(["budget", "method"])
+    assert table.loc[("short", "ia3"), "pairs"] == table.loc[("long", "ia3"), "pairs"] == 2
+    # the same two pairs at both budgets: at the short budget IA3 leads by 2 points in both
+    assert table.loc[("short", "ia3"), "mean_difference"] == pytest.approx(-2.0)
+    assert table.loc[("long", "ia3"), "mean_difference"] == pytest.approx(0.0)
+    for b in budget.BUDGETS:
+        assert table.loc[(b, "houlsby"), "pairs"] == 0
+        assert table.loc[(b, "houlsby"), "outcome"] == "too few pairs"
+    change = budget.verdict_change(table.reset_index())
+    assert change["short"] == change["long"] == "not established"
+
+
+def test_no_pair_at_all_gives_no_verdict_and_the_sentence_says_how_many_runs_are_done():
+    plan = _plan()
+    short = _runs(plan, _gap({}), suffix="short", epochs=3)
+    done = {("mrpc", "full_ft", 13), ("mrpc", "full_ft", 42)}
+    long = _runs(
+        plan, lambda t, m, s: 81.0 if (t, m, s) in done else None, suffix="long", epochs=10
+    )
+    pairs = budget.pair_budgets(plan, long, short)
+    table = budget.compare(pairs, "tinyattn_e1", FAMILY)
+    assert set(table["outcome"]) == {"too few pairs"}
+    assert budget.c1_verdict(table[table["budget"] == "long"]) == "no verdict"
+    study = _study(pairs)
+    text = budget.headline(study, table)
+    assert text.startswith("With 2 of 24 runs done") and "cannot yet say" in text
+    assert "`full_ft` on MRPC" in text  # 81.0 against 80.6 (seed 13) and 80.0 (seed 42)
+    assert "by +0.7 points on average (from +0.4 to +1.0)" in text
+
+
+def _study(pairs: pd.DataFrame) -> budget.BudgetStudy:
+    fake = type("Runs", (), {})
+
+    def runs(name):
+        r = fake()
+        r.profile = {"name": name}
+        return r
+
+    return budget.BudgetStudy(runs("budget"), runs("cpu"), pairs, "tinyattn_e1", FAMILY)
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_the_c1_verdict_changes_with_the_budget_only_when_the_data_do(flip):
+    # three tasks x three seeds: nine pairs, enough for the declared rule to resolve a comparison
+    plan = _plan(tasks=("mrpc", "stsb", "rte"))
+    short = _runs(plan, _gap({m: 2.0 for m in FAMILY}), suffix="short", epochs=3)  # all beat tiny
+    long_gap = {m: -2.0 for m in FAMILY} if flip else {m: 2.0 for m in FAMILY}
+    long = _runs(plan, _gap(long_gap, base=84.0), suffix="long", epochs=10)
+    pairs = budget.pair_budgets(plan, long, short)
+    table = budget.compare(pairs, "tinyattn_e1", FAMILY)
+    assert (table["pairs"] == 9).all()
+    change = budget.verdict_change(table)
+    assert change["short"] == "does not hold"
+    assert change["long"] == ("holds" if flip else "does not hold")
+    assert change["changed"] is flip
+    assert set(change["methods"]) == (set(FAMILY) if flip else set())
+    study = _study(pairs)
+    text = budget.headline(study, table)
+    assert text.startswith("With all 36 runs done")
+    if flip:
+        assert "C1's verdict goes from *does not hold*" in text and "to *holds*" in text
+        assert "from -2.00 to +2.00 points" in text and "winning 9 of 9 pairs" in text
+    else:
+        assert "C1's verdict is *does not hold* at both budgets" in text
+    assert "cannot be resolved" not in text  # nine pairs can be
+
+
+def test_six_pairs_cannot_be_resolved_under_holm_over_three_and_the_sentence_says_so():
+    assert budget.smallest_holm_p(6, 3) == pytest.approx(3 * 2 / 2**6)
+    assert budget.smallest_holm_p(0, 3) == 1.0
+    assert budget.pairs_needed(3) == 7  # 3 x 2 / 2^7 = 0.047
+    assert budget.pairs_needed(1) == 6
+    plan = _plan()
+    short = _runs(plan, _gap({m: 2.0 for m in FAMILY}), suffix="short", epochs=3)
+    long = _runs(plan, _gap({m: -5.0 for m in FAMILY}), suffix="long", epochs=10)
+    pairs = budget.pair_budgets(plan, long, short)
+    table = budget.compare(pairs, "tinyattn_e1", FAMILY)
+    assert (table.loc[table["budget"] == "long", "wins"] == 6).all()  # every pair won, yet
+    assert set(table["outcome"]) == {"not resolved"}
+    text = budget.headline(_study(pairs), table)
+    assert "C1's verdict is *not established* at both budgets" in text
+    assert "no comparison of 6 pairs can be resolved; it needs 7" in text
+
+
+def test_score_table_shows_each_seed_short_to_long_and_the_mean_change():
+    plan = _plan()
+    short = _runs(plan, _gap({}), suffix="short", epochs=lambda t: 3 if t == "mrpc" else 2)
+    long = _runs(
+        plan,
+        lambda t, m, s: 90.0 if m == "ia3" and t == "mrpc" and s != 87 else None,
+        suffix="long",
+        epochs=10,
+    )
+    table = budget.score_table(budget.pair_budgets(plan, long, short))
+    assert list(table.columns) == ["epochs", "seed 13", "seed 42", "seed 87", "mean change"]
+    row = table.loc[("mrpc", "ia3")]
+    assert row["seed 13"] == "80.6 → 90.0" and row["seed 87"] == "80.3 → …"
+    assert row["epochs"] == "3 → 10" and row["mean change"] == "+9.7 (2 of 3)"  # 9.4 and 10.0
+    assert table.loc[("stsb", "houlsby"), "epochs"] == "2 → 10"
+    assert table.loc[("stsb", "houlsby"), "mean change"] == "…"
+    assert list(table.index)[:4] == [("mrpc", m) for m in METHODS]  # the profile's order
+
+
+def test_remaining_runs_are_projected_from_their_twins_and_the_finished_runs_pace():
+    plan = _plan()
+    short = _runs(plan, _gap({}), suffix="short", epochs=2, hours=0.5)
+    long = _runs(
+        plan, lambda t, m, s: 80.0 if s == 13 else None, suffix="long", epochs=10, hours=5.0
+    )
+    pairs = budget.pair_budgets(plan, long, short)
+    assert budget.calibration(pairs) == pytest.approx(2.0)  # 5 h against 0.5 h x 10 / 2
+    rest = budget.remaining(_study(pairs))
+    assert len(rest) == 16 and set(rest["seed"]) == {42, 87}
+    assert rest["projected_hours"].tolist() == pytest.approx([5.0] * 16)
+
+
+# ------------------------------------------------------------------- records on disk, both profiles
+
+
+def _record(params, score: float, evals_per_epoch: int = 2) -> dict:
+    """A finished run's record with an evaluation every half epoch, climbing to ``score``."""
+    metric = "pearson" if params.task == "stsb" else "accuracy"
+    n = int(params.epochs * evals_per_epoch)
+    evaluations = [
+        {
+            "step": 10 * (i + 1),
+            "epoch": (i + 1) / evals_per_epoch,
+            "train_loss": 1.0 / (i + 1),
+            "metrics": {metric: score - 0.001 * (n - 1 - i)},  # 0.1 points per evaluation
+        }
+        for i in range(n)
+    ]
+    return {
+        "run_id": params.run_id,
+        "status": "done",
+        "task": params.task,
+        "method": params.method,
+        "seed": params.seed,
+        "select_metric": metric,
+        "params": {"label": params.label, "backbone": params.backbone, **vars(params)},
+        "params_count": {"adapter_params": 1000, "head_params": 770, "backbone_params": 22_565_376},
+        "best": evaluations[-1],
+        "final": evaluations[-1],
+        "evaluations": evaluations,
+        "steps": 10 * n,
+        "epochs_run": float(params.epochs),
+        "train_examples": 100,
+        "eval_examples": 50,
+        "train_seconds": 60.0,
+        "eval_seconds": 5.0,
+        "wall_seconds": 70.0 * params.epochs,
+        "tokens_per_second": 1800.0,
+    }
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """The tuning grid and the `cpu` study finished; of the `budget` study, the MRPC runs of seed 13."""
+    out = tmp_path_factory.mktemp("runs")
+    for name in ("tune", "cpu"):
+        for p in planned_runs(name, str(out)):
+            write_json_atomic(out / f"{p.run_id}.json", _record(p, 0.7, evals_per_epoch=1))
+    for p in planned_runs("budget", str(out)):
+        if p.task == "mrpc" and p.seed == 13:
+            write_json_atomic(out / f"{p.run_id}.json", _record(p, 0.8))
+    return out
+
+
+def test_load_budget_reads_both_profiles_from_records(records):
+    study = budget.load_budget(str(records))
+    assert (study.done, study.planned) == (4, 24)
+    assert study.reference == "tinyattn_e1" and study.family == FAMILY
+    assert study.pairs["short_score"].notna().all()  # every `cpu` twin found
+    done = study.pairs.dropna(subset=["long_score"])
+    assert set(zip(done["task"], done["seed"])) == {("mrpc", 13)}
+    assert done["change"].tolist() == pytest.approx([10.0] * 4)
+    assert set(done["short_epochs"]) == {3.0} and set(done["long_epochs"]) == {10}
+    labels = budget.budget_labels(study)
+    assert labels == {"short": "cpu (2–3 epochs)", "long": "budget (10 epochs)"}
+    table = budget.compare(study.pairs, study.reference, study.family)
+    assert (table["pairs"] == 1).all()
+    text = budget.headline(study, table)
+    assert text.startswith("With 4 of 24 runs done, the budget study cannot yet say")
+    assert "no comparison has more than 1 pair finished at both budgets" in text
+    assert "winning 0 of 1 pairs" in text  # every method scores alike here: a tie
+
+
+def test_curves_of_the_long_runs_every_half_epoch(records):
+    study = budget.load_budget(str(records))
+    curves = budget.long_curves(study, str(records))
+    assert len(curves) == 4 * 20  # four runs, two evaluations per epoch for ten epochs
+    assert set(curves["method"]) == set(METHODS)
+    one = curves[curves["method"] == "ia3"].sort_values("epoch")
+    assert one["epoch"].tolist() == pytest.approx([0.5 * i for i in range(1, 21)])
+    assert one["score"].iloc[-1] == pytest.approx(80.0) and one["score"].iloc[0] == pytest.approx(
+        78.1
+    )
+    table = budget.curve_table(curves, {"mrpc": 3, "stsb": 2}).set_index(["task", "method"])
+    row = table.loc[("mrpc", "ia3")]
+    assert row["seeds"] == 1 and row["best_epoch"] == 10.0 and row["end"] == pytest.approx(80.0)
+    assert row["at_short_end"] == pytest.approx(80.0 - 0.1 * 14)  # the evaluation at epoch 3
+    assert row["late_gain"] == pytest.approx(0.1)
+    fig = budget_curves_figure(curves, METHODS, {"mrpc": 3})
+    (ax,) = fig.axes
+    assert ax.get_title() == "mrpc" and len(ax.get_lines()) == 4 * 2 + 1  # seed + mean each, budget
+    empty = budget.long_curves(
+        budget.load_budget(str(records), long="budget"), str(records / "none")
+    )
+    assert empty.empty
+    assert budget.curve_table(pd.DataFrame(), {}).empty
+
+
+def test_load_budget_refuses_a_reference_the_profile_lacks(records):
+    with pytest.raises(ValueError, match="no method 'tinyattn_e4'"):
+        budget.load_budget(str(records), reference="tinyattn_e4")
+    assert not math.isnan(budget.smallest_holm_p(7, 3))
