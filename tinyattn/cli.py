@@ -1,5 +1,5 @@
-"""The ``tinyattn`` command: ``params``, ``methods``, ``train`` (one run), ``study`` (a grid) and
-``bench`` (cost of the methods)."""
+"""The ``tinyattn`` command: ``params``, ``methods``, ``train`` (one run), ``study`` (a grid),
+``reproduce`` (a profile rerun and compared with its records) and ``bench`` (cost of the methods)."""
 
 from __future__ import annotations
 
@@ -166,6 +166,28 @@ def cmd_study(args) -> int:
     return 1 if outcome["failed"] else 0
 
 
+def cmd_reproduce(args) -> int:
+    import tempfile
+
+    from tinyattn.reproduce import DEFAULT_TOLERANCE, format_summary, reproduce, write_summary
+
+    into = args.into or tempfile.mkdtemp(prefix=f"tinyattn-reproduce-{args.profile}-")
+    summary = reproduce(
+        args.profile,
+        into,
+        runs=[r for r in (args.runs or "").split(",") if r],
+        tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance,
+        records_dir=args.records,
+        jobs=args.jobs,
+        executor=args.executor,
+        any_code=args.any_code,
+    )
+    print(format_summary(summary))
+    if args.summary != "-" and (args.summary or not args.runs):  # a partial check: only if asked
+        print(f"summary: {write_summary(summary, args.summary)}")
+    return 0 if summary["passed"] else 1
+
+
 def cmd_analyse(args) -> int:
     from tinyattn.runner import run_analyses
 
@@ -252,6 +274,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="minutes: start no run after this long (the rest stay pending)",
     )
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="rerun a profile's recorded runs into a fresh folder and compare each with its record",
+    )
+    p.add_argument("--profile", required=True, help="profiles/<NAME>.yaml, e.g. quick")
+    p.add_argument(
+        "--into", help="folder for the reruns (default: a new temporary folder); done runs are kept"
+    )
+    p.add_argument("--runs", help="LABEL,...: only these runs (profile labels, tasks or run ids)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        help="largest |difference| allowed per metric, in its units (default 1e-3: 0.1 points)",
+    )
+    p.add_argument("--records", default="results/runs", help="folder of the committed records")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once")
+    p.add_argument("--executor", choices=("notebook", "process"), default="notebook")
+    p.add_argument(
+        "--any-code",
+        dest="any_code",
+        action="store_true",
+        help="a pinned profile: rerun with this checkout's code even though it differs from the pin",
+    )
+    p.add_argument(
+        "--summary",
+        help="where to write the JSON summary (default, when every run is checked: "
+        "results/reproduce/<profile>.json; - for none)",
+    )
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser(
         "analyse", help="run the experts analysis notebook on a profile's trained 4-expert adapters"

@@ -13,6 +13,7 @@ profiles: it knows nothing of tuning results or of running (``tuning`` and ``run
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import yaml
@@ -104,6 +105,12 @@ def validate(profile: object, path: str | Path = "<profile>") -> None:
             raise ValueError(f"profile {path} has no {key!r}")
         if not isinstance(profile[key], kind) or not profile[key]:
             raise ValueError(f"profile {path}: {key!r} must be a non-empty {kind.__name__}")
+    code = profile.get("code")  # a pinned profile: the commit its records are rerun from
+    if code is not None and not (isinstance(code, str) and re.fullmatch(r"[0-9a-f]{7,40}", code)):
+        raise ValueError(
+            f"profile {path}: 'code' must name a git commit, 7 to 40 lower-case hex digits "
+            f"(quote it if it is all digits), got {code!r}"
+        )
 
 
 def as_profile(profile: str | Path | dict) -> dict:

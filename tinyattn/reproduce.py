@@ -1,0 +1,436 @@
+"""Reproduce a profile: rerun its recorded runs into a fresh folder and compare each run with its
+committed record, metric by metric, within a stated tolerance, saying why any run differs.
+
+The policy (the book's Reproducing chapter): a profile that names ``code: <commit>`` is *pinned*: its
+records were made with that commit's code and are rerun from a checkout of it. A profile that names no
+commit must be reproducible by today's code: when the code a run imports changes its numbers, the
+profile's records are made again. So, per run:
+
+- ``match``: every metric of the record's best and final evaluations within the tolerance;
+- ``explained``: a metric differs by more, and the two runs' provenance says why (a pinned profile
+  rerun from other code, other package versions, another device or processor);
+- ``stale``: a metric differs by more because the code a run imports changed since the record was
+  made, in a profile that is not pinned: the record must be made again (the check fails);
+- ``unexplained``: a metric differs by more and nothing in the provenance differs (the check fails);
+- ``failed``: the rerun did not finish (the check fails).
+
+Only runs with a committed record are rerun. Their parameters (learning rates included, for a profile
+that takes them from a tuning profile) are planned from the committed records, so each rerun has the
+run id of the record it is compared with; a tuned profile's tuning records are copied into the fresh
+folder, so that ``tinyattn study --out`` from another checkout (a pinned commit's) plans the same runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import math
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tinyattn.profiles import REPO, as_profile
+from tinyattn.records import read_records, record_path, record_status, write_json_atomic
+from tinyattn.runner import execute, work_units
+from tinyattn.study import profile_runs
+
+# Largest difference allowed between a rerun's metric and its record's, in the metric's own units
+# (accuracy, correlation: 1e-3 is 0.1 points). Measured on this project's 2-core CPU (the Reproducing
+# chapter): rerunning `quick` with the same code and thread count changed no metric by more than 2e-6;
+# one thread per run instead of two moves single predictions (one SST-2 dev sentence is 1.1e-3).
+DEFAULT_TOLERANCE = 1e-3
+SUMMARY_DIR = Path("results") / "reproduce"
+# Besides the modules ``tinyattn.experiment`` imports: what the runner executes for each run.
+RUN_ENTRY = "tinyattn/experiment.py"
+RUN_NOTEBOOK = "notebooks/train.ipynb"
+# Imported by a run, but computing nothing a metric depends on: it writes the record and its provenance.
+PROVENANCE_ONLY = ("tinyattn/records.py",)
+# Provenance whose difference can move a run's numbers beyond rounding.
+_VERSION_KEYS = ("python", "torch", "transformers", "peft", "adapters", "accelerate", "datasets")
+FAILING = ("stale", "unexplained", "failed")
+
+
+class PinnedCodeError(ValueError):
+    """A pinned profile's runs would be rerun from code other than the commit it is pinned to."""
+
+
+# ----------------------------------------------------------------------------- the code a run runs
+@functools.cache
+def training_paths(root: Path = REPO) -> list[str]:
+    """The files whose change can change a run's numbers: ``tinyattn/experiment.py``, every module of
+    the package it imports (at any depth, imports inside functions included; ``PROVENANCE_ONLY``
+    left out), and the training notebook. Paths relative to the repository."""
+    seen: set[str] = set()
+    todo = [RUN_ENTRY]
+    while todo:
+        path = todo.pop()
+        if path in seen or not (root / path).is_file():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse((root / path).read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                if name.startswith("tinyattn."):
+                    todo.append(name.replace(".", "/") + ".py")
+    return sorted(seen - set(PROVENANCE_ONLY)) + [RUN_NOTEBOOK]  # noqa: RUF005
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def code_changes(old: str, new: str | None, root: Path = REPO) -> list[str] | None:
+    """The training files (``training_paths``) that differ between commit ``old`` and commit
+    ``new`` (None: this checkout's working tree, uncommitted changes included). None when a commit
+    is not in this checkout's history (or there is no git)."""
+    try:
+        for commit in (old, new):
+            if (
+                commit is not None
+                and _git(root, "cat-file", "-e", f"{commit}^{{commit}}").returncode
+            ):
+                return None
+        found = _git(
+            root, "diff", "--name-only", old, *([new] if new else []), "--", *training_paths(root)
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return None if found.returncode else sorted(found.stdout.split())
+
+
+def short(commit: str | None) -> str:
+    return commit[:7] if commit else "unknown"
+
+
+# ----------------------------------------------------------------------------- comparing two runs
+def metric_differences(record: dict, rerun: dict) -> list[dict]:
+    """Every metric of the record's best and final evaluations beside the rerun's, and their
+    difference (rerun - record, in the metric's units; NaN when the rerun lacks it)."""
+    rows = []
+    for which in ("best", "final"):
+        for metric, recorded in sorted(((record.get(which) or {}).get("metrics") or {}).items()):
+            again = ((rerun.get(which) or {}).get("metrics") or {}).get(metric)
+            again = float("nan") if again is None else float(again)
+            rows.append(
+                {
+                    "which": which,
+                    "metric": metric,
+                    "recorded": float(recorded),
+                    "rerun": again,
+                    "difference": again - float(recorded),
+                }
+            )
+    return rows
+
+
+def provenance_reasons(
+    record: dict,
+    rerun: dict,
+    changes: Callable[[str, str | None], list[str] | None] = code_changes,
+) -> list[dict]:
+    """What differs between how the record and the rerun were made, each with whether it can move a
+    metric beyond rounding (``explains``) and its ``kind`` (``code``, ``uncommitted``, ``versions``,
+    ``device``, ``threads``, ``unknown``)."""
+    reasons = []
+    old, new = (_provenance(r) for r in (record, rerun))
+    a, b = old["git"].get("commit"), new["git"].get("commit")
+    if not a:
+        reasons.append(_reason("unknown", "the record names no commit", True))
+    elif a != b:
+        files = changes(a, b)
+        if files is None:
+            text = f"the record was made at {short(a)}, a commit not in this checkout's history"
+            reasons.append(_reason("code", text, True))
+        elif files:
+            text = (
+                f"the record was made at {short(a)}, the rerun at {short(b)}; the code a run "
+                f"imports changed between them: {', '.join(files)}"
+            )
+            reasons.append(_reason("code", text, True))
+        else:
+            text = f"the record was made at {short(a)}, the rerun at {short(b)}: same training code"
+            reasons.append(_reason("code", text, False))
+    for side, prov in (("record", old), ("rerun", new)):
+        dirty = _uncommitted(prov["git"])
+        if dirty:
+            reasons.append(_reason("uncommitted", f"the {side} was made {dirty}", True))
+    versions = [
+        f"{k} {old['versions'].get(k)} -> {new['versions'].get(k)}"
+        for k in _VERSION_KEYS
+        if old["versions"].get(k) != new["versions"].get(k)
+    ]
+    if versions:
+        reasons.append(_reason("versions", "versions differ: " + ", ".join(versions), True))
+    devices = [
+        f"{k} {old['machine'].get(k)} -> {new['machine'].get(k)}"
+        for k in ("gpu", "processor")
+        if old["machine"].get(k) != new["machine"].get(k)
+    ]
+    if record.get("device") != rerun.get("device"):
+        devices.insert(0, f"device {record.get('device')} -> {rerun.get('device')}")
+    if devices:
+        reasons.append(_reason("device", "hardware differs: " + ", ".join(devices), True))
+    threads = [old["machine"].get("torch_threads"), new["machine"].get("torch_threads")]
+    if threads[0] != threads[1]:
+        text = f"torch threads {threads[0]} -> {threads[1]} (rounding only: within the tolerance)"
+        reasons.append(_reason("threads", text, False))
+    return reasons
+
+
+def _provenance(record: dict) -> dict:
+    prov = record.get("provenance") or {}
+    return {
+        "git": prov.get("git") or {},
+        "versions": prov.get("versions") or {},
+        "machine": prov.get("machine") or {},
+    }
+
+
+def _uncommitted(git: dict) -> str | None:
+    """How a record's checkout differed from its commit in the training code (None: it did not)."""
+    if not git.get("dirty"):
+        return None
+    listed = git.get("changed_files")
+    if listed is None:
+        return "from a checkout with uncommitted changes (not listed)"
+    wanted = set(training_paths())
+    touched = sorted(f for f in listed if f in wanted)
+    return f"with uncommitted changes to {', '.join(touched)}" if touched else None
+
+
+def _reason(kind: str, text: str, explains: bool) -> dict:
+    return {"kind": kind, "text": text, "explains": explains}
+
+
+def compare_run(
+    record: dict,
+    rerun: dict | None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    pinned: str | None = None,
+    changes: Callable[[str, str | None], list[str] | None] = code_changes,
+) -> dict:
+    """One run's verdict: its metric differences, the provenance reasons, and a ``status`` (see the
+    module's docstring). ``pinned``: the commit the profile is pinned to, if any."""
+    params = record.get("params") or {}
+    row = {
+        "run_id": record["run_id"],
+        "task": record.get("task", params.get("task")),
+        "label": params.get("label") or record.get("method"),
+        "seed": record.get("seed", params.get("seed")),
+        "record_commit": _provenance(record)["git"].get("commit"),
+    }
+    if rerun is None or rerun.get("status") != "done":
+        error = (rerun or {}).get("error", "no record in the rerun folder")
+        return row | {
+            "rerun_commit": None,
+            "status": "failed",
+            "largest_difference": None,
+            "metrics": [],
+            "reasons": [_reason("failed", f"the rerun did not finish: {str(error)[:300]}", False)],
+        }
+    metrics = metric_differences(record, rerun)
+    for m in metrics:
+        m["within"] = bool(abs(m["difference"]) <= tolerance)  # NaN: False
+    largest = max((abs(m["difference"]) for m in metrics), default=0.0)
+    reasons = provenance_reasons(record, rerun, changes)
+    if pinned and row["record_commit"] and not row["record_commit"].startswith(pinned):
+        files = changes(pinned, row["record_commit"])
+        same = "same training code" if files == [] else "training code differs"
+        text = f"the record was made at {short(row['record_commit'])}, not the pinned {pinned} ({same})"
+        reasons.append(_reason("pin", text, False))
+    explaining = [r for r in reasons if r["explains"]]
+    if all(m["within"] for m in metrics):
+        status = "match"
+    elif not explaining:
+        status = "unexplained"
+    elif not pinned and {r["kind"] for r in explaining} <= {"code", "uncommitted"}:
+        status = "stale"
+    else:
+        status = "explained"
+    return row | {
+        "rerun_commit": _provenance(rerun)["git"].get("commit"),
+        "status": status,
+        "largest_difference": None if math.isnan(largest) else largest,
+        "metrics": metrics,
+        "reasons": reasons,
+    }
+
+
+# ----------------------------------------------------------------------------- the check
+def pin_problem(profile: dict, root: Path = REPO) -> str | None:
+    """Why this checkout may not rerun a pinned profile's runs (None: it may, or it is not pinned)."""
+    pin = profile.get("code")
+    if not pin:
+        return None
+    files = code_changes(pin, None, root)
+    if files == []:
+        return None
+    if files is None:
+        return f"its pinned commit {pin} is not in this checkout's history"
+    return f"this checkout's code differs from commit {pin} in {', '.join(files)}"
+
+
+def select(planned: list, runs: Iterable[str] | None) -> list:
+    """The planned runs that ``runs`` names (labels, tasks or run ids); all when it names none. An
+    item that names no run is an error listing what may be named."""
+    if not runs:
+        return planned
+    chosen = []
+    for item in runs:
+        hits = [p for p in planned if item in (p.label, p.task, p.run_id)]
+        if not hits:
+            labels = sorted({p.label for p in planned} | {p.task for p in planned})
+            raise ValueError(f"--runs {item!r} names no recorded run; labels and tasks: {labels}")
+        chosen += [p for p in hits if p not in chosen]
+    return [p for p in planned if p in chosen]
+
+
+def reproduce(
+    profile_name: str | Path | dict,
+    into: str | Path,
+    *,
+    runs: Iterable[str] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    records_dir: str | Path = "results/runs",
+    jobs: int = 1,
+    executor: str = "notebook",
+    any_code: bool = False,
+    log=print,
+) -> dict:
+    """Rerun the profile's recorded runs (those ``runs`` names) into ``into`` and compare each with
+    its record; the summary ``write_summary`` stores. Runs already done in ``into`` are not rerun, so
+    a folder filled elsewhere (from a pinned commit's checkout) is only compared.
+
+    A pinned profile whose runs would be rerun here from other code raises ``PinnedCodeError``
+    naming the files and what to do, unless ``any_code`` (its differences are then explained by
+    the code)."""
+    if tolerance < 0 or math.isnan(tolerance):
+        raise ValueError(f"--tolerance must be a non-negative number, got {tolerance!r}")
+    profile = as_profile(profile_name)
+    name, pin = profile["name"], profile.get("code")
+    status = profile_runs(profile, str(records_dir))
+    if status.waiting:
+        raise ValueError(f"profile {name!r} cannot be planned: {status.waiting}")
+    recorded = set(status.runs["run_id"]) if not status.runs.empty else set()
+    planned = select([p for p in status.planned if p.run_id in recorded], runs)
+    if not planned:
+        raise ValueError(f"profile {name!r} has no committed record to reproduce")
+    into = Path(into)
+    into.mkdir(parents=True, exist_ok=True)
+    _seed_tuning_records(profile, records_dir, into)
+    rerun_plan = [replace(p, out_dir=str(into)) for p in planned]
+    todo = [p for p in rerun_plan if record_status(p.run_id, into) != "done"]
+    problem = pin_problem(profile) if todo else None
+    if problem and not any_code:
+        raise PinnedCodeError(
+            f"profile {name!r} is pinned (code: {pin}): its runs are rerun from a checkout of that "
+            f"commit, and {problem}. From a checkout of {pin} (git worktree add <dir> {pin}) run "
+            f"`tinyattn study --profile {name} --out {into}` ({into} now holds the records it "
+            f"plans from), then here `tinyattn reproduce --profile {name} --into {into}` compares "
+            "without running; or pass --any-code to rerun with this checkout's code"
+        )
+    log(
+        f"reproduce {name}: {len(planned)} recorded runs, {len(planned) - len(todo)} already in "
+        f"{into}, {len(todo)} to run"
+    )
+    _execute_all(todo, jobs, executor, log)
+    records = {r["run_id"]: r for r in read_records(records_dir, run_ids=recorded)}
+    reruns = {r["run_id"]: r for r in read_records(into, status=None, run_ids=recorded)}
+    rows = [compare_run(records[p.run_id], reruns.get(p.run_id), tolerance, pin) for p in planned]
+    return summarise(name, pin, tolerance, rows, selected=list(runs or []))
+
+
+def _seed_tuning_records(profile: dict, records_dir: str | Path, into: Path) -> None:
+    """Copy the tuning profile's committed records into ``into`` (a tuned profile plans from them)."""
+    if "tuning" not in profile:
+        return
+    tuning = profile_runs(profile["tuning"], str(records_dir))
+    for run_id in tuning.runs["run_id"] if not tuning.runs.empty else []:
+        target = record_path(run_id, into)
+        if not target.exists():
+            shutil.copyfile(record_path(run_id, records_dir), target)
+
+
+def _execute_all(todo: list, jobs: int, executor: str, log) -> None:
+    """The runs, in the runner's units (a two-stage run after its one-expert twin), ``jobs`` at once."""
+    if jobs > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+
+    def unit(group: list) -> None:
+        for params in group:
+            record = execute(params, executor)
+            log(f"{params.task} {params.label} seed {params.seed}: {record.get('status')}")
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for future in [pool.submit(unit, g) for g in work_units(todo)]:
+            future.result()
+
+
+def summarise(
+    profile: str, pin: str | None, tolerance: float, rows: list[dict], selected: list[str]
+) -> dict:
+    """The check's result: per-run rows, counts by status, the largest difference, and ``passed``."""
+    counts = {s: 0 for s in ("match", "explained", *FAILING)}
+    for row in rows:
+        counts[row["status"]] += 1
+    largest = max(
+        (r for r in rows if r["largest_difference"] is not None),
+        key=lambda r: r["largest_difference"],
+        default=None,
+    )
+    commits = sorted({r["rerun_commit"] for r in rows if r["rerun_commit"]})
+    return {
+        "profile": profile,
+        "code": pin,
+        "tolerance": tolerance,
+        "checked_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+0000"),
+        "rerun_commits": commits,
+        "runs_selected": selected,
+        "counts": counts,
+        "largest_difference": None if largest is None else largest["largest_difference"],
+        "largest_difference_run": None if largest is None else largest["run_id"],
+        "passed": not any(counts[s] for s in FAILING),
+        "runs": rows,
+    }
+
+
+def write_summary(summary: dict, path: str | Path | None = None) -> Path:
+    """Store the summary (default ``results/reproduce/<profile>.json``)."""
+    return write_json_atomic(path or SUMMARY_DIR / f"{summary['profile']}.json", summary)
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as the command prints it: one line per run, its differences and reasons."""
+    lines = []
+    for row in summary["runs"]:
+        largest = row["largest_difference"]
+        size = "-" if largest is None else f"{largest:.2e}"
+        lines.append(
+            f"{row['status']:11s} {row['task']:6s} {row['label']:14s} seed {row['seed']:<4} "
+            f"largest |difference| {size}  ({row['run_id']})"
+        )
+        for m in row["metrics"]:
+            if not m["within"]:
+                lines.append(
+                    f"    {m['which']} {m['metric']}: recorded {m['recorded']:.6f}, "
+                    f"rerun {m['rerun']:.6f}, difference {m['difference']:+.6f}"
+                )
+        lines += [f"    - {r['text']}" for r in row["reasons"]]
+    verdict = "passed" if summary["passed"] else "FAILED"
+    lines.append(
+        f"reproduce {summary['profile']}: {verdict} at tolerance {summary['tolerance']:g}; "
+        f"{summary['counts']}; largest difference {summary['largest_difference']}"
+        + (f" (pinned to {summary['code']})" if summary["code"] else "")
+    )
+    return "\n".join(lines)
