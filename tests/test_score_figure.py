@@ -57,3 +57,25 @@ def test_one_panel_per_task_and_a_clear_error_for_other_input():
             .query("seed == 3 or task == 'rte'")
             .assign(task=lambda f: np.where(f["seed"] == 3, "stsb", "rte"), seed=lambda f: f.index)
         )
+
+
+def test_cost_figure_draws_each_ratio_with_its_quartiles_and_refuses_an_old_file():
+    from tinyattn.plots import cost_ratio_figure
+
+    def quartiles(median):
+        return {"q1": median - 0.1, "median": median, "q3": median + 0.2}
+
+    bench = {
+        "paired_inference_ratio": {"backbone": quartiles(1.0), "tinyattn_averaged": quartiles(1.5)},
+        "paired_train_step_ratio": {"lora": quartiles(1.0), "tinyattn_e4": quartiles(2.0)},
+        "peak_memory_mb": {"lora": 400.0, "tinyattn_e4": 300.0},
+    }
+    infer, train, memory = cost_ratio_figure(bench).axes
+    medians = {
+        tuple(np.round(c.get_offsets()[:, 0], 6)) for c in infer.collections if c.get_offsets().size
+    }
+    assert (1.0, 1.5) in medians  # from the bottom: the backbone, then tiny attention on top
+    assert [t.get_text() for t in train.get_yticklabels()] == ["lora", "tinyattn_e4"]
+    assert sorted(bar.get_width() for bar in memory.patches) == [300.0, 400.0]
+    with pytest.raises(ValueError, match="peak_memory_mb"):
+        cost_ratio_figure({k: v for k, v in bench.items() if k != "peak_memory_mb"})

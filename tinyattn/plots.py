@@ -192,6 +192,38 @@ def score_against_parameters(
     return fig
 
 
+def cost_ratio_figure(bench: dict):
+    """Three panels from one ``tinyattn bench`` file: inference time per pass × the backbone's, a
+    training step's time × LoRA's (both the median of per-round ratios, bars to the quartiles), and a
+    training step's memory beyond the weights (MB). Tiny-attention rows in colour; a line at 1."""
+    panels = [
+        ("paired_inference_ratio", "inference × backbone (median, quartiles)", 1.0),
+        ("paired_train_step_ratio", "training step × LoRA (median, quartiles)", 1.0),
+        ("peak_memory_mb", "training memory beyond the weights (MB)", None),
+    ]
+    missing = [key for key, _, _ in panels if key not in bench]
+    if missing:
+        raise ValueError(f"the benchmark lacks {missing} (written by an older `tinyattn bench`?)")
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+    for ax, (key, label, reference) in zip(axes, panels):
+        values = bench[key]
+        methods = sorted(values, key=lambda m: (not m.startswith("tinyattn"), m), reverse=True)
+        colours = ["C0" if m.startswith("tinyattn") else "0.6" for m in methods]
+        if reference is None:
+            ax.barh(methods, [values[m] for m in methods], color=colours)
+        else:
+            frame = pd.DataFrame(values).T.loc[methods]
+            errors = [frame["median"] - frame["q1"], frame["q3"] - frame["median"]]
+            ax.errorbar(frame["median"], methods, xerr=errors, fmt="none", ecolor="0.3", capsize=3)
+            ax.scatter(frame["median"], methods, color=colours, zorder=3)
+            ax.axvline(reference, color="0.3", lw=0.8, ls=":")
+        ax.set_xlabel(label, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
 def study_curves_figure(curves: pd.DataFrame, methods: list[str]):
     """One panel per task: dev score by epoch, per method the mean over its seeds."""
     import seaborn as sns
