@@ -39,4 +39,5 @@ Results
                       ``deployment``: deployment variants).
     ``measure``       timing and memory helpers; ``bench`` the cost benchmark; ``plots`` figures.
     ``cli``           the ``tinyattn`` command.
+    ``repository``    the repository's address: one setting (``_config.yml``), written into notebooks.
 """
