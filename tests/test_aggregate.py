@@ -261,3 +261,71 @@ def test_stage_one_selection_marks_starts_chosen_on_the_dev_set(tmp_path):
     assert list(table.index) == ["e4a", "e4b"]
     assert not table.loc["e4a", "selected"] and table.loc["e4a", "twin_gap"] == 0.0
     assert table.loc["e4b", "selected"] and table.loc["e4b", "twin_gap"] == pytest.approx(3.0)
+
+
+def test_paired_comparison_adds_the_sign_test_and_drops_flagged_pairs():
+    from tinyattn.aggregate import paired_comparison
+
+    runs = synthetic_runs(2.0, 0.3)
+    (row,) = paired_comparison(runs, "ref").to_dict("records")
+    assert (row["wins"], row["losses"], row["ties"]) == (10, 0, 0)
+    assert row["sign_p"] == pytest.approx(2 / 2**10)
+    assert "holm_p" not in row  # Holm belongs to a claim's family (tinyattn.verdicts)
+    flagged = (runs["method"] == "other") & (runs["seed"] < 3)  # 3 of 5 seeds, on both tasks
+    (fewer,) = paired_comparison(runs, "ref", exclude=flagged).to_dict("records")
+    assert fewer["pairs"] == 4 and fewer["wins"] == 4
+
+
+def _cells(rows):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["task", "method", "seed", "score", "final_score"]).assign(
+        metric="accuracy", adapter_params=100, adapter_plus_head_params=110, adapter_percent=0.5
+    )
+
+
+def test_results_table_and_bimodal_cells_show_medians():
+    from tinyattn.aggregate import results_table
+
+    runs = _cells(
+        [
+            ("rte", "m", 1, 60.0, 53.0),  # within a point of the majority class (52.7)
+            ("rte", "m", 2, 62.0, 60.0),
+            ("rte", "m", 3, 63.0, 61.0),
+            ("rte", "head_only", 1, 55.0, 54.0),
+            ("rte", "head_only", 2, 56.0, 55.0),
+        ]
+    )
+    table = results_table(runs, {"rte": 52.7}).set_index(["task", "method"])
+    m = table.loc[("rte", "m")]
+    assert (m["seeds"], m["collapsed_seeds"], bool(m["bimodal"])) == (3, 1, True)
+    assert m["final_median"] == 60.0 and m["final_mean"] == pytest.approx(58.0)
+    assert m["best_dev_mean"] == pytest.approx(61.667, abs=1e-3)
+    assert not table.loc[("rte", "head_only"), "bimodal"]
+    summary = summarise(runs.assign(n=1, compute_seconds=1.0), "final_score")
+    from tinyattn.stats import cell_summary
+
+    cells = cell_summary(runs, {"rte": 52.7}, "final_score")
+    shown = score_table(summary, cells=cells)
+    assert shown.loc["m", "rte"] == "60.0 ‡"
+    assert shown.loc["head_only", "rte"] == "54.5 ± 0.7"
+
+
+def test_per_task_table_puts_each_task_interval_in_a_cell():
+    import pandas as pd
+
+    from tinyattn.aggregate import per_task_table
+
+    per_task = pd.DataFrame(
+        {
+            "task": ["rte", "sst2", "rte"],
+            "method": ["a", "a", "b"],
+            "mean_difference": [1.25, -0.5, 2.0],
+            "ci_low": [-1.0, -0.75, float("nan")],
+            "ci_high": [3.5, -0.25, float("nan")],
+        }
+    )
+    table = per_task_table(per_task, ["b", "a"])
+    assert list(table.index) == ["b", "a"] and list(table.columns) == ["rte", "sst2"]
+    assert table.loc["a", "rte"] == "+1.2 (-1.0, 3.5)"
+    assert table.loc["b", "rte"] == "+2.0" and pd.isna(table.loc["b", "sst2"])

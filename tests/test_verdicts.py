@@ -6,15 +6,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tinyattn import verdicts
+from tinyattn import stats, verdicts
 from tinyattn.aggregate import paired_comparison, task_standing
 from tinyattn.experts import deployment_comparison
 
 
 def comparison(reference: str = "ref", **offsets: list[float]) -> pd.DataFrame:
-    """A paired comparison from real scores: the reference scores 80 on six (task, seed) pairs and each
-    other method 80 minus its offsets (a positive offset: the reference is ahead)."""
-    rows = [{"task": f"t{i % 2}", "seed": i, "method": reference, "score": 80.0} for i in range(6)]
+    """A paired comparison from real scores: the reference scores 80 on ten (task, seed) pairs and
+    each other method 80 minus its offsets (a positive offset: the reference is ahead)."""
+    rows = [{"task": f"t{i % 2}", "seed": i, "method": reference, "score": 80.0} for i in range(10)]
     for method, values in offsets.items():
         rows += [
             {"task": f"t{i % 2}", "seed": i, "method": method, "score": 80.0 - v}
@@ -23,9 +23,11 @@ def comparison(reference: str = "ref", **offsets: list[float]) -> pd.DataFrame:
     return paired_comparison(pd.DataFrame(rows), reference, "score", resamples=2000)
 
 
-AHEAD = [1.0, 1.5, 0.8, 1.2, 2.0, 1.1]  # the reference wins every pair
+AHEAD = [1.0, 1.5, 0.8, 1.2, 2.0, 1.1, 0.9, 1.3, 1.7, 1.4]  # the reference wins every pair
 BEHIND = [-v for v in AHEAD]
-MIXED = [1.0, -1.2, 0.5, -0.4, 0.9, -0.8]  # no resolved difference
+MIXED = [1.0, -1.2, 0.5, -0.4, 0.9, -0.8, 0.3, -0.6, 0.7, -0.2]  # no resolved difference
+# a few large wins and many small losses: the interval excludes zero, the sign test does not agree
+LOPSIDED = [5.0, 5.0, 5.0, 5.0, 5.0, -0.1, -0.1, -0.1, -0.1, -0.1]
 
 
 @pytest.mark.parametrize(
@@ -35,6 +37,7 @@ MIXED = [1.0, -1.2, 0.5, -0.4, 0.9, -0.8]  # no resolved difference
         ({"a": AHEAD, "b": BEHIND}, True, "C1 does not hold on MiniLM-L6"),
         ({"a": AHEAD, "b": MIXED}, True, "C1 is not established on MiniLM-L6"),
         ({"a": AHEAD, "b": AHEAD[:1]}, True, "C1 is not established on MiniLM-L6"),
+        ({"a": AHEAD, "b": LOPSIDED}, True, "C1 is not established on MiniLM-L6"),
         ({"a": AHEAD, "b": BEHIND}, False, "Provisional"),
     ],
 )
@@ -44,20 +47,48 @@ def test_c1(offsets, complete, head):
     if not complete:  # judged on the finished runs, and marked as such
         assert "**C1 does not hold on MiniLM-L6**" in text
     if head == "C1 does not hold on MiniLM-L6":
-        assert (
-            "- worse than: `b`" in text
-            and "better, with the interval excluding zero, than: `a`" in text
-        )
+        assert "- resolvably worse than: `b` (-1.29 points, 95 % interval" in text
+        assert "ahead in 0 of 10 pairs, Holm p = 0.004" in text  # 2 / 2^10, twice
+        assert "resolvably better than: `a`" in text
 
 
-def test_outcome_of_each_row():
-    table = comparison(a=AHEAD, b=BEHIND, c=MIXED, d=AHEAD[:1]).set_index("method")
-    assert [verdicts.outcome(table.loc[m]) for m in "abcd"] == [
+def test_c1_judges_tiny_attention_against_the_other_methods_only():
+    # E = 1 beating E = 4 is C2's business: C1 still holds against every other method
+    table = comparison("tinyattn_e4", tinyattn_e1=BEHIND, a=AHEAD, b=AHEAD)
+    family = verdicts.c1_family(table)
+    assert list(family["method"]) == ["a", "b"]
+    assert family["holm_p"].tolist() == pytest.approx([2 * 2 / 2**10] * 2)  # Holm over two
+    assert verdicts.c1(table, "tinyattn_e4", True).startswith("**C1 holds on MiniLM-L6")
+
+
+def test_c1_says_whether_the_collapsed_runs_change_it():
+    every = comparison(a=AHEAD, b=BEHIND)
+    same = verdicts.c1(every, "ref", True, without_collapsed=every)
+    assert same.splitlines()[-1] == (
+        "- without the pairs that hold a collapsed run: resolvably worse than `b`; the verdict is "
+        "the same"
+    )
+    changed = verdicts.c1(every, "ref", True, without_collapsed=comparison(a=AHEAD, b=MIXED))
+    assert changed.splitlines()[-1] == (
+        "- without the pairs that hold a collapsed run: resolvably worse than none; the verdict "
+        "would be that C1 is not established"
+    )
+    assert changed.startswith("**C1 does not hold")  # the verdict itself is judged on all runs
+
+
+def test_outcome_is_the_declared_rule_interval_and_holm():
+    table = comparison(a=AHEAD, b=BEHIND, c=MIXED, d=AHEAD[:1], e=LOPSIDED)
+    family = stats.within_family(table, list("abcde")).set_index("method")
+    assert [verdicts.outcome(family.loc[m]) for m in "abcde"] == [
         "better",
         "worse",
         "not resolved",
         "too few pairs",
+        "not resolved",  # its interval alone excludes zero
     ]
+    assert family.loc["e", "ci_low"] > 0 and family.loc["e", "holm_p"] > stats.ALPHA
+    row = {"ci_low": 0.5, "ci_high": 1.0, "holm_p": 0.2}
+    assert verdicts.outcome(row) == stats.outcome(row) == "not resolved"
 
 
 def deployments(loss: list[float]) -> pd.DataFrame:
@@ -95,6 +126,58 @@ def test_c2(loss, experts, head):
     text = verdicts.c2(comparison("tinyattn_e4", **experts), deployments(loss), True, speed=3.0)
     assert text.startswith(f"**C2 {head}")
     assert "the average serves 3.00x as fast" in text
+
+
+def test_c2_family_adds_the_glue_study_and_holm_runs_over_all_three():
+    ablations = comparison("tinyattn_e4", tinyattn_e1=AHEAD, tinyattn_e1_2x=AHEAD)
+    glue = comparison("tinyattn_e4", tinyattn_e1=MIXED, lora=BEHIND)
+    family = verdicts.c2_family(ablations, glue).set_index("method")
+    assert list(family.index) == ["tinyattn_e1", "tinyattn_e1_2x", verdicts.GLUE_E1]
+    assert family.loc["tinyattn_e1", "holm_p"] == pytest.approx(3 * 2 / 2**10)
+    text = verdicts.c2(ablations, deployments([0.1] * 6), True, glue_experts=glue)
+    # averaging keeps the accuracy, but four experts do not resolvably beat one in the GLUE study
+    assert text.startswith("**C2 holds only in part")
+    assert "- in the GLUE study (five tasks), four averaged experts minus one expert: " in text
+    assert verdicts.c2(ablations, deployments([0.1] * 6), True).startswith("**C2 holds on")
+
+
+def test_six_pairs_never_resolve_under_holm():
+    # the smallest two-sided sign-test p over six pairs is 2 / 2^6 = 0.031; Holm over two doubles it
+    six = comparison("tinyattn_e4", tinyattn_e1=AHEAD[:6], tinyattn_e1_2x=AHEAD[:6])
+    family = verdicts.c2_family(six).set_index("method")
+    assert (family["ci_low"] > 0).all() and (family["holm_p"] > stats.ALPHA).all()
+    assert (family["outcome"] == "not resolved").all()
+
+
+@pytest.mark.parametrize(
+    "loss, e1_2x, point, interval",
+    [
+        # a mean loss of 0.3 whose interval reaches past half a point: the two rules disagree
+        ([0.0, 0.7, 0.05, 0.6, 0.1, 0.35], MIXED, "holds only in part", "does not hold"),
+        ([0.1, 0.2, 0.0, 0.1, 0.15, 0.05], AHEAD, "holds on", "holds on"),
+        ([0.5, 0.8, 0.6, 0.7, 0.5, 0.6], AHEAD, "does not hold", "does not hold"),
+    ],
+)
+def test_c2_point_estimate_rule_beside_the_interval_rule(loss, e1_2x, point, interval):
+    experts = comparison("tinyattn_e4", tinyattn_e1=AHEAD, tinyattn_e1_2x=e1_2x)
+    earlier = verdicts.c2_earlier_rules(experts, deployments(loss))
+    assert earlier["point estimate"].startswith(f"C2 {point}")
+    assert earlier["interval"].startswith(f"C2 {interval}")
+    assert verdicts.c2(experts, deployments(loss), True).startswith(f"**C2 {interval}")
+    assert verdicts.c2_earlier_rules(experts, pd.DataFrame())["interval"] == "No verdict yet"
+
+
+def test_the_interval_rule_without_holm_can_differ_from_the_declared_analysis():
+    # six pairs all won: the intervals exclude zero, but Holm lifts the sign test above 0.05
+    six = comparison("tinyattn_e4", tinyattn_e1=AHEAD[:6], tinyattn_e1_2x=AHEAD[:6])
+    kept = deployments([0.1] * 6)
+    assert verdicts.c2_earlier_rules(six, kept)["interval"] == "C2 holds on MiniLM-L6"
+    assert verdicts.c2(six, kept, True).startswith("**C2 holds only in part")
+
+
+def test_c2_rules_name_their_commits():
+    assert list(verdicts.C2_RULES) == ["point estimate", "interval"]
+    assert all(len(rule["commit"]) == 7 for rule in verdicts.C2_RULES.values())
 
 
 def test_averaging_rule_uses_the_interval_not_the_mean():

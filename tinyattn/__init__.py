@@ -33,7 +33,8 @@ Results
     ``aggregate``     records -> tables, curves, paired comparisons.
     ``stats``         the declared statistics: intervals, sign test, Holm, collapsed runs.
     ``verdicts``      the rules that turn comparisons into verdicts on the paper's claims.
-    ``report``        the tables and sentences the chapters show.
+    ``report``        the tables and sentences the chapters show; ``claims`` those of the claim
+                      chapters' declared comparisons; ``bench_report`` the numbers of a benchmark.
     ``datasets_summary`` split sizes and majority-class scores, recorded for the book.
     ``experts``       the heads-as-experts analysis of one run (``expert_stats``: its maths;
                       ``deployment``: deployment variants).

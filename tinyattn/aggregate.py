@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from tinyattn import stats
 from tinyattn.records import read_records
 
 SCORE_SCALE = 100.0  # GLUE convention: scores in points
@@ -163,12 +164,19 @@ def summarise(runs: pd.DataFrame, score: str = "score") -> pd.DataFrame:
     return summary
 
 
-def score_table(summary: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
+def score_table(
+    summary: pd.DataFrame, method_order: list[str] | None = None, cells: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Methods x tasks of "mean ± std" ("mean" alone for one seed; "—" where a run is missing), the
-    number of seeds, and the average over tasks (only for methods run on every task)."""
+    number of seeds, and the average over tasks of the means (only for methods run on every task).
+    ``cells`` (``stats.cell_summary`` of the same score): a bimodal cell shows its median, marked ‡."""
     tasks = list(dict.fromkeys(summary["task"]))
+    bimodal = {} if cells is None else cells.set_index(["task", "method"])
 
     def cell(row) -> str:
+        key = (row["task"], row["method"])
+        if key in getattr(bimodal, "index", ()) and bimodal.loc[key, "bimodal"]:
+            return f"{bimodal.loc[key, 'median']:.1f} ‡"
         return f"{row['mean']:.1f}" + (f" ± {row['std']:.1f}" if row["n_seeds"] > 1 else "")
 
     cells = summary.assign(cell=summary.apply(cell, axis=1))
@@ -248,43 +256,92 @@ def paired_comparison(
     reference: str,
     score: str = "score",
     *,
+    exclude: pd.Series | None = None,
     resamples: int = 10_000,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """The reference method minus each other method, paired on (task, seed), with a bootstrap CI.
+    """The reference method minus each other method, paired on (task, seed): the declared analysis
+    (``tinyattn.stats``) pooled over the pairs.
 
-    For each other method: the number of (task, seed) pairs both finished, the mean difference in points
-    over those pairs, a percentile bootstrap confidence interval of that mean (pairs resampled with
-    replacement), and the share of pairs the reference wins. Positive: the reference scored higher.
+    For each other method: the number of (task, seed) pairs both finished, the mean and median
+    difference in points, a percentile bootstrap interval of the mean (pairs resampled with
+    replacement), the share of pairs the reference wins, and the exact sign test (``wins``,
+    ``losses``, ``ties``, ``sign_p``). Positive: the reference scored higher. Holm's correction
+    belongs to a claim's family of comparisons, so ``tinyattn.verdicts`` adds it (``stats.within_family``).
+    ``exclude`` (booleans aligned with ``runs``, e.g. ``stats.collapsed``) drops every pair that
+    holds a flagged run.
     """
-    from scipy.stats import bootstrap
-
-    scores = runs.pivot_table(index=["task", "seed"], columns="method", values=score)
-    if reference not in scores.columns:
-        raise ValueError(f"no finished run of the reference method {reference!r}")
+    diffs = stats.pair_differences(runs, reference, score, exclude=exclude)
     rows = []
     for method in [m for m in dict.fromkeys(runs["method"]) if m != reference]:
-        diff = (scores[reference] - scores[method]).dropna().to_numpy()
-        row = {"method": method, "pairs": len(diff), "mean_difference": float("nan")}
-        row.update(ci_low=float("nan"), ci_high=float("nan"), reference_wins=float("nan"))
-        if len(diff):
-            row["mean_difference"] = float(diff.mean())
-            row["reference_wins"] = float((diff > 0).mean())
-        if len(diff) > 1 and diff.std() > 0:
-            ci = bootstrap(
-                (diff,),
-                np.mean,
-                n_resamples=resamples,
-                confidence_level=confidence,
-                method="percentile",
-                random_state=np.random.default_rng(seed),
-            ).confidence_interval
-            row.update(ci_low=float(ci.low), ci_high=float(ci.high))
-        elif len(diff) > 1:  # every pair differs by the same amount
-            row.update(ci_low=row["mean_difference"], ci_high=row["mean_difference"])
-        rows.append(row)
+        values = diffs.loc[diffs["method"] == method, "difference"].to_numpy()
+        low, high = stats.bootstrap_interval(
+            values, resamples=resamples, seed=seed, confidence=confidence
+        )
+        some = len(values) > 0
+        rows.append(
+            {
+                "method": method,
+                "pairs": len(values),
+                "mean_difference": float(values.mean()) if some else float("nan"),
+                "median_difference": float(np.median(values)) if some else float("nan"),
+                "ci_low": low,
+                "ci_high": high,
+                "reference_wins": float((values > 0).mean()) if some else float("nan"),
+                **stats.sign_test(values),
+            }
+        )
     return pd.DataFrame(rows)
+
+
+def per_task_table(per_task: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
+    """``stats.per_task_differences`` as methods x tasks, each cell "mean (low, high)" in points with
+    its 95 % t interval, so the pooled comparison's source is visible task by task."""
+
+    def cell(row) -> str:
+        if pd.isna(row["ci_low"]):
+            return f"{row['mean_difference']:+.1f}"
+        return f"{row['mean_difference']:+.1f} ({row['ci_low']:.1f}, {row['ci_high']:.1f})"
+
+    cells = per_task.assign(cell=per_task.apply(cell, axis=1))
+    table = cells.pivot(index="method", columns="task", values="cell")
+    table = table[list(dict.fromkeys(per_task["task"]))]
+    order = method_order or list(dict.fromkeys(per_task["method"]))
+    return table.reindex([m for m in order if m in table.index]).rename_axis(
+        index=None, columns=None
+    )
+
+
+def results_table(runs: pd.DataFrame, majority: dict[str, float]) -> pd.DataFrame:
+    """The main results, one row per task x method, as the chapters' downloadable CSV: metric, seeds,
+    for each protocol (end of training, best dev checkpoint) the mean, std and median over seeds,
+    the seeds that collapsed at the end of training (``stats.collapsed``), whether the cell is
+    bimodal, and the adapter's deployed parameters and share of the backbone."""
+    cells = stats.cell_summary(runs, majority, "final_score").set_index(["task", "method"])
+    best = runs.groupby(["task", "method"], sort=False)["score"].agg(["mean", "std", "median"])
+    first = runs.groupby(["task", "method"], sort=False).agg(
+        metric=("metric", "first"),
+        adapter_params=("adapter_params", "first"),
+        adapter_percent=("adapter_percent", "first"),
+    )
+    table = pd.concat(
+        [
+            first["metric"],
+            cells[["seeds", "mean", "std", "median", "collapsed", "bimodal"]].add_prefix("final_"),
+            best.add_prefix("best_dev_"),
+            first[["adapter_params", "adapter_percent"]],
+        ],
+        axis=1,
+    )
+    table = table.rename(
+        columns={
+            "final_seeds": "seeds",
+            "final_collapsed": "collapsed_seeds",
+            "final_bimodal": "bimodal",
+        }
+    )
+    return table.reset_index()
 
 
 def stage_one_selection(runs: pd.DataFrame) -> pd.DataFrame:

@@ -379,3 +379,61 @@ def save_figure(fig, out_dir: str | Path, run_id: str, name: str, dpi: int = 120
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def forest_plot(
+    per_task: pd.DataFrame,
+    pooled: pd.DataFrame,
+    method_order: list[str] | None = None,
+    *,
+    clip: float = 12.0,
+    columns: int = 3,
+    xlabel: str = "reference minus method (points)",
+):
+    """Paired differences (reference minus each method, points), one panel per method: each task's
+    mean with its 95 % t interval (``stats.per_task_differences``) and, at the bottom, the pooled mean
+    with its bootstrap interval (a ``paired_comparison`` row, coloured by its ``outcome`` where it
+    has one). Right of zero: the reference ahead. Intervals reaching past ``clip`` points end in an
+    arrow at the axis' edge, so that one diverged seed does not hide the rest."""
+    order = method_order or list(dict.fromkeys(pooled["method"]))
+    methods = [m for m in order if m in set(pooled["method"])]
+    tasks = list(dict.fromkeys(per_task["task"]))
+    rows = -(-len(methods) // columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(3.1 * columns, 0.3 * (len(tasks) + 1) * rows + 0.9 * rows),
+        sharex=True, squeeze=False,
+    )  # fmt: skip
+    colours = {"better": "tab:green", "worse": "tab:red"}
+    pooled = pooled.set_index("method")
+    for ax, method in zip(axes.flat, methods):
+        part = per_task[per_task["method"] == method].set_index("task").reindex(tasks)
+        y = np.arange(len(tasks), 0, -1)
+        ax.axvline(0, color="grey", linewidth=0.8)
+        for yi, (_, row) in zip(y, part.iterrows()):
+            if pd.isna(row["mean_difference"]):
+                continue
+            _clipped_interval(ax, yi, row, clip, "tab:blue", "o")
+        whole = pooled.loc[method]
+        colour = colours.get(whole.get("outcome"), "black")
+        _clipped_interval(ax, 0, whole, clip, colour, "D")
+        ax.set_yticks([*y, 0], [*tasks, "pooled"], fontsize=8)
+        ax.set_title(method, fontsize=9)
+        ax.set_xlim(-1.1 * clip, 1.1 * clip)  # room for the arrows at ±clip
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(methods) :]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _clipped_interval(ax, y: float, row, clip: float, colour, marker: str) -> None:
+    """One mean and interval at height ``y``, the interval cut at ±``clip`` with an arrow there."""
+    low, high, mean = row["ci_low"], row["ci_high"], row["mean_difference"]
+    if not pd.isna(low):
+        ax.plot([max(low, -clip), min(high, clip)], [y, y], color=colour, linewidth=1.5)
+        for end, side in ((low, -1), (high, 1)):
+            if side * end > clip:
+                ax.plot(side * clip, y, marker="<" if side < 0 else ">", color=colour, ms=5)
+    ax.plot(np.clip(mean, -clip, clip), y, marker=marker, color=colour, ms=5)

@@ -8,19 +8,18 @@ analysis reports, benchmark files. The verdicts and their rules are in ``tinyatt
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from tinyattn import verdicts
 from tinyattn.adapter import paper_param_count, param_count
 from tinyattn.aggregate import near_majority
+from tinyattn.bench_report import bench_numbers, bench_stages, gpu_numbers  # noqa: F401 (chapters)
 from tinyattn.data import get_task
+from tinyattn.datasets_summary import majority_scores
 from tinyattn.inject import experts_averaged
 from tinyattn.methods import METHODS, build_model, library_adapter_params
-from tinyattn.metrics import majority_score
 from tinyattn.model import count_parameters
 from tinyattn.profiles import TASK_SIZES, estimate_seconds
 from tinyattn.study import profile_runs
@@ -102,16 +101,24 @@ def budget_numbers(study) -> dict:
     measured = float((on_cpu["wall_seconds"] * on_cpu["torch_threads"].fillna(1)).sum() / 3600)
     pending = [p for p in planned if p.run_id not in set(runs["run_id"])]
     projected = measured + sum(estimate_seconds(p) for p in pending) / 3600
+    gpu_ids = set(on_gpu["run_id"])
+    gpu_estimate = sum(estimate_seconds(p) for p in planned if p.run_id in gpu_ids) / 3600
     sentence = (
         f"all {len(on_cpu)} runs on this CPU are finished, and took {measured:.1f} CPU-hours."
     )
+    if gpu_ids:
+        sentence = (
+            f"the {len(on_cpu)} runs on this CPU are finished, and took {measured:.1f} CPU-hours; "
+            f"with the runner's estimate for the {len(gpu_ids)} that ran on a GPU instead "
+            f"({gpu_estimate:.1f} CPU-hours), all {len(runs)} runs of the profile come to about "
+            f"{measured + gpu_estimate:.0f} CPU-hours."
+        )
     if pending:
         sentence = (
             f"the {len(on_cpu)} runs finished on this CPU took {measured:.1f} CPU-hours; with the "
             f"recalibrated estimate for the {len(pending)} still to run, the whole profile takes "
             f"about {projected:.0f} CPU-hours."
         )
-    gpu_ids = set(on_gpu["run_id"])
     return {
         "budget_measured": measured,
         "budget_pending": len(pending),
@@ -120,8 +127,7 @@ def budget_numbers(study) -> dict:
         "budget_gpu_runs": len(gpu_ids),
         "budget_gpu_tasks": ", ".join(sorted(set(on_gpu["task"]))) if gpu_ids else "no task",
         "budget_gpu_minutes": float(on_gpu["wall_seconds"].sum() / 60) if gpu_ids else 0.0,
-        "budget_gpu_cpu_estimate": sum(estimate_seconds(p) for p in planned if p.run_id in gpu_ids)
-        / 3600,
+        "budget_gpu_cpu_estimate": gpu_estimate,
     }
 
 
@@ -129,11 +135,12 @@ def budget_numbers(study) -> dict:
 
 
 def collapsed_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The runs that ended within a point of their task's majority-class score, with each method's
-    learning rate, and the sentence that counts them and gives each task's majority score."""
+    """The runs that ended within a point of their task's majority-class score (recorded in
+    ``results/summary/datasets.json``), with each method's learning rate, and the sentence that
+    counts them and gives each task's majority score."""
     if runs.empty:
         return pd.DataFrame(columns=["task", "method", "seed", "final_score", "majority"]), ""
-    majority = {task: 100 * majority_score(task) for task in sorted(set(runs["task"]))}
+    majority = majority_scores(sorted(set(runs["task"])))
     table = near_majority(runs, majority)
     table["learning_rate"] = table["method"].map(runs.groupby("method")["learning_rate"].first())
     scores = ", ".join(f"{t}: {s:.1f}" for t, s in majority.items())
@@ -191,115 +198,6 @@ def serving_speedup(deployment: pd.DataFrame) -> float | None:
         return None
     staged = deployment.loc["two-stage"]
     return staged.loc["trained_form", "ms_per_example"] / staged.loc["averaged", "ms_per_example"]
-
-
-# --------------------------------------------------------------------------- efficiency chapter
-
-
-def _ratio_text(ratio: dict) -> str:
-    return f"{ratio['median']:.3f} (quartiles {ratio['q1']:.3f}–{ratio['q3']:.3f})"
-
-
-def bench_numbers(bench: dict) -> dict:
-    """The numbers the efficiency chapter quotes from one ``tinyattn bench`` file, with the verdict
-    on each target (``tinyattn.verdicts``)."""
-    paired, share = bench["paired_inference_ratio"], bench["share_inference_ratio"]
-    train, memory = bench["paired_train_step_ratio"], bench["peak_memory_mb"]
-    kept, recomputed = train["tinyattn_e4_stored"], train["tinyattn_e4"]
-    return {
-        "bench_averaged_ratio": _ratio_text(paired["tinyattn_averaged"]),
-        "bench_e4_ratio": _ratio_text(paired["tinyattn_e4"]),
-        "bench_lora_merged_ratio": _ratio_text(paired["lora_merged"]),
-        "bench_e4_train_ratio": _ratio_text(train["tinyattn_e4"]),
-        "bench_e1_train_ratio": _ratio_text(train["tinyattn_e1"]),
-        "bench_tiny_memory": round(memory["tinyattn_e4"], 1),
-        "bench_e1_memory": round(memory["tinyattn_e1"], 1),
-        "bench_lora_memory": round(memory["lora"], 1),
-        "bench_share_ratio": _ratio_text(share["tinyattn_averaged"]),
-        "bench_share_e4_ratio": _ratio_text(share["tinyattn_e4"]),
-        "bench_latency_verdict": verdicts.ratio_target(share["tinyattn_averaged"], 1.03),
-        "bench_latency_paired_verdict": verdicts.ratio_target(paired["tinyattn_averaged"], 1.03),
-        "bench_train_verdict": verdicts.ratio_target(train["tinyattn_e4"], 1.10),
-        "bench_memory_verdict": verdicts.memory_target(
-            [memory["tinyattn_e4"], memory["tinyattn_e1"]], memory["lora"]
-        ),
-        "bench_stored_memory": round(memory["tinyattn_e4_stored"], 1),
-        "bench_stored_train_ratio": _ratio_text(kept),
-        "bench_recompute_cost": f"{100 * (recomputed['median'] / kept['median'] - 1):+.1f}",
-        "bench_recompute_spread": verdicts.within_spread(kept, recomputed),
-    }
-
-
-def bench_stages(files: dict[str, str | Path]) -> pd.DataFrame:
-    """The benchmark at each stage of optimising the adapter (``files``: stage -> bench file; a
-    missing file is left out), one column per stage named with its commit."""
-    rows = {}
-    for label, path in files.items():
-        if not Path(path).exists():
-            continue
-        data = json.loads(Path(path).read_text())
-        p_inf, p_train = data["paired_inference_ratio"], data["paired_train_step_ratio"]
-        share = data.get("share_inference_ratio", {}).get("tinyattn_averaged", {})
-        rows[f"{label} ({data['git']['commit'][:7]})"] = {
-            "averaged / backbone (inference)": p_inf["tinyattn_averaged"]["median"],
-            "E = 4 / backbone (inference)": p_inf["tinyattn_e4"]["median"],
-            "E = 1 / LoRA (training step)": p_train["tinyattn_e1"]["median"],
-            "E = 4 / LoRA (training step)": p_train["tinyattn_e4"]["median"],
-            "E = 4 memory MB": data["peak_memory_mb"]["tinyattn_e4"],
-            "averaged / backbone (in-pass share)": share.get("median", float("nan")),
-        }
-    return pd.DataFrame(rows).round(3)
-
-
-def gpu_numbers(gpu: pd.DataFrame, benches: dict[str, dict], layers: int = 6) -> dict:
-    """The numbers the efficiency chapter quotes from its GPU runs, one benchmark per process:
-    ``gpu`` is their ``bench.runs_table`` with a column ``code`` (``"before"`` or ``"after"`` the
-    adapter's GPU-specific changes); ``layers`` the backbone's (MiniLM-L6)."""
-    small = gpu[gpu["batch × tokens"] == "32 × 128"]
-    large = gpu[gpu["batch × tokens"] == "128 × 512"]
-
-    def spread(rows, column: str) -> str:
-        return f"{rows[column].min():.2f}–{rows[column].max():.2f}"
-
-    def median(rows, column: str) -> float:
-        return round(float(rows[column].median()), 3)
-
-    numbers = {}
-    for code in ("before", "after"):
-        s, lg = small[small["code"] == code], large[large["code"] == code]
-        added = median(s, "kernels per pass, averaged") - median(s, "kernels per pass, backbone")
-        numbers |= {
-            f"gpu_small_{code}_runs": len(s),
-            f"gpu_small_{code}_ratio": spread(s, "averaged / backbone"),
-            f"gpu_small_{code}_kernel_time": median(s, "kernel time, averaged / backbone"),
-            f"gpu_small_{code}_kernels_per_layer": round(added / layers, 1),
-            f"gpu_large_{code}_ratio": median(lg, "averaged / backbone"),
-            f"gpu_large_{code}_share": median(lg, "averaged, in-pass share"),
-            f"gpu_large_{code}_kernel_time": median(lg, "kernel time, averaged / backbone"),
-            f"gpu_large_{code}_e4": median(lg, "E = 4 / backbone"),
-            f"gpu_large_{code}_train": median(lg, "E = 4 / LoRA (training step)"),
-        }
-    before, after = small[small["code"] == "before"], small[small["code"] == "after"]
-    after_benches = [benches[name] for name in after.index]
-    stored = [b["paired_train_step_ratio"]["tinyattn_e4_stored"]["median"] for b in after_benches]
-    others = {
-        m: [b["paired_inference_ratio"][m]["median"] for b in after_benches]
-        for m in ("houlsby", "pfeiffer", "lora_unmerged")
-    }
-    return numbers | {
-        "gpu_backbone_kernels": int(median(small, "kernels per pass, backbone")),
-        "gpu_small_backbone_ms": f"{small['backbone ms'].min():.1f}–{small['backbone ms'].max():.1f}",
-        "gpu_small_backbone_kernel_ms": spread(small, "backbone kernel ms"),
-        "gpu_small_overlap": verdicts.ranges_apart(
-            before["averaged / backbone"], after["averaged / backbone"]
-        ),
-        "gpu_null_spread": spread(gpu, "merged LoRA / backbone (null control)"),
-        "gpu_small_train": spread(after, "E = 4 / LoRA (training step)"),
-        "gpu_small_stored_train": f"{min(stored):.2f}–{max(stored):.2f}",
-        "gpu_small_others": ", ".join(
-            f"{m.replace('_', ' ')} {min(v):.2f}–{max(v):.2f}" for m, v in others.items()
-        ),
-    }
 
 
 # --------------------------------------------------------------------------- parameters chapter

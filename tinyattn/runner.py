@@ -309,6 +309,7 @@ def run_analyses(
     analysis_dir: str = "results/analysis",
     experts_label: str = "tinyattn_e4",
     independent_label: str = "tinyattn_e4_indep",
+    other_labels: tuple[str, ...] = ("tinyattn_e4_seq",),
     force: bool = False,
     notebook_parameters: dict | None = None,
     notebook: Path = EXPERTS_NOTEBOOK,
@@ -316,7 +317,8 @@ def run_analyses(
 ) -> list[str]:
     """Run the experts analysis notebook on every finished ``experts_label`` run of a profile that
     saved its adapter, with the same task and seed's ``independent_label`` run beside it when there
-    is one; the executed notebook and its report go to ``analysis_dir``. Returns the analysed run ids.
+    is one, and of every ``other_labels`` run (the authors' sequential experts), alone; the executed
+    notebook and its report go to ``analysis_dir``. Returns the analysed run ids.
     A run analysed before is skipped unless ``force``, or unless its independent twin has finished
     since (the report is then redone with it). ``notebook_parameters`` override the notebook's other
     parameters (sample sizes, repeats)."""
@@ -325,10 +327,12 @@ def run_analyses(
     runs = planned_runs(profile_name, out_dir)
     independent = {(r.task, r.seed): r for r in runs if r.label == independent_label}
     analysed = []
-    for params in [r for r in runs if r.label == experts_label]:
+    for params in [r for r in runs if r.label in (experts_label, *other_labels)]:
         if not _analysable(params):
             continue
-        other = independent.get((params.task, params.seed))
+        other = (
+            independent.get((params.task, params.seed)) if params.label == experts_label else None
+        )
         twin = other.run_id if other and _analysable(other) else None
         report = Path(analysis_dir) / f"{params.run_id}.json"
         if report.exists() and not force:

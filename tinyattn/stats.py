@@ -66,10 +66,14 @@ def pair_differences(
 
 
 def bootstrap_interval(
-    values: Sequence[float], *, resamples: int = 10_000, seed: int = 0
+    values: Sequence[float],
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
+    confidence: float = 1 - ALPHA,
 ) -> tuple[float, float]:
-    """The 95 % percentile bootstrap interval of the mean (NaN with fewer than two values; the value
-    itself when all are equal)."""
+    """The percentile bootstrap interval of the mean, 95 % unless ``confidence`` says otherwise
+    (NaN with fewer than two values; the value itself when all are equal)."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return float("nan"), float("nan")
@@ -79,7 +83,7 @@ def bootstrap_interval(
         (values,),
         np.mean,
         n_resamples=resamples,
-        confidence_level=1 - ALPHA,
+        confidence_level=confidence,
         method="percentile",
         random_state=np.random.default_rng(seed),
     ).confidence_interval
@@ -131,6 +135,21 @@ def outcome(row) -> str:
     return "not resolved"
 
 
+def within_family(comparison: pd.DataFrame, family: Sequence[str]) -> pd.DataFrame:
+    """The rows of a pooled comparison (one per method, with ``sign_p``, ``ci_low`` and ``ci_high``)
+    that belong to a claim's ``family``, in the family's order, with Holm's p recomputed over that
+    family alone and the declared ``outcome``. Methods of the family without a row are left out."""
+    table = comparison.reset_index() if "method" not in comparison.columns else comparison
+    table = table.set_index("method")
+    present = [m for m in family if m in table.index]
+    table = table.loc[present].reset_index()
+    if table.empty:
+        return table.assign(holm_p=pd.Series(dtype=float), outcome=pd.Series(dtype=str))
+    table["holm_p"] = holm(table["sign_p"])
+    table["outcome"] = [outcome(row) for _, row in table.iterrows()]
+    return table
+
+
 def declared_comparison(
     runs: pd.DataFrame,
     reference: str,
@@ -164,9 +183,7 @@ def declared_comparison(
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    table["holm_p"] = holm(table["sign_p"])
-    table["outcome"] = [outcome(row) for _, row in table.iterrows()]
-    return table
+    return within_family(table, family)
 
 
 def per_task_differences(

@@ -4,7 +4,10 @@ The paper's claims C1, C2 and C3 are judged on paired comparisons; the efficienc
 benchmark's per-round ratios. Each rule is written once here and tested on every outcome it can give,
 so that the book's chapters only display what it returns. Every comparison is a ``paired_comparison``
 table (``tinyattn.aggregate``): the reference minus each other method, paired on (task, seed), with a
-95 % bootstrap interval. A difference counts as resolved only when its interval excludes zero.
+95 % bootstrap interval and an exact sign test. Each claim judges its own family of comparisons:
+Holm's correction runs over that family (``stats.within_family``), and a difference counts as
+resolved only under the declared rule (``stats.outcome``): its interval excludes zero *and* its
+Holm-adjusted sign-test p is below 0.05.
 """
 
 from __future__ import annotations
@@ -14,11 +17,36 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from tinyattn import stats
+
 #: Averaging the experts "keeps" their accuracy when the whole 95 % interval of the loss (trained form
 #: minus averaged, in points) lies below this margin: a loss of under half a point, resolved as such.
 KEEP_MARGIN = 0.5
 
 PROVISIONAL = "**Provisional** (on the runs finished so far; the grid is not complete):"
+
+#: The tiny-attention variants: C1 judges tiny attention against the *other* methods only.
+TINY_ATTENTION = "tinyattn"
+
+#: When each C2 rule was fixed, from the project's history (``git log -S``), and what was seen by then.
+C2_RULES = {
+    "point estimate": {
+        "commit": "9fb0df7",
+        "date": "2026-11-27 04:23 UTC",
+        "rule": "averaging keeps the accuracy when the mean loss (trained form minus averaged) is "
+        "under half a point; the experts help when the intervals against one expert and one expert "
+        "trained as long both lie above zero",
+        "seen": "before any experts analysis was committed",
+    },
+    "interval": {
+        "commit": "019a8e9",
+        "date": "2026-11-27 12:36 UTC",
+        "rule": "averaging keeps the accuracy when the whole 95 % interval of the loss lies under half "
+        "a point, and loses it when the interval excludes zero but reaches half a point",
+        "seen": "after the experts analyses of the three SST-2 runs of the cpu study (fce64a2, "
+        "10:37 UTC) had been committed",
+    },
+}
 
 
 def headline(verdict: str) -> str:
@@ -31,15 +59,10 @@ def headline(verdict: str) -> str:
 
 
 def outcome(row: Mapping) -> str:
-    """The reference against one method: ``"better"``, ``"worse"``, ``"not resolved"`` or, with fewer
-    than two pairs, ``"too few pairs"``."""
-    if pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]):
-        return "too few pairs"
-    if row["ci_low"] > 0:
-        return "better"
-    if row["ci_high"] < 0:
-        return "worse"
-    return "not resolved"
+    """The reference against one method of a claim's family (a ``stats.within_family`` row):
+    ``"better"``, ``"worse"``, ``"not resolved"`` or, with fewer than two pairs, ``"too few pairs"``,
+    under the declared rule (``stats.outcome``: interval excludes zero and Holm's p < 0.05)."""
+    return stats.outcome(row)
 
 
 def _names(methods) -> str:
@@ -55,44 +78,102 @@ def _interval(row: Mapping) -> str:
     )
 
 
+def _evidence(row: Mapping) -> str:
+    """The interval, and the sign test with its Holm-adjusted p."""
+    text = _interval(row)
+    if "wins" in row and not pd.isna(row.get("holm_p")):
+        decided = int(row["wins"]) + int(row["losses"])
+        text += f"; ahead in {int(row['wins'])} of {decided} pairs, Holm p = {row['holm_p']:.3f}"
+    return text
+
+
 def _row(comparison: pd.DataFrame, method: str) -> Mapping | None:
     table = comparison.set_index("method") if "method" in comparison.columns else comparison
     return table.loc[method] if method in table.index else None
 
 
-def c1(comparison: pd.DataFrame, reference: str, complete: bool) -> str:
-    """C1, tiny attention beats every other method: it must be resolvably better than each of them."""
-    table = comparison.set_index("method") if "method" in comparison.columns else comparison
+def _methods(comparison: pd.DataFrame) -> list[str]:
+    return list(comparison["method"] if "method" in comparison.columns else comparison.index)
+
+
+# --------------------------------------------------------------------------- C1
+
+
+def c1_family(comparison: pd.DataFrame) -> pd.DataFrame:
+    """C1's family: tiny attention against every method that is not a tiny-attention variant (E = 4
+    against E = 1 belongs to C2), with Holm's p over that family and the declared outcome."""
+    others = [m for m in _methods(comparison) if not str(m).startswith(TINY_ATTENTION)]
+    return stats.within_family(comparison, others)
+
+
+def _c1_gist(table: pd.DataFrame) -> str:
+    if (table["outcome"] == "worse").any():
+        return "does not hold"
+    if (table["outcome"] != "better").any():
+        return "is not established"
+    return "holds"
+
+
+def c1(
+    comparison: pd.DataFrame,
+    reference: str,
+    complete: bool,
+    *,
+    without_collapsed: pd.DataFrame | None = None,
+) -> str:
+    """C1, tiny attention beats every other method: it must be resolvably better than each of them
+    (``c1_family``). Judged on all runs, as the protocol keeps every seed; ``without_collapsed`` (the
+    same comparison without the pairs that hold a collapsed run) is reported beside it, and the
+    sentence says whether it changes the verdict."""
+    table = c1_family(comparison) if not comparison.empty else comparison
     if table.empty:
         return f"**No verdict yet.** No finished run of `{reference}` has a pair to compare."
-    groups: dict[str, list[str]] = {}
-    for method, row in table.iterrows():
-        groups.setdefault(outcome(row), []).append(method)
+    groups = table.groupby("outcome")["method"].apply(list).to_dict()
     better, worse = groups.get("better", []), groups.get("worse", [])
     unresolved = groups.get("not resolved", []) + groups.get("too few pairs", [])
+    by_method = table.set_index("method")
     lines = [
-        f"- tiny attention (`{reference}`) is better, with the interval excluding zero, than: "
-        + _names(better),
-        "- worse than: " + _names(worse),
+        f"- tiny attention (`{reference}`) is resolvably better than: " + _names(better),
+        "- resolvably worse than: "
+        + (
+            "none"
+            if not worse
+            else "; ".join(f"`{m}` ({_evidence(by_method.loc[m])})" for m in worse)
+        ),
         "- not resolved by these seeds and tasks: " + _names(unresolved),
     ]
-    head = "" if complete else PROVISIONAL + " "
-    if worse:
-        head += "**C1 does not hold on MiniLM-L6**: some methods beat tiny attention."
-    elif unresolved:
-        head += (
-            "**C1 is not established on MiniLM-L6**: no method beats tiny attention, but not all "
-            "differences are resolved."
+    gist = _c1_gist(table)
+    if without_collapsed is not None and not without_collapsed.empty:
+        other = c1_family(without_collapsed)
+        other_gist = _c1_gist(other)
+        worse_there = other.loc[other["outcome"] == "worse", "method"]
+        lines.append(
+            "- without the pairs that hold a collapsed run: resolvably worse than "
+            + _names(worse_there)
+            + "; "
+            + (
+                "the verdict is the same"
+                if other_gist == gist
+                else f"the verdict would be that C1 {other_gist}"
+            )
         )
-    else:
-        head += "**C1 holds on MiniLM-L6**: tiny attention beats every other method."
+    head = "" if complete else PROVISIONAL + " "
+    head += {
+        "does not hold": "**C1 does not hold on MiniLM-L6**: some methods beat tiny attention.",
+        "is not established": "**C1 is not established on MiniLM-L6**: no method beats tiny "
+        "attention, but not all differences are resolved.",
+        "holds": "**C1 holds on MiniLM-L6**: tiny attention beats every other method.",
+    }[gist]
     return head + "\n" + "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- C2
+
+
 def averaging(deployment: Mapping) -> str:
-    """The trained form minus the weight-averaged experts (one row of a paired comparison):
-    ``"keeps"`` (the loss is resolvably under ``KEEP_MARGIN``), ``"loses"`` (a resolved loss that may
-    reach the margin) or ``"not resolved"``."""
+    """The trained form minus the weight-averaged experts (one row of a paired comparison), under
+    the interval rule: ``"keeps"`` (the loss is resolvably under ``KEEP_MARGIN``), ``"loses"`` (a
+    resolved loss that may reach the margin) or ``"not resolved"``."""
     if pd.isna(deployment["ci_high"]):
         return "not resolved"
     if deployment["ci_high"] < KEEP_MARGIN:
@@ -102,6 +183,41 @@ def averaging(deployment: Mapping) -> str:
     return "not resolved"
 
 
+#: The comparisons that say whether the experts help: four averaged experts minus ...
+C2_EXPERTS = ("tinyattn_e1", "tinyattn_e1_2x")
+#: ... and, in the GLUE study (five tasks), minus one expert: the row C1 no longer judges.
+GLUE_E1 = "tinyattn_e1 (GLUE study)"
+
+
+def c2_family(experts: pd.DataFrame, glue_experts: pd.DataFrame | None = None) -> pd.DataFrame:
+    """C2's family of "the experts help" comparisons: four averaged experts minus one expert and
+    minus one expert trained as long (the ablations), and minus one expert in the GLUE study
+    (``glue_experts``, where given), with Holm's p over the family and the declared outcome."""
+    parts = [experts.reset_index() if "method" not in experts.columns else experts]
+    if glue_experts is not None and _row(glue_experts, "tinyattn_e1") is not None:
+        glue = glue_experts.reset_index() if "method" not in glue_experts.columns else glue_experts
+        parts.append(glue[glue["method"] == "tinyattn_e1"].assign(method=GLUE_E1))
+    return stats.within_family(pd.concat(parts, ignore_index=True), [*C2_EXPERTS, GLUE_E1])
+
+
+def _c2_head(kept: str, helps: bool) -> str:
+    if kept == "loses":
+        return "**C2 does not hold on MiniLM-L6**: averaging the experts' weights loses accuracy."
+    if kept == "not resolved":
+        return (
+            "**C2 is not established on MiniLM-L6**: these runs do not resolve whether averaging "
+            "keeps the experts' accuracy."
+        )
+    if helps:
+        return (
+            "**C2 holds on MiniLM-L6**: averaging keeps the experts' accuracy and the experts help."
+        )
+    return (
+        "**C2 holds only in part on MiniLM-L6**: averaging keeps the accuracy, but the experts "
+        "do not resolvably beat one expert given the same training compute."
+    )
+
+
 def c2(
     experts: pd.DataFrame,
     deployment: pd.DataFrame,
@@ -109,14 +225,17 @@ def c2(
     *,
     speed: float | None = None,
     independent: pd.DataFrame | None = None,
+    glue_experts: pd.DataFrame | None = None,
 ) -> str:
-    """C2, heads as experts: weight averaging keeps the experts' accuracy, and the experts help.
+    """C2, heads as experts, under the interval rule (``C2_RULES["interval"]``) and the declared
+    analysis: weight averaging keeps the experts' accuracy (``averaging``), and the experts help
+    (every comparison of ``c2_family`` resolved in their favour).
 
-    ``experts``: four averaged experts (the reference) minus one expert (``tinyattn_e1``) and minus one
-    expert trained as long (``tinyattn_e1_2x``); ``deployment``: the trained form (reference) minus
-    each deployment, with a row ``"averaged"``, over the analysed runs; ``speed``: how many times as
-    fast the averaged model serves; ``independent``: the same deployment comparison for independently
-    initialised experts.
+    ``experts``: four averaged experts (the reference) minus one expert (``tinyattn_e1``) and minus
+    one expert trained as long (``tinyattn_e1_2x``); ``deployment``: the trained form (reference)
+    minus each deployment, with a row ``"averaged"``, over the analysed runs; ``speed``: how many
+    times as fast the averaged model serves; ``independent``: the same deployment comparison for
+    independently initialised experts; ``glue_experts``: the GLUE study's four experts minus one.
     """
     row = _row(deployment, "averaged")
     if row is None:
@@ -124,42 +243,48 @@ def c2(
     if experts.empty:
         return "**No verdict yet.** No finished run of four experts to compare with one."
     independent = None if independent is None else _row(independent, "averaged")
-    kept = averaging(row)
-    e1, e1_2x = _row(experts, "tinyattn_e1"), _row(experts, "tinyattn_e1_2x")
+    family = c2_family(experts, glue_experts).set_index("method")
+    labels = {
+        "tinyattn_e1": "four averaged experts minus one expert",
+        "tinyattn_e1_2x": "minus one expert trained as long (the same compute)",
+        GLUE_E1: "in the GLUE study (five tasks), four averaged experts minus one expert",
+    }
     lines = [
         "- the experts as trained minus their weight average: "
         + _interval(row)
         + (f"; the average serves {speed:.2f}x as fast" if speed else "")
     ]
-    if e1 is not None:
-        lines.append(f"- four averaged experts minus one expert: {_interval(e1)}")
-    if e1_2x is not None:
-        lines.append(f"- minus one expert trained as long (the same compute): {_interval(e1_2x)}")
+    lines += [
+        f"- {labels[m]}: {_evidence(family.loc[m])} ({family.loc[m, 'outcome']})"
+        for m in family.index
+    ]
     if independent is not None:
         lines.append(
             "- independently initialised experts, as trained minus averaged: "
             + _interval(independent)
         )
-    helps = e1 is not None and outcome(e1) == "better"
-    helps = helps and (e1_2x is None or outcome(e1_2x) == "better")  # not only through compute
-    head = "" if complete else PROVISIONAL + " "
-    if kept == "loses":
-        head += "**C2 does not hold on MiniLM-L6**: averaging the experts' weights loses accuracy."
-    elif kept == "not resolved":
-        head += (
-            "**C2 is not established on MiniLM-L6**: these runs do not resolve whether averaging "
-            "keeps the experts' accuracy."
-        )
-    elif helps:
-        head += (
-            "**C2 holds on MiniLM-L6**: averaging keeps the experts' accuracy and the experts help."
-        )
-    else:
-        head += (
-            "**C2 holds only in part on MiniLM-L6**: averaging keeps the accuracy, but the experts "
-            "do not resolvably beat one expert given the same training compute."
-        )
+    helps = "tinyattn_e1" in family.index and (family["outcome"] == "better").all()
+    head = ("" if complete else PROVISIONAL + " ") + _c2_head(averaging(row), helps)
     return head + "\n\n" + "\n".join(lines)
+
+
+def c2_earlier_rules(experts: pd.DataFrame, deployment: pd.DataFrame) -> dict[str, str]:
+    """The verdict's headline under each earlier rule of ``C2_RULES``, kept to report beside the
+    current one, on the same comparisons. Both judged "the experts help" by the intervals alone (four
+    averaged experts above one expert and above one expert trained as long; no sign test, no Holm, no
+    GLUE-study row); the *point estimate* rule judged averaging by the mean loss (under
+    ``KEEP_MARGIN``), the *interval* rule by its interval (``averaging``)."""
+    row = _row(deployment, "averaged")
+    if row is None or experts.empty:
+        return dict.fromkeys(C2_RULES, "No verdict yet")
+    e1, e1_2x = _row(experts, "tinyattn_e1"), _row(experts, "tinyattn_e1_2x")
+    helps = e1 is not None and e1["ci_low"] > 0
+    helps = helps and (e1_2x is None or e1_2x["ci_low"] > 0)
+    point = "keeps" if abs(row["mean_difference"]) < KEEP_MARGIN else "loses"
+    return {
+        "point estimate": headline(_c2_head(point, helps)),
+        "interval": headline(_c2_head(averaging(row), helps)),
+    }
 
 
 C3_TESTS = ("tinyattn_self", "bottleneck_matched", "bottleneck_10x")
@@ -178,6 +303,8 @@ def c3(comparison: pd.DataFrame, complete: bool) -> str:
     missing = [m for m, row in rows.items() if row is None]
     if missing:
         return f"**No verdict yet.** No finished pair for {_names(missing)}."
+    family = stats.within_family(comparison, C3_TESTS).set_index("method")  # Holm over C3's three
+    rows = {m: family.loc[m] for m in C3_TESTS}
     result = {m: outcome(row) for m, row in rows.items()}
     labels = {
         "tinyattn_self": "against the same adapter without context (same parameters)",

@@ -1,0 +1,146 @@
+"""The claim chapters' tables and sentences (``tinyattn.claims``), on comparisons made from scores."""
+
+from __future__ import annotations
+
+import matplotlib
+import pandas as pd
+import pytest
+
+from tinyattn import claims, stats, verdicts
+from tinyattn.aggregate import paired_comparison
+
+matplotlib.use("Agg")
+
+AHEAD = [1.0, 1.5, 0.8, 1.2, 2.0, 1.1, 0.9, 1.3, 1.7, 1.4]  # the reference wins every pair
+BEHIND = [-v for v in AHEAD]
+MIXED = [1.0, -1.2, 0.5, -0.4, 0.9, -0.8, 0.3, -0.6, 0.7, -0.2]
+# one diverged run of the other method pulls the mean up; the other method wins eight pairs of ten
+DIVERGED = [40.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, 0.5]
+
+
+def runs(reference: str = "ref", **offsets: list[float]) -> pd.DataFrame:
+    rows = [{"task": f"t{i % 2}", "seed": i, "method": reference, "score": 80.0} for i in range(10)]
+    for method, values in offsets.items():
+        rows += [
+            {"task": f"t{i % 2}", "seed": i, "method": method, "score": 80.0 - v}
+            for i, v in enumerate(values)
+        ]
+    return pd.DataFrame(rows)
+
+
+def comparison(reference: str = "ref", **offsets) -> pd.DataFrame:
+    return paired_comparison(runs(reference, **offsets), reference, "score", resamples=2000)
+
+
+def test_comparison_display_is_narrow_and_names_its_p():
+    family = verdicts.c1_family(comparison(a=AHEAD, b=BEHIND))
+    shown = claims.comparison_display(family)
+    assert list(shown.columns) == [
+        "pairs",
+        "mean (95 % interval)",
+        "median",
+        "won–lost",
+        "Holm p",
+        "outcome",
+    ]
+    assert shown.loc["b", "won–lost"] == "0–10" and shown.loc["b", "Holm p"] == "0.004"
+    assert shown.loc["b", "mean (95 % interval)"].startswith("-1.29 (")
+    plain = claims.comparison_display(comparison(a=AHEAD))
+    assert "sign-test p" in plain.columns and "outcome" not in plain.columns
+
+
+def test_c1_opening_names_the_methods_ahead_and_the_widest_gap():
+    family = verdicts.c1_family(comparison(a=AHEAD, b=BEHIND, c=[2 * v for v in BEHIND]))
+    text = claims.c1_opening(family, "C1 does not hold on MiniLM-L6", "ref")
+    assert text.startswith(
+        "C1 does not hold on MiniLM-L6: 2 of the 3 other methods beat tiny attention (`ref`) "
+        "resolvably (`c`, `b`); `c` by the most, 2.6 points (95 % interval"
+    )
+    assert text.endswith("over 10 (task, seed) pairs, ahead in 10 of 10.")
+    none_ahead = claims.c1_opening(verdicts.c1_family(comparison(a=MIXED)), "C1 x", "ref")
+    assert none_ahead.startswith("C1 x: no method is resolvably ahead of tiny attention (`ref`)")
+
+
+def test_c1_change_says_which_methods_left_and_why():
+    table = comparison("tinyattn_e4", tinyattn_e1=BEHIND, a=BEHIND, d=DIVERGED[::-1])
+    family = verdicts.c1_family(table)
+    text = claims.c1_change(table, family, "tinyattn_e4")
+    assert "`tinyattn_e1`, `a` were resolvably ahead" in text
+    assert (
+        "`tinyattn_e1` no longer counts: it is a tiny-attention variant, judged under C2." in text
+    )
+    assert text.endswith("The verdict is unchanged.")
+
+
+def test_disagreements_name_the_comparisons_where_mean_and_sign_test_part():
+    family = verdicts.c1_family(comparison(a=AHEAD, d=DIVERGED))
+    row = family.set_index("method").loc["d"]
+    assert row["mean_difference"] > 0 and row["wins"] < row["losses"]
+    text = claims.disagreements(family)
+    assert text.startswith("`d`: mean +3.25 points") and "ahead in 2 of 10 pairs" in text
+    assert "`a`" not in text
+    assert claims.disagreements(verdicts.c1_family(comparison(a=AHEAD))) == ""
+
+
+def deployment(loss: list[float]) -> pd.DataFrame:
+    rows = [{"task": "t", "seed": i, "method": "trained_form", "score": 85.0} for i in range(6)]
+    rows += [
+        {"task": "t", "seed": i, "method": "averaged", "score": 85.0 - v}
+        for i, v in enumerate(loss)
+    ]
+    return paired_comparison(pd.DataFrame(rows), "trained_form", "score", resamples=2000)
+
+
+def test_c2_opening_and_the_forms_sentence():
+    loss = deployment([0.3, 0.4, 0.35, 0.3, 0.45, 0.4])
+    text = claims.c2_opening("**C2 does not hold on MiniLM-L6**: ...", loss)
+    assert text.startswith("C2 does not hold on MiniLM-L6: averaging the four experts' weights")
+    assert "costs +0.37 points" in text and "over 6 analysed runs" in text
+    kept = "**C2 holds only in part on MiniLM-L6**: ..."
+    lost = "**C2 does not hold on MiniLM-L6**: ..."
+    same = claims.forms_sentence(
+        {"mean": loss, "sequential": loss}, {"mean": lost, "sequential": lost}
+    )
+    assert same.endswith("does not change C2's verdict.")
+    other = claims.forms_sentence(
+        {"mean": loss, "sequential": deployment([0.1] * 6)}, {"mean": lost, "sequential": kept}
+    )
+    assert "sequential form: **C2 holds only in part on MiniLM-L6**" in other
+    assert other.endswith("changes C2's verdict.")
+    missing = claims.forms_sentence({"mean": loss, "sequential": pd.DataFrame()}, {})
+    assert missing.startswith("The sequential form has no analysed run yet")
+
+
+def test_c2_rules_table_and_change():
+    earlier = {"point estimate": "C2 holds only in part", "interval": "C2 does not hold"}
+    table = claims.c2_rules_table(earlier, "**C2 does not hold**: ...")
+    assert list(table["verdict on these records"]) == [
+        "C2 holds only in part",
+        "C2 does not hold",
+        "C2 does not hold",
+    ]
+    assert table.loc["point estimate rule", "fixed at"].startswith("9fb0df7")
+    assert "**C2 holds only in part**" in claims.c2_change(earlier, "**C2 does not hold**")
+    same = claims.c2_change(dict.fromkeys(earlier, "C2 x"), "**C2 x**")
+    assert same == "All three rules give the same verdict on these records: **C2 x**."
+
+
+def test_sign_test_floor():
+    assert claims.sign_test_floor(6, 3) == pytest.approx((2 / 64, 6 / 64))
+    assert claims.sign_test_floor(1, 2) == (1.0, 1.0)
+    all_won = stats.sign_test([1.0] * 6)["sign_p"]
+    assert all_won == pytest.approx(claims.sign_test_floor(6, 1)[0])
+
+
+def test_forest_plot_draws_one_panel_per_method():
+    from tinyattn.plots import forest_plot
+
+    data = runs(a=AHEAD, b=DIVERGED)
+    per_task = stats.per_task_differences(data, "ref")
+    family = verdicts.c1_family(paired_comparison(data, "ref", "score", resamples=500))
+    fig = forest_plot(per_task, family, ["b", "a"], clip=5.0, columns=2)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["b", "a"]
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["t0", "t1", "pooled"]
+    assert fig.axes[0].get_xlim() == pytest.approx((-5.5, 5.5))

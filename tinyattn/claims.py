@@ -1,0 +1,212 @@
+"""The claim chapters' declared comparisons as the reader sees them: narrow tables, each chapter's
+opening sentence (its verdict and strongest number), and what a change of rule changed.
+
+The statistics are ``tinyattn.stats``'s, the rules ``tinyattn.verdicts``'s; this module only words
+and shapes their results for ``book/glue.ipynb`` (C1) and ``book/heads.ipynb`` (C2).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tinyattn import stats, verdicts
+
+
+def _code_list(items) -> str:
+    return ", ".join(f"`{item}`" for item in dict.fromkeys(items)) or "none"
+
+
+# --------------------------------------------------------------------------- any claim
+
+
+def comparison_display(table: pd.DataFrame) -> pd.DataFrame:
+    """A pooled comparison (``aggregate.paired_comparison``, or a claim's family with ``holm_p`` and
+    ``outcome``) as the chapters show it, narrow enough for the page: per method the pairs, the mean
+    difference with its 95 % interval, the median, pairs won and lost, the sign test's p (Holm's
+    where the family gives it) and the outcome."""
+
+    def interval(row) -> str:
+        if pd.isna(row["ci_low"]):
+            return f"{row['mean_difference']:+.2f}"
+        return f"{row['mean_difference']:+.2f} ({row['ci_low']:+.2f}, {row['ci_high']:+.2f})"
+
+    table = table.set_index("method") if "method" in table.columns else table
+    shown = pd.DataFrame(index=table.index.rename(None))
+    shown["pairs"] = table["pairs"].astype(int)
+    shown["mean (95 % interval)"] = table.apply(interval, axis=1)
+    shown["median"] = table["median_difference"].map(lambda v: f"{v:+.2f}")
+    shown["won–lost"] = [f"{int(w)}–{int(lo)}" for w, lo in zip(table["wins"], table["losses"])]
+    p = "holm_p" if "holm_p" in table.columns else "sign_p"
+    shown["Holm p" if p == "holm_p" else "sign-test p"] = table[p].map(lambda v: f"{v:.3f}")
+    if "outcome" in table.columns:
+        shown["outcome"] = table["outcome"]
+    return shown
+
+
+# --------------------------------------------------------------------------- C1 (GLUE chapter)
+
+
+def c1_opening(family: pd.DataFrame, headline: str, reference: str) -> str:
+    """The GLUE chapter's first sentence: the C1 verdict's headline and its strongest number (the
+    method furthest ahead of tiny attention among those resolvably ahead, or else the comparison
+    nearest to being resolved against it). ``family``: ``verdicts.c1_family``."""
+    if family.empty:
+        return f"{headline}."
+    worse = family[family["outcome"] == "worse"].sort_values("mean_difference")
+    if worse.empty:
+        top = family.sort_values("mean_difference").iloc[0]
+        return (
+            f"{headline}: no method is resolvably ahead of tiny attention (`{reference}`); the "
+            f"closest is `{top['method']}`, {-top['mean_difference']:+.1f} points against it over "
+            f"{int(top['pairs'])} (task, seed) pairs."
+        )
+    top = worse.iloc[0]
+    decided = int(top["wins"] + top["losses"])
+    return (
+        f"{headline}: {len(worse)} of the {len(family)} other methods beat tiny attention "
+        f"(`{reference}`) resolvably ({_code_list(worse['method'])}); `{top['method']}` by the most, "
+        f"{-top['mean_difference']:.1f} points (95 % interval {-top['ci_high']:.1f} to "
+        f"{-top['ci_low']:.1f}) over {int(top['pairs'])} (task, seed) pairs, ahead in "
+        f"{int(top['losses'])} of {decided}."
+    )
+
+
+def interval_only(table: pd.DataFrame) -> pd.Series:
+    """Per row of a pooled comparison, its outcome by the interval alone (the rule before the
+    declared analysis): ``better``, ``worse`` or ``not resolved``."""
+    return pd.Series(
+        [
+            "better" if low > 0 else "worse" if high < 0 else "not resolved"
+            for low, high in zip(table["ci_low"], table["ci_high"])
+        ],
+        index=table.index,
+    )
+
+
+def c1_change(comparison: pd.DataFrame, family: pd.DataFrame, reference: str) -> str:
+    """What the declared analysis changed in C1, as a sentence: the methods resolvably ahead of tiny
+    attention by the interval alone over every row (the rule before; tiny attention's own E = 1
+    included), against those resolvably ahead under the declared rule over C1's family."""
+    table = comparison.set_index("method") if "method" in comparison.columns else comparison
+    before = list(table.index[interval_only(table) == "worse"])
+    now = list(family.loc[family["outcome"] == "worse", "method"])
+    text = (
+        f"By the interval alone, with every other row in the family (the rule before), "
+        f"{_code_list(before)} were resolvably ahead of `{reference}`; under the declared rule, "
+        f"{_code_list(now)}."
+    )
+    for method in [m for m in before if m not in now]:
+        text += f" `{method}` no longer counts: " + (
+            "it is a tiny-attention variant, judged under C2."
+            if str(method).startswith(verdicts.TINY_ATTENTION)
+            else "its sign test is not resolved after Holm's correction."
+        )
+    same = bool(before) == bool(now)
+    return text + (" The verdict is unchanged." if same else " The verdict changes with the rule.")
+
+
+def disagreements(family: pd.DataFrame) -> str:
+    """The comparisons in which the mean and the rank-based check disagree (the interval on one side
+    of zero and the sign test not resolved, or the reverse, or the mean and most pairs pointing
+    opposite ways), as a sentence; empty when there is none. The declared rule needs both."""
+    lines = []
+    for _, row in family.iterrows():
+        interval = not (row["ci_low"] <= 0 <= row["ci_high"])
+        signed = row["holm_p"] < stats.ALPHA
+        opposite = (row["mean_difference"] > 0) != (row["wins"] > row["losses"])
+        if interval != signed or (opposite and row["wins"] != row["losses"]):
+            decided = int(row["wins"] + row["losses"])
+            lines.append(
+                f"`{row['method']}`: mean {row['mean_difference']:+.2f} points (95 % interval "
+                f"{row['ci_low']:+.2f} to {row['ci_high']:+.2f}), tiny attention ahead in "
+                f"{int(row['wins'])} of {decided} pairs (Holm p = {row['holm_p']:.3f})"
+            )
+    return "; ".join(lines)
+
+
+# --------------------------------------------------------------------------- C2 (heads chapter)
+
+
+def combine_forms(ablations) -> dict[str, set[str]]:
+    """The ablations' four-expert runs by how the experts were combined while training: ``"mean"``
+    (``tinyattn_e4``, every C2 run before) and ``"sequential"`` (``tinyattn_e4_seq``, the authors'
+    form), as run ids."""
+    labels = {"mean": "tinyattn_e4", "sequential": "tinyattn_e4_seq"}
+    return {
+        form: {p.run_id for p in ablations.planned if p.label == label}
+        for form, label in labels.items()
+    }
+
+
+def c2_opening(verdict: str, deployment: pd.DataFrame) -> str:
+    """The heads chapter's first sentence: the C2 verdict's headline and the averaging loss (the
+    experts as trained minus their weight average) with its interval, against the keep margin."""
+    gist = verdicts.headline(verdict)
+    table = deployment.set_index("method") if "method" in deployment.columns else deployment
+    if "averaged" not in table.index:
+        return f"{gist}."
+    row = table.loc["averaged"]
+    return (
+        f"{gist}: averaging the four experts' weights costs {row['mean_difference']:+.2f} points "
+        f"(95 % interval {row['ci_low']:+.2f} to {row['ci_high']:+.2f}) against the experts as "
+        f"trained, over {int(row['pairs'])} analysed runs; the rule keeps only a loss whose whole "
+        f"interval lies under {verdicts.KEEP_MARGIN} points."
+    )
+
+
+def forms_sentence(losses: dict[str, pd.DataFrame], heads: dict[str, str]) -> str:
+    """Whether the combination form changes C2: the averaging loss of each form (``losses``: form ->
+    its deployment comparison) and C2's headline in each (``heads``), on the same tasks and seeds."""
+    rows = {f: t.set_index("method").loc["averaged"] for f, t in losses.items() if not t.empty}
+    if set(rows) != {"mean", "sequential"}:
+        return "The sequential form has no analysed run yet; C2 is judged on the mean form alone."
+    seq, mean = rows["sequential"], rows["mean"]
+    same = verdicts.headline(heads["sequential"]) == verdicts.headline(heads["mean"])
+    return (
+        f"Averaging the authors' sequential experts costs {seq['mean_difference']:+.2f} points "
+        f"(95 % interval {seq['ci_low']:+.2f} to {seq['ci_high']:+.2f}, {int(seq['pairs'])} runs); "
+        f"the mean form's experts, on the same tasks and seeds, {mean['mean_difference']:+.2f} "
+        f"({mean['ci_low']:+.2f} to {mean['ci_high']:+.2f}). Under the same rule, C2 in the "
+        f"sequential form: **{verdicts.headline(heads['sequential'])}**; in the mean form: "
+        f"**{verdicts.headline(heads['mean'])}**. The combination form "
+        + ("does not change C2's verdict." if same else "changes C2's verdict.")
+    )
+
+
+def c2_rules_table(earlier: dict[str, str], current: str) -> pd.DataFrame:
+    """C2 under each rule it has had, on the same records: when each was fixed (commit, date), what
+    had been seen by then, the rule, and its verdict (``earlier``: ``verdicts.c2_earlier_rules``;
+    ``current``: the verdict text of ``verdicts.c2``)."""
+    rows = {
+        f"{name} rule": {
+            "fixed at": f"{rule['commit']} ({rule['date']})",
+            "seen by then": rule["seen"],
+            "verdict on these records": earlier[name],
+        }
+        for name, rule in verdicts.C2_RULES.items()
+    }
+    rows["interval rule, declared analysis (current)"] = {
+        "fixed at": "ce60453, ef13b22 (2026-12-01 05:59 UTC)",
+        "seen by then": "every run of both studies and every analysis of the mean form",
+        "verdict on these records": verdicts.headline(current),
+    }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def sign_test_floor(pairs: int, family: int) -> tuple[float, float]:
+    """The smallest two-sided exact sign-test p over ``pairs`` pairs (all won: 2 / 2^pairs), and the
+    smallest Holm-adjusted p it can become in a family of ``family`` comparisons."""
+    floor = min(1.0, 2.0 / 2**pairs)
+    return floor, min(1.0, family * floor)
+
+
+def c2_change(earlier: dict[str, str], current: str) -> str:
+    """Whether C2's verdict moved with its rules, on the same records, as a sentence."""
+    verdicts_by_rule = [*earlier.values(), verdicts.headline(current)]
+    if len(set(verdicts_by_rule)) == 1:
+        return f"All three rules give the same verdict on these records: **{verdicts_by_rule[0]}**."
+    point, interval, now = verdicts_by_rule
+    return (
+        f"On these records the verdict moved with the rule: the point-estimate rule says "
+        f"**{point}**, the interval rule **{interval}**, and the current rule **{now}**."
+    )
