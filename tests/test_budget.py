@@ -3,10 +3,14 @@ at each budget, and the long runs' learning curves, on synthetic records."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
 
 import matplotlib
 import pandas as pd
+import papermill
 import pytest
 
 from tinyattn import budget
@@ -165,10 +169,19 @@ def test_the_c1_verdict_changes_with_the_budget_only_when_the_data_do(flip):
     assert change["changed"] is flip
     assert set(change["methods"]) == (set(FAMILY) if flip else set())
     study = _study(pairs)
+    shown = budget.comparison_table(table, budget.budget_labels(study))
+    row = shown.loc[("ia3", "10 epochs")]
+    assert row["won–lost"] == ("9–0" if flip else "0–9") and row["pairs"] == 9
+    assert row["difference"] == ("+2.00 (+2.00, +2.00)" if flip else "-2.00 (-2.00, -2.00)")
+    assert row["sign p / Holm"] == "0.004 / 0.012"  # 2 / 2^9, times 3
+    assert list(shown.index.get_level_values(0))[:2] == ["ia3", "ia3"]  # both budgets together
     text = budget.headline(study, table)
     assert text.startswith("With all 36 runs done")
     if flip:
-        assert "C1's verdict goes from *does not hold*" in text and "to *holds*" in text
+        assert (
+            "C1's verdict goes from *does not hold* at the `cpu` budget (3 epochs)" in text
+            and "to *holds*" in text
+        )
         assert "from -2.00 to +2.00 points" in text and "winning 9 of 9 pairs" in text
     else:
         assert "C1's verdict is *does not hold* at both budgets" in text
@@ -286,7 +299,7 @@ def test_load_budget_reads_both_profiles_from_records(records):
     assert done["change"].tolist() == pytest.approx([10.0] * 4)
     assert set(done["short_epochs"]) == {3.0} and set(done["long_epochs"]) == {10}
     labels = budget.budget_labels(study)
-    assert labels == {"short": "cpu (2–3 epochs)", "long": "budget (10 epochs)"}
+    assert labels == {"short": "2–3 epochs", "long": "10 epochs"}
     table = budget.compare(study.pairs, study.reference, study.family)
     assert (table["pairs"] == 1).all()
     text = budget.headline(study, table)
@@ -305,7 +318,9 @@ def test_curves_of_the_long_runs_every_half_epoch(records):
     assert one["score"].iloc[-1] == pytest.approx(80.0) and one["score"].iloc[0] == pytest.approx(
         78.1
     )
-    table = budget.curve_table(curves, {"mrpc": 3, "stsb": 2}).set_index(["task", "method"])
+    table = budget.curve_table(curves, {"mrpc": 3, "stsb": 2}, METHODS)
+    assert table["method"].tolist() == METHODS  # the profile's order, not the files'
+    table = table.set_index(["task", "method"])
     row = table.loc[("mrpc", "ia3")]
     assert row["seeds"] == 1 and row["best_epoch"] == 10.0 and row["end"] == pytest.approx(80.0)
     assert row["at_short_end"] == pytest.approx(80.0 - 0.1 * 14)  # the evaluation at epoch 3
@@ -324,3 +339,37 @@ def test_load_budget_refuses_a_reference_the_profile_lacks(records):
     with pytest.raises(ValueError, match="no method 'tinyattn_e4'"):
         budget.load_budget(str(records), reference="tinyattn_e4")
     assert not math.isnan(budget.smallest_holm_p(7, 3))
+
+
+def test_the_chapter_opens_with_its_answer_on_a_partial_grid(records, tmp_path):
+    book = Path(__file__).resolve().parent.parent / "book"
+    out = tmp_path / "budget.ipynb"
+    papermill.execute_notebook(
+        str(book / "budget.ipynb"),
+        str(out),
+        parameters={"runs_dir": str(records)},
+        cwd=str(book),
+        progress_bar=False,
+    )
+    cells = json.loads(out.read_text())["cells"]
+    assert cells[1]["cell_type"] == "markdown" and "{glue:md}`budget_headline`" in "".join(
+        cells[1]["source"]
+    )
+    glued = {}
+    for output in [o for c in cells for o in c.get("outputs", [])]:
+        for mime, value in output.get("data", {}).items():
+            if mime.startswith("application/papermill.record/"):
+                key = output["metadata"]["scrapbook"]["name"]
+                glued.setdefault(key, "".join(value) if isinstance(value, list) else str(value))
+                assert not glued[key].startswith("np."), f"{key} glues a NumPy scalar"
+    assert glued["budget_done"] == "4" and glued["budget_planned"] == "24"
+    assert "With 4 of 24 runs done" in glued["budget_headline"]
+    assert glued["budget_min_holm_p"] == "0.09375" and glued["budget_pairs_needed"] == "7"
+    assert glued["budget_remaining"] == "20"
+    sources = [(c["cell_type"], c.get("metadata", {}).get("tags", [])) for c in cells]
+    code = [tags for kind, tags in sources if kind == "code"]
+    assert all(tags for tags in code[:3])  # parameters, imports and loading are folded away
+    # every glue role in the text has a glued value
+    text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    roles = set(re.findall(r"\{glue:(?:text|md)\}`([a-z0-9_]+)", text))
+    assert roles and roles <= set(glued), roles - set(glued)

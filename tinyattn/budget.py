@@ -230,10 +230,12 @@ def long_curves(study: BudgetStudy, runs_dir: str = "results/runs") -> pd.DataFr
     return learning_curves(runs_dir, run_ids=done) if done else pd.DataFrame()
 
 
-def curve_table(curves: pd.DataFrame, short_epochs: dict[str, float]) -> pd.DataFrame:
-    """Per task and method, over the finished long runs (mean over seeds): the dev score at the
-    evaluation closest to where the short budget ended, at the run's best evaluation and at its end,
-    the epoch of that best, and the late gain (the last half epoch)."""
+def curve_table(
+    curves: pd.DataFrame, short_epochs: dict[str, float], methods: list[str] | None = None
+) -> pd.DataFrame:
+    """Per task and method (in ``methods``' order), over the finished long runs (mean over seeds):
+    the dev score at the evaluation closest to where the short budget ended, at the run's best
+    evaluation and at its end, the epoch of that best, and the late gain (the last half epoch)."""
     columns = ["task", "method", "seeds", "at_short_end", "best", "best_epoch", "end", "late_gain"]
     if curves.empty:
         return pd.DataFrame(columns=columns)
@@ -262,7 +264,11 @@ def curve_table(curves: pd.DataFrame, short_epochs: dict[str, float]) -> pd.Data
         end=("end", "mean"),
     )
     gains = late_gain(curves).set_index(["task", "method"])["gain"]
-    return table.join(gains.rename("late_gain")).reset_index()[columns]
+    table = table.join(gains.rename("late_gain")).reset_index()[columns]
+    rank = {m: i for i, m in enumerate(methods or dict.fromkeys(curves["method"]))}
+    return table.sort_values(
+        ["task", "method"], key=lambda s: s.map(rank) if s.name == "method" else s, kind="stable"
+    ).reset_index(drop=True)
 
 
 def calibration(pairs: pd.DataFrame) -> float:
@@ -295,11 +301,8 @@ def _epochs(values) -> str:
 
 
 def budget_labels(study: BudgetStudy) -> dict[str, str]:
-    """How the chapter names the two budgets, e.g. ``cpu (2–3 epochs)`` and ``budget (10 epochs)``."""
-    return {
-        "short": f"{study.short.profile['name']} ({_epochs(study.pairs['short_epochs'])} epochs)",
-        "long": f"{study.long.profile['name']} ({_epochs(study.pairs['long_epochs'])} epochs)",
-    }
+    """How the chapter's tables name the two budgets: their epochs, e.g. ``2–3 epochs``."""
+    return {b: f"{_epochs(study.pairs[f'{b}_epochs'])} epochs" for b in BUDGETS}
 
 
 def _score(value: float) -> str:
@@ -335,25 +338,25 @@ def score_table(pairs: pd.DataFrame) -> pd.DataFrame:
 
 def comparison_table(comparison: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
     """The declared comparison at both budgets, for reading: per method and budget the pairs, the mean
-    difference with its 95 % interval, wins-losses, sign-test and Holm p, and the outcome."""
+    difference with its 95 % interval in parentheses, pairs won-lost, sign-test and Holm p, and the
+    outcome."""
 
-    def interval(row) -> str:
-        if pd.isna(row["ci_low"]):
+    def difference(row) -> str:
+        if pd.isna(row["mean_difference"]):
             return "—"
-        return f"{row['ci_low']:+.2f} to {row['ci_high']:+.2f}"
+        if pd.isna(row["ci_low"]):
+            return f"{row['mean_difference']:+.2f}"
+        return f"{row['mean_difference']:+.2f} ({row['ci_low']:+.2f}, {row['ci_high']:+.2f})"
 
+    holm = comparison["holm_p"].map(lambda v: "—" if pd.isna(v) else f"{v:.3f}")
     table = pd.DataFrame(
         {
             "method": comparison["method"],
             "budget": comparison["budget"].map(labels),
             "pairs": comparison["pairs"].astype(int),
-            "difference": comparison["mean_difference"].map(
-                lambda v: "—" if pd.isna(v) else f"{v:+.2f}"
-            ),
-            "95 % interval": comparison.apply(interval, axis=1),
+            "difference": comparison.apply(difference, axis=1),
             "won–lost": [f"{w}–{lo}" for w, lo in zip(comparison["wins"], comparison["losses"])],
-            "sign p": comparison["sign_p"].map(lambda v: f"{v:.3f}"),
-            "Holm p": comparison["holm_p"].map(lambda v: "—" if pd.isna(v) else f"{v:.3f}"),
+            "sign p / Holm": [f"{p:.3f} / {h}" for p, h in zip(comparison["sign_p"], holm)],
             "outcome": comparison["outcome"],
         }
     )
@@ -420,8 +423,8 @@ def headline(study: BudgetStudy, comparison: pd.DataFrame) -> str:
         )
     if change["changed"]:
         said = (
-            f"C1's verdict goes from *{change['short']}* at {labels['short']} to "
-            f"*{change['long']}* at {labels['long']}"
+            f"C1's verdict goes from *{change['short']}* at the `{study.short.profile['name']}` "
+            f"budget ({labels['short']}) to *{change['long']}* at {labels['long']}"
         )
     else:
         said = f"C1's verdict is *{change['long']}* at both budgets"
