@@ -138,17 +138,23 @@ def execute(chapter: str, runs_dir: Path | None, tmp_path: Path, **parameters) -
 
 
 def test_glue_chapter_gives_a_verdict_on_a_finished_study(finished_study, tmp_path):
-    text = execute("glue.ipynb", finished_study, tmp_path)
+    summary = tmp_path / "summary"
+    text = execute("glue.ipynb", finished_study, tmp_path, summary_dir=str(summary))
     assert "165 of 165 runs of the `cpu` profile are done" in text
-    assert "C1 holds on MiniLM-L6" in text  # tinyattn_e4 is 20 points ahead on every pair
+    # tinyattn_e4 is 20 points ahead on every pair (tinyattn_e1 is C2's, not in C1's family)
+    assert "C1 holds on MiniLM-L6" in text
+    assert "C1 holds on MiniLM-L6: no method is resolvably ahead" in text  # the opening sentence
     assert "Provisional" not in text and "No verdict yet" not in text
+    results = pd.read_csv(summary / "cpu_results.csv")
+    assert len(results) == 5 * 11 and (results["seeds"] == 3).all()
 
 
 def test_context_chapter_gives_a_verdict_on_finished_ablations(finished_study, tmp_path):
     text = execute("context.ipynb", finished_study, tmp_path)
     assert "90 of 90 runs of the `ablations` profile are done" in text
-    # the no-context and bottleneck variants are 20 points behind tinyattn_e1 on every pair
-    assert "C3 holds on MiniLM-L6" in text
+    # the no-context and bottleneck variants are 20 points behind tinyattn_e1 on every pair, but six
+    # pairs cannot resolve a sign test after Holm's correction over C3's three comparisons
+    assert "C3 is not established on MiniLM-L6" in text
 
 
 def test_heads_chapter_gives_a_verdict_on_finished_ablations_and_reports(finished_study, tmp_path):
@@ -156,11 +162,12 @@ def test_heads_chapter_gives_a_verdict_on_finished_ablations_and_reports(finishe
         "heads.ipynb", finished_study, tmp_path, analysis_dir=str(finished_study / "analysis")
     )
     assert "42 of the 42 expert runs" in text and "6 analysis report(s)" in text
-    # averaged = trained form and E = 4 is 10 points ahead of E = 1 on every pair
-    assert (
-        "C2 holds on MiniLM-L6" in text
-        and "independently initialised experts, as trained minus averaged: +35.00 points" in text
-    )
+    # averaged = trained form, and E = 4 is 10 points ahead of E = 1 on every pair: the intervals
+    # say the experts help, but six pairs cannot resolve a sign test after Holm's correction
+    assert "C2 holds only in part on MiniLM-L6" in text
+    assert "independently initialised experts, as trained minus averaged: +35.00 points" in text
+    assert "the point-estimate rule says **C2 holds on MiniLM-L6**" in text
+    assert "The sequential form has no analysed run yet" in text  # no report of it here
 
 
 @pytest.mark.slow
@@ -259,6 +266,13 @@ def test_budget_counts_cpu_hours_by_thread_and_projects_the_rest():
         "all 3 runs on this CPU are finished, and took 2.2 CPU-hours."
     )
     assert finished["budget_gpu_tasks"] == "no task" and finished["budget_gpu_runs"] == 0
+    everything = report.budget_numbers(study_of(runs, [cpu_a, cpu_b, cpu_c, gpu]))
+    gpu_hours = estimate_seconds(gpu) / 3600
+    assert everything["budget_sentence"] == (
+        "the 3 runs on this CPU are finished, and took 2.2 CPU-hours; with the runner's estimate "
+        f"for the 1 that ran on a GPU instead ({gpu_hours:.1f} CPU-hours), all 4 runs of the "
+        f"profile come to about {measured + gpu_hours:.0f} CPU-hours."
+    )
 
 
 def test_pilot_numbers_give_the_score_range_and_the_slice_error():
