@@ -185,7 +185,15 @@ def test_the_c1_verdict_changes_with_the_budget_only_when_the_data_do(flip):
         assert "from -2.00 to +2.00 points" in text and "winning 9 of 9 pairs" in text
     else:
         assert "C1's verdict is *does not hold* at both budgets" in text
-    assert "cannot be resolved" not in text  # nine pairs can be
+    assert "can be resolved" not in text  # nine pairs can be
+    # the same grid with only seed 13 finished at 10 epochs: three pairs cannot be resolved yet
+    partial = budget.pair_budgets(plan, long[long["seed"] == 13], short)
+    table = budget.compare(partial, "tinyattn_e1", FAMILY)
+    text = budget.headline(_study(partial), table)
+    assert text.startswith(
+        "With 12 of 36 runs done, provisionally, C1's verdict is *not established*"
+    )
+    assert "no comparison of 3 pairs can be resolved yet; it needs 7" in text
 
 
 def test_six_pairs_cannot_be_resolved_under_holm_over_three_and_the_sentence_says_so():
@@ -202,7 +210,11 @@ def test_six_pairs_cannot_be_resolved_under_holm_over_three_and_the_sentence_say
     assert set(table["outcome"]) == {"not resolved"}
     text = budget.headline(_study(pairs), table)
     assert "C1's verdict is *not established* at both budgets" in text
-    assert "no comparison of 6 pairs can be resolved; it needs 7" in text
+    assert (
+        "no comparison of this grid can be resolved: even 6 pairs of 6 won give a Holm p of 0.094"
+        in text
+    )
+    assert "it needs 7 pairs" in text
 
 
 def test_score_table_shows_each_seed_short_to_long_and_the_mean_change():

@@ -429,11 +429,17 @@ def headline(study: BudgetStudy, comparison: pd.DataFrame) -> str:
     else:
         said = f"C1's verdict is *{change['long']}* at both budgets"
     family = int((comparison["budget"] == "long").sum())
+    full = study.planned // (len(study.family) + 1)  # the pairs of a finished comparison
     limit = ""
-    if smallest_holm_p(most, family) >= stats.ALPHA:
+    if smallest_holm_p(full, family) >= stats.ALPHA:
         limit = (
-            f" (under the declared rule no comparison of {most} pairs can be resolved; it needs "
-            f"{pairs_needed(family)})"
+            f" (under the declared rule no comparison of this grid can be resolved: even {full} "
+            f"pairs of {full} won give a Holm p of {smallest_holm_p(full, family):.3f}; it needs "
+            f"{pairs_needed(family)} pairs)"
+        )
+    elif smallest_holm_p(most, family) >= stats.ALPHA:
+        limit = (
+            f" (no comparison of {most} pairs can be resolved yet; it needs {pairs_needed(family)})"
         )
     provisional = "" if done == planned else ", provisionally"
     return f"{status}{provisional}, {said}{limit}" + gap
