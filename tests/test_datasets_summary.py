@@ -8,6 +8,7 @@ from pathlib import Path
 
 import papermill
 import pytest
+import yaml
 
 from tinyattn import datasets_summary as ds
 from tinyattn.data import DATA_DIR_ENV
@@ -15,8 +16,27 @@ from tinyattn.metrics import majority_score
 
 REPO = Path(__file__).resolve().parent.parent
 BOOK = REPO / "book"
-# The chapters that need the data's sizes or majority-class scores (they read the summary instead).
-DATA_CHAPTERS = ("context.ipynb", "profiles.ipynb")
+# What reads the data itself (the GLUE / FewGLUE files or the Hub): no chapter of the book may.
+DATA_READERS = ("load_glue_task", "load_fewglue", "majority_score(", "load_dataset(", DATA_DIR_ENV)
+
+
+def book_notebooks() -> list[Path]:
+    """The notebooks the book executes at build time: those of ``_toc.yml`` less the execution
+    excludes of ``_config.yml``."""
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    files = [toc["root"]] + [c["file"] for p in toc.get("parts", []) for c in p.get("chapters", [])]
+    skip = yaml.safe_load((REPO / "_config.yml").read_text())["execute"].get("exclude_patterns", [])
+    paths = [REPO / f"{f.removesuffix('.ipynb')}.ipynb" for f in files]
+    return [p for p in paths if p.is_file() and not any(p.match(x) for x in skip)]
+
+
+def code_of(notebook: Path) -> str:
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
+# The chapters that quote the data's sizes or majority-class scores: they read the summary.
+DATA_CHAPTERS = [p.name for p in book_notebooks() if "datasets_summary" in code_of(p)]
 
 
 def _fake_glue(root: Path) -> Path:
@@ -87,6 +107,19 @@ def test_the_committed_summary_matches_the_data(data_dir):
     summary = ds.load_summary()
     assert set(ds.glue_task_names()) <= set(summary["tasks"])
     assert ds.check_summary(data_dir) == []
+
+
+def test_no_chapter_reads_the_data_at_build_time():
+    """``make book`` needs ``results/`` only: no notebook the book executes reads the data."""
+    assert {"context.ipynb", "profiles.ipynb"} <= set(DATA_CHAPTERS)
+    readers = {
+        notebook.relative_to(REPO).as_posix(): [r for r in DATA_READERS if r in code_of(notebook)]
+        for notebook in book_notebooks()
+    }
+    readers = {name: found for name, found in readers.items() if found}
+    assert not readers, (
+        f"chapters the book executes read the data (use tinyattn.datasets_summary): {readers}"
+    )
 
 
 @pytest.mark.slow
