@@ -140,6 +140,12 @@ def test_no_pair_at_all_gives_no_verdict_and_the_sentence_says_how_many_runs_are
     assert text.startswith("With 2 of 24 runs done") and "cannot yet say" in text
     assert "`full_ft` on MRPC" in text  # 81.0 against 80.6 (seed 13) and 80.0 (seed 42)
     assert "by +0.7 points on average (from +0.4 to +1.0)" in text
+    assert ". " not in text and text.endswith(".")  # one sentence
+    nothing = budget.pair_budgets(plan, pd.DataFrame(), short)
+    text = budget.headline(_study(nothing), budget.compare(nothing, "tinyattn_e1", FAMILY))
+    assert text.startswith("With 0 of 24 runs done") and text.endswith(
+        "finished at both budgets yet."
+    )
 
 
 def _study(pairs: pd.DataFrame) -> budget.BudgetStudy:

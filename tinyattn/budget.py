@@ -384,7 +384,7 @@ def _so_far(pairs: pd.DataFrame, long_phrase: str) -> str:
     groups = [f"`{m}` on {t.upper()}" for t, m in dict.fromkeys(zip(done["task"], done["method"]))]
     mean = done["change"].mean()
     return (
-        f" So far {long_phrase} moved the end-of-training score of the {len(done)} finished "
+        f"; so far {long_phrase} moved the end-of-training score of the {len(done)} finished "
         f"run(s) ({', '.join(groups)}) by {mean:+.1f} points on average (from "
         f"{done['change'].min():+.1f} to {done['change'].max():+.1f}), against the same seeds' "
         f"`{SHORT}` runs."
@@ -406,8 +406,8 @@ def headline(study: BudgetStudy, comparison: pd.DataFrame) -> str:
     if move is None:
         return (
             f"{status}, the budget study cannot yet say whether {long_phrase} change C1: no "
-            "comparison of tiny attention with another method is finished at both budgets yet."
-            + _so_far(study.pairs, long_phrase)
+            "comparison of tiny attention with another method is finished at both budgets yet"
+            + (_so_far(study.pairs, long_phrase) or ".")
         )
     most = int(comparison["pairs"].max())
     gap = (
