@@ -133,3 +133,29 @@ def test_excluding_collapsed_runs_drops_only_the_pairs_that_hold_one():
     assert per["b"] == 8  # only the reference's: a's collapse does not touch the ref-vs-b pairs
     table = stats.declared_comparison(runs, "ref", exclude=flags).set_index("method")
     assert table.loc["a", "pairs"] == 7 and table.loc["b", "pairs"] == 8
+
+
+def test_within_family_recomputes_holm_over_the_family_only():
+    clear = [10.0 + i for i in range(9)]
+    runs = _runs(
+        {
+            "ref": clear,
+            "weaker": [v - 1.0 for v in clear],  # loses every pair: p = 2 / 2^9
+            "other": [v - 1.0 for v in clear],
+            "third": [v - 1.0 for v in clear],
+        }
+    )
+    table = stats.declared_comparison(runs, "ref")
+    assert table["holm_p"].tolist() == pytest.approx([3 * 2 / 2**9] * 3)
+    two = stats.within_family(table, ["third", "weaker", "missing"])
+    assert list(two["method"]) == ["third", "weaker"]  # the family's order; absent methods left out
+    assert two["holm_p"].tolist() == pytest.approx([2 * 2 / 2**9] * 2)
+    assert (two["outcome"] == "better").all()
+    assert stats.within_family(table, ["missing"]).empty
+
+
+def test_bootstrap_interval_narrows_with_a_lower_confidence():
+    values = np.arange(20.0)
+    wide = stats.bootstrap_interval(values)
+    narrow = stats.bootstrap_interval(values, confidence=0.5)
+    assert wide[0] < narrow[0] < 9.5 < narrow[1] < wide[1]
