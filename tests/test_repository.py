@@ -14,7 +14,7 @@ import yaml
 from tinyattn import repository as rp
 
 REPO = Path(__file__).resolve().parent.parent
-OLD = "https://github.com/someone/tinyattn"  # an address the setting no longer names
+OLD = "https://github.com/someone/proj"  # an address the setting no longer names
 
 
 def _notebook(*cells: tuple[str, str]) -> str:
@@ -32,7 +32,7 @@ def _notebook(*cells: tuple[str, str]) -> str:
     return json.dumps(nb, indent=1) + "\n"
 
 
-def _project(root: Path, url: str = "https://github.com/me/tinyattn", branch: str = "dev") -> Path:
+def _project(root: Path, url: str = "https://github.com/me/proj", branch: str = "dev") -> Path:
     """A git checkout with the setting, a synced-to-be notebook, and a page with a stray copy."""
     root.mkdir()
     (root / "_config.yml").write_text(
@@ -41,9 +41,7 @@ def _project(root: Path, url: str = "https://github.com/me/tinyattn", branch: st
     )
     (root / "notebooks").mkdir()
     install = f'{rp.INSTALL_MARK}.\nsubprocess.run(["pip", "install", "git+{OLD}.git"])\n'
-    badge = (
-        f'# Train\n\n<a href="{rp.COLAB}someone/tinyattn/blob/main/notebooks/train.ipynb">Colab</a>'
-    )
+    badge = f'# Train\n\n<a href="{rp.COLAB}someone/proj/blob/main/notebooks/train.ipynb">Colab</a>'
     other = f"# elsewhere in the notebook: {OLD}\nx = 1\n"
     (root / "notebooks" / "train.ipynb").write_text(
         _notebook(("markdown", badge), ("code", install), ("code", other))
@@ -57,18 +55,18 @@ def _project(root: Path, url: str = "https://github.com/me/tinyattn", branch: st
 
 
 def test_the_setting_and_what_follows_from_it(tmp_path):
-    root = _project(tmp_path / "p", url="https://github.com/me/tinyattn.git/")
+    root = _project(tmp_path / "p", url="https://github.com/me/proj.git/")
     repo = rp.repository(root / "_config.yml")
     assert (repo.url, repo.branch, repo.slug) == (
-        "https://github.com/me/tinyattn",
+        "https://github.com/me/proj",
         "dev",
-        "me/tinyattn",
+        "me/proj",
     )
-    assert repo.pip_url == "git+https://github.com/me/tinyattn.git"
+    assert repo.pip_url == "git+https://github.com/me/proj.git"
     assert repo.colab("notebooks/x.ipynb") == (
-        "https://colab.research.google.com/github/me/tinyattn/blob/dev/notebooks/x.ipynb"
+        "https://colab.research.google.com/github/me/proj/blob/dev/notebooks/x.ipynb"
     )
-    (root / "_config.yml").write_text("repository:\n  url: https://gitlab.com/me/tinyattn\n")
+    (root / "_config.yml").write_text("repository:\n  url: https://gitlab.com/me/proj\n")
     with pytest.raises(
         ValueError, match="repository.url must be https://github.com/<owner>/<name>"
     ):
@@ -90,8 +88,8 @@ def test_sync_writes_the_marked_cells_only_and_the_scan_finds_every_other_copy(t
     assert rp.sync_notebooks(root) == [notebook]
     cells = json.loads(notebook.read_text())["cells"]
     sources = ["".join(c["source"]) for c in cells]
-    assert "git+https://github.com/me/tinyattn.git" in sources[1]
-    assert f"{rp.COLAB}me/tinyattn/blob/dev/notebooks/train.ipynb" in sources[0]
+    assert "git+https://github.com/me/proj.git" in sources[1]
+    assert f"{rp.COLAB}me/proj/blob/dev/notebooks/train.ipynb" in sources[0]
     assert OLD in sources[2]  # another cell is not touched
     assert rp.sync_notebooks(root) == []  # idempotent
 

@@ -150,9 +150,10 @@ def hard_coded_copies(root: str | Path = REPO) -> list[str]:
     root = Path(root)
     repo = repository(root / "_config.yml")
     name = repo.slug.split("/")[1]
+    # this address, or any GitHub address of a repository of the same name (an older guess)
     pattern = re.compile(
-        rf"github\.com/{re.escape(repo.slug)}\b|github\.com/[\w.-]+/{re.escape(name)}\b"
-        rf"|{re.escape(COLAB)}"
+        rf"(?:github\.com|colab\.research\.google\.com/github)/"
+        rf"(?:{re.escape(repo.slug)}|[\w.-]+/{re.escape(name)})\b"
     )
     found = []
     for path in _tracked_files(root):
