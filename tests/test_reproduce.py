@@ -95,6 +95,8 @@ def test_changed_code_explains_a_pinned_profile_and_makes_an_unpinned_one_stale(
     assert reason["explains"] and "tinyattn/adapter.py" in reason["text"]
     assert "aaaaaaa" in reason["text"] and "bbbbbbb" in reason["text"]
     assert not rp.summarise("toy", None, 1e-3, [unpinned], [])["passed"]
+    new["provenance"]["versions"]["torch"] = "2.11.0+cu130"  # code changed: stale all the same
+    assert rp.compare_run(old, new, 1e-3, changes=adapter_changed)["status"] == "stale"
     pinned = rp.compare_run(old, new, 1e-3, pinned="aaaaaaa", changes=adapter_changed)
     assert pinned["status"] == "explained"
     assert rp.summarise("toy", "aaaaaaa", 1e-3, [pinned], [])["passed"]
@@ -114,14 +116,17 @@ def test_a_commit_outside_the_history_is_named():
     assert any("not in this checkout's history" in r["text"] for r in row["reasons"])
 
 
-def test_versions_and_devices_explain_threads_do_not():
+def test_threads_versions_and_devices_explain_a_difference():
     old = record()
     new = copy.deepcopy(old)
     new["best"]["metrics"]["accuracy"] = 0.9
+    assert rp.compare_run(old, new, 1e-3, changes=no_code_change)["status"] == "unexplained"
     new["provenance"]["machine"]["torch_threads"] = 1
     row = rp.compare_run(old, new, 1e-3, changes=no_code_change)
-    assert row["status"] == "unexplained"
+    assert row["status"] == "explained"
     assert [r["kind"] for r in row["reasons"]] == ["threads"]
+    assert "torch threads 2 -> 1" in row["reasons"][0]["text"]
+    new["provenance"]["machine"]["torch_threads"] = 2
     new["provenance"]["versions"]["torch"] = "2.11.0+cu130"
     new["device"] = "cuda"
     new["provenance"]["machine"]["gpu"] = "NVIDIA H100"
@@ -301,7 +306,7 @@ def test_cli_reproduce_passes_its_options_and_exits_by_the_verdict(monkeypatch, 
     assert seen["runs"] == ["lora", "stsb"] and seen["tolerance"] == 0.5
     assert seen["into"] == str(tmp_path / "r") and not seen["any_code"]
     assert json.loads(out.read_text())["passed"] is True
-    assert cli([*argv, "--summary", str(out)]) == 1  # the default tolerance: 0.1 beyond it
+    assert cli([*argv, "--summary", str(out)]) == 1  # the default tolerance: 0.1 is beyond it
     assert seen["tolerance"] == rp.DEFAULT_TOLERANCE
     assert "FAILED" in capsys.readouterr().out
     written = tmp_path / "results" / "reproduce" / "quick.json"

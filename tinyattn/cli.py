@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tolerance",
         type=float,
-        help="largest |difference| allowed per metric, in its units (default 1e-3: 0.1 points)",
+        help="largest |difference| allowed per metric, in its units (default 1e-4: 0.01 points)",
     )
     p.add_argument("--records", default="results/runs", help="folder of the committed records")
     p.add_argument("--jobs", type=int, default=1, help="runs at once")

@@ -8,9 +8,9 @@ profile's records are made again. So, per run:
 
 - ``match``: every metric of the record's best and final evaluations within the tolerance;
 - ``explained``: a metric differs by more, and the two runs' provenance says why (a pinned profile
-  rerun from other code, other package versions, another device or processor);
-- ``stale``: a metric differs by more because the code a run imports changed since the record was
-  made, in a profile that is not pinned: the record must be made again (the check fails);
+  rerun from other code, other package versions, another device, processor or thread count);
+- ``stale``: a metric differs by more and the code a run imports changed since the record was made,
+  in a profile that is not pinned: the record must be made again (the check fails);
 - ``unexplained``: a metric differs by more and nothing in the provenance differs (the check fails);
 - ``failed``: the rerun did not finish (the check fails).
 
@@ -40,10 +40,12 @@ from tinyattn.runner import execute, work_units
 from tinyattn.study import profile_runs
 
 # Largest difference allowed between a rerun's metric and its record's, in the metric's own units
-# (accuracy, correlation: 1e-3 is 0.1 points). Measured on this project's 2-core CPU (the Reproducing
-# chapter): rerunning `quick` with the same code and thread count changed no metric by more than 2e-6;
-# one thread per run instead of two moves single predictions (one SST-2 dev sentence is 1.1e-3).
-DEFAULT_TOLERANCE = 1e-3
+# (accuracy, correlation: 1e-4 is 0.01 points). A rerun with the same code, versions and thread count
+# on the same kind of CPU repeats its record to float rounding (the Reproducing chapter shows the
+# measurement); the smallest change that matters, one SST-2 dev prediction, is 1.1e-3. Beyond it, a
+# different thread count (which rounds differently, and training can carry that into a prediction)
+# is an explanation, not a failure.
+DEFAULT_TOLERANCE = 1e-4
 SUMMARY_DIR = Path("results") / "reproduce"
 # Besides the modules ``tinyattn.experiment`` imports: what the runner executes for each run.
 RUN_ENTRY = "tinyattn/experiment.py"
@@ -183,8 +185,8 @@ def provenance_reasons(
         reasons.append(_reason("device", "hardware differs: " + ", ".join(devices), True))
     threads = [old["machine"].get("torch_threads"), new["machine"].get("torch_threads")]
     if threads[0] != threads[1]:
-        text = f"torch threads {threads[0]} -> {threads[1]} (rounding only: within the tolerance)"
-        reasons.append(_reason("threads", text, False))
+        text = f"torch threads {threads[0]} -> {threads[1]} (float rounding differs)"
+        reasons.append(_reason("threads", text, True))
     return reasons
 
 
@@ -254,7 +256,7 @@ def compare_run(
         status = "match"
     elif not explaining:
         status = "unexplained"
-    elif not pinned and {r["kind"] for r in explaining} <= {"code", "uncommitted"}:
+    elif not pinned and any(r["kind"] in ("code", "uncommitted") for r in explaining):
         status = "stale"
     else:
         status = "explained"
