@@ -144,3 +144,21 @@ def test_forest_plot_draws_one_panel_per_method():
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == ["t0", "t1", "pooled"]
     assert fig.axes[0].get_xlim() == pytest.approx((-5.5, 5.5))
+
+
+def test_reference_collapsed_names_its_runs_and_the_tasks_that_drop_out():
+    data = pd.DataFrame(
+        {
+            "task": ["rte", "rte", "mrpc", "mrpc", "rte"],
+            "seed": [1, 2, 1, 2, 1],
+            "method": ["ref", "ref", "ref", "ref", "other"],
+        }
+    )
+    flags = pd.Series([True, True, True, False, True])
+    text = claims.reference_collapsed(data, flags, "ref")
+    assert text == (
+        "3 of them are tiny attention's own (`ref`): mrpc (seed 1); rte (seed 1, 2). Without "
+        "collapsed runs, rte therefore drops out of every comparison."
+    )
+    none = claims.reference_collapsed(data, pd.Series([False] * 4 + [True]), "ref")
+    assert none == "None of them is tiny attention's own (`ref`)."

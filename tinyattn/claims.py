@@ -210,3 +210,24 @@ def c2_change(earlier: dict[str, str], current: str) -> str:
         f"On these records the verdict moved with the rule: the point-estimate rule says "
         f"**{point}**, the interval rule **{interval}**, and the current rule **{now}**."
     )
+
+
+def reference_collapsed(runs: pd.DataFrame, collapsed: pd.Series, reference: str) -> str:
+    """Which of the collapsed runs (``stats.collapsed``, aligned with ``runs``) are the reference's
+    own, by task and seed, and the tasks that leave every comparison without collapsed runs because
+    all of the reference's seeds there collapsed."""
+    ours = runs["method"] == reference
+    own = runs[collapsed & ours]
+    if own.empty:
+        return f"None of them is tiny attention's own (`{reference}`)."
+    seeds = runs[ours].groupby("task").size()
+    gone = [t for t, n in own.groupby("task").size().items() if n == seeds[t]]
+    where = "; ".join(
+        f"{task} (seed {', '.join(map(str, group['seed']))})" for task, group in own.groupby("task")
+    )
+    text = f"{len(own)} of them are tiny attention's own (`{reference}`): {where}."
+    if gone:
+        text += (
+            f" Without collapsed runs, {', '.join(gone)} therefore drops out of every comparison."
+        )
+    return text
