@@ -106,7 +106,18 @@ def test_c2_opening_and_the_forms_sentence():
         {"mean": loss, "sequential": deployment([0.1] * 6)}, {"mean": lost, "sequential": kept}
     )
     assert "sequential form: **C2 holds only in part on MiniLM-L6**" in other
-    assert other.endswith("changes C2's verdict.")
+    assert "(95 % interval +0.10 to +0.1000, 6 runs)" in other  # upper ends to four decimals
+    gap = 0.5 - loss.set_index("method").loc["averaged", "ci_high"]
+    assert other.endswith(
+        "The combination form changes C2's verdict: the upper ends of the two intervals lie "
+        f"0.4000 under and {gap:.4f} under the 0.5-point margin."
+    )
+    overlapping = claims.forms_sentence(
+        {"mean": deployment([0.3, 0.6, 0.2, 0.7, 0.4, 0.5]), "sequential": loss},
+        {"mean": lost, "sequential": kept},
+    )
+    assert overlapping.endswith("what averaging is shown to cost.")
+    assert " over " in overlapping and " under " in overlapping
     missing = claims.forms_sentence({"mean": loss, "sequential": pd.DataFrame()}, {})
     assert missing.startswith("The sequential form has no analysed run yet")
 
@@ -162,3 +173,23 @@ def test_reference_collapsed_names_its_runs_and_the_tasks_that_drop_out():
     )
     none = claims.reference_collapsed(data, pd.Series([False] * 4 + [True]), "ref")
     assert none == "None of them is tiny attention's own (`ref`)."
+
+
+def test_forms_rules_table_judges_each_form_under_each_rule():
+    experts = comparison("tinyattn_e4", tinyattn_e1=AHEAD[:6], tinyattn_e1_2x=AHEAD[:6])
+    losses = {
+        "mean": deployment([0.1] * 6),
+        "sequential": deployment([0.3, 0.4, 0.6, 0.7] * 1 + [0.3, 0.3]),
+    }
+    heads = {form: verdicts.c2(experts, losses[form], True) for form in losses}
+    table = claims.forms_rules_table({f: experts for f in losses}, losses, heads)
+    assert list(table.index) == ["mean form", "sequential form"]
+    assert list(table.columns) == ["point estimate rule", "interval rule", "current rule"]
+    # six pairs all won: the intervals say the experts help, the declared analysis cannot
+    assert table.loc["mean form"].tolist() == [
+        "C2 holds on MiniLM-L6",
+        "C2 holds on MiniLM-L6",
+        "C2 holds only in part on MiniLM-L6",
+    ]
+    assert table.loc["sequential form", "point estimate rule"] == "C2 holds on MiniLM-L6"
+    assert table.loc["sequential form", "interval rule"] == "C2 does not hold on MiniLM-L6"

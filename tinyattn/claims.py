@@ -156,21 +156,52 @@ def c2_opening(verdict: str, deployment: pd.DataFrame) -> str:
 
 def forms_sentence(losses: dict[str, pd.DataFrame], heads: dict[str, str]) -> str:
     """Whether the combination form changes C2: the averaging loss of each form (``losses``: form ->
-    its deployment comparison) and C2's headline in each (``heads``), on the same tasks and seeds."""
+    its deployment comparison) and C2's headline in each (``heads``), on the same tasks and seeds.
+    The intervals' upper ends are given to four decimals, since the rule compares them with
+    ``verdicts.KEEP_MARGIN``."""
     rows = {f: t.set_index("method").loc["averaged"] for f, t in losses.items() if not t.empty}
     if set(rows) != {"mean", "sequential"}:
         return "The sequential form has no analysed run yet; C2 is judged on the mean form alone."
     seq, mean = rows["sequential"], rows["mean"]
-    same = verdicts.headline(heads["sequential"]) == verdicts.headline(heads["mean"])
-    return (
+    gists = {form: verdicts.headline(heads[form]) for form in ("sequential", "mean")}
+    text = (
         f"Averaging the authors' sequential experts costs {seq['mean_difference']:+.2f} points "
-        f"(95 % interval {seq['ci_low']:+.2f} to {seq['ci_high']:+.2f}, {int(seq['pairs'])} runs); "
+        f"(95 % interval {seq['ci_low']:+.2f} to {seq['ci_high']:+.4f}, {int(seq['pairs'])} runs); "
         f"the mean form's experts, on the same tasks and seeds, {mean['mean_difference']:+.2f} "
-        f"({mean['ci_low']:+.2f} to {mean['ci_high']:+.2f}). Under the same rule, C2 in the "
-        f"sequential form: **{verdicts.headline(heads['sequential'])}**; in the mean form: "
-        f"**{verdicts.headline(heads['mean'])}**. The combination form "
-        + ("does not change C2's verdict." if same else "changes C2's verdict.")
+        f"({mean['ci_low']:+.2f} to {mean['ci_high']:+.4f}). Under the same rule, C2 in the "
+        f"sequential form: **{gists['sequential']}**; in the mean form: **{gists['mean']}**. "
     )
+    if gists["sequential"] == gists["mean"]:
+        return text + "The combination form does not change C2's verdict."
+    margin = verdicts.KEEP_MARGIN
+
+    def side(row) -> str:
+        gap = row["ci_high"] - margin
+        return f"{abs(gap):.4f} {'over' if gap >= 0 else 'under'}"
+
+    overlap = seq["ci_low"] <= mean["ci_high"] and mean["ci_low"] <= seq["ci_high"]
+    text += (
+        f"The combination form changes C2's verdict: the upper ends of the two intervals lie "
+        f"{side(seq)} and {side(mean)} the {margin}-point margin"
+    )
+    return text + (
+        ", and the intervals overlap, so the forms differ in verdict more than in what averaging "
+        "is shown to cost."
+        if overlap
+        else "."
+    )
+
+
+def forms_rules_table(experts: dict[str, pd.DataFrame], losses: dict[str, pd.DataFrame],
+                      heads: dict[str, str]) -> pd.DataFrame:  # fmt: skip
+    """C2 in each combination form (rows) under each of its rules (columns), on the ablations' runs:
+    ``experts`` and ``losses`` per form as ``verdicts.c2`` takes them, ``heads`` its verdicts."""
+    rows = {}
+    for form in heads:
+        earlier = verdicts.c2_earlier_rules(experts[form], losses[form])
+        rows[f"{form} form"] = {f"{name} rule": gist for name, gist in earlier.items()}
+        rows[f"{form} form"]["current rule"] = verdicts.headline(heads[form])
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def c2_rules_table(earlier: dict[str, str], current: str) -> pd.DataFrame:
