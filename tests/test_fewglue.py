@@ -97,7 +97,7 @@ def test_a_missing_file_is_an_error_naming_it(tmp_path):
         ('{"premise": "p", "hypothesis": ', "invalid JSON"),
         ('["premise"]', "expected a JSON object"),
         ('{"premise": "p", "label": "entailment"}', r"missing field\(s\) \['hypothesis'\]"),
-        ('{"premise": " ", "hypothesis": "h", "label": 0}', "empty or non-text field 'premise'"),
+        ('{"premise": " ", "hypothesis": "h", "label": 0}', "empty or missing text for 'premise'"),
         ('{"premise": "p", "hypothesis": "h", "label": "neutral"}', "unknown label 'neutral'"),
         ('{"premise": "p", "hypothesis": "h", "label": 2}', "unknown label 2"),
         ('{"premise": "p", "hypothesis": "h", "label": true}', "boolean label True"),

@@ -1,4 +1,9 @@
-"""GLUE data: task specs, loading (local GLUE files or the Hugging Face Hub), held-out splits.
+"""GLUE data: loading (local GLUE files or the Hugging Face Hub), held-out splits.
+
+The task specs (``TaskSpec``, ``get_task``, ``GLUE_TASKS``, ``FEWSHOT_TASKS``) live in
+``tinyattn.tasks`` and are importable from here too. ``load_glue_task`` also serves the few-shot
+classification tasks (``fewrte``, ``fewcb``) through the FewGLUE loader: ``train`` is their 32 FewGLUE
+examples, ``validation`` the SuperGLUE val set, ``dev32`` FewGLUE's 32-example dev set.
 
 Two sources give the same list-of-dicts examples, ``{<text keys>..., "label", "idx"}``, with labels in
 the Hugging Face ``nyu-mll/glue`` convention (see ``TaskSpec.label_names``):
@@ -32,102 +37,20 @@ from tinyattn.batching import (  # noqa: F401 (re-exported for importers of tiny
     encode,
     make_dataloader,
 )
+from tinyattn.tasks import (  # noqa: F401 (re-exported: task specs lived here before tinyattn.tasks)
+    DATA_DIR_ENV,
+    FEWSHOT_TASKS,
+    GLUE_TASKS,
+    DataFormatError,
+    TaskSpec,
+    get_task,
+    make_example,
+    parse_label,
+    resolve_data_dir,
+)
 
-DATA_DIR_ENV = "TINYATTN_DATA_DIR"
 HUB_DATASET = "nyu-mll/glue"
 SPLITS = ("train", "validation")
-
-
-class DataFormatError(ValueError):
-    """A data row that cannot be parsed; the message names the file (or Hub split) and the line."""
-
-    def __init__(self, source: str | os.PathLike, line: int, problem: str) -> None:
-        self.source = str(source)
-        self.line = line
-        self.problem = problem
-        super().__init__(f"{self.source}: line {line}: {problem}")
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """What the code needs to know about one GLUE task."""
-
-    name: str
-    text_keys: tuple[str, ...]
-    num_labels: int
-    label_names: tuple[str, ...]
-    metric: str
-    hub_config: str
-    dev_split: str
-
-    @property
-    def is_regression(self) -> bool:
-        return self.num_labels == 1
-
-
-GLUE_TASKS: dict[str, TaskSpec] = {
-    spec.name: spec
-    for spec in (
-        TaskSpec(
-            "cola",
-            ("sentence",),
-            2,
-            ("unacceptable", "acceptable"),
-            "matthews_correlation",
-            "cola",
-            "validation",
-        ),
-        TaskSpec(
-            "sst2", ("sentence",), 2, ("negative", "positive"), "accuracy", "sst2", "validation"
-        ),
-        TaskSpec(
-            "mrpc",
-            ("sentence1", "sentence2"),
-            2,
-            ("not_equivalent", "equivalent"),
-            "accuracy",
-            "mrpc",
-            "validation",
-        ),
-        TaskSpec("stsb", ("sentence1", "sentence2"), 1, (), "pearson", "stsb", "validation"),
-        TaskSpec(
-            "qqp",
-            ("question1", "question2"),
-            2,
-            ("not_duplicate", "duplicate"),
-            "accuracy",
-            "qqp",
-            "validation",
-        ),
-        TaskSpec(
-            "mnli",
-            ("premise", "hypothesis"),
-            3,
-            ("entailment", "neutral", "contradiction"),
-            "accuracy",
-            "mnli",
-            "validation_matched",
-        ),
-        TaskSpec(
-            "qnli",
-            ("question", "sentence"),
-            2,
-            ("entailment", "not_entailment"),
-            "accuracy",
-            "qnli",
-            "validation",
-        ),
-        TaskSpec(
-            "rte",
-            ("sentence1", "sentence2"),
-            2,
-            ("entailment", "not_entailment"),
-            "accuracy",
-            "rte",
-            "validation",
-        ),
-    )
-}
 
 
 @dataclass(frozen=True)
@@ -194,37 +117,6 @@ LOCAL_FILES: dict[str, _LocalLayout] = {
 }
 
 
-def get_task(name: str | TaskSpec) -> TaskSpec:
-    """The spec of a GLUE task; case-insensitive, ``-``/``_`` ignored (``"SST-2"``, ``"sts-b"``)."""
-    if isinstance(name, TaskSpec):
-        return name
-    key = str(name).strip().lower().replace("-", "").replace("_", "")
-    if key not in GLUE_TASKS:
-        raise ValueError(f"unknown GLUE task {name!r}; known tasks: {', '.join(GLUE_TASKS)}")
-    return GLUE_TASKS[key]
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path | None:
-    """The local data folder: ``data_dir`` if given, else ``$TINYATTN_DATA_DIR``, else None (the Hub).
-
-    Raises FileNotFoundError if the folder chosen does not exist.
-    """
-    origin = "data_dir argument"
-    if data_dir is None or str(data_dir) == "":
-        data_dir = os.environ.get(DATA_DIR_ENV) or None
-        origin = f"environment variable {DATA_DIR_ENV}"
-    if data_dir is None:
-        return None
-    path = pathlib.Path(data_dir).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"data folder {str(path)!r} (from the {origin}) does not exist or is not a folder; "
-            "expected a folder containing glue/<TASK>/... (e.g. glue/RTE/train.tsv), "
-            f"or unset {DATA_DIR_ENV} and pass no data_dir to load from the Hugging Face Hub"
-        )
-    return path
-
-
 def _normalise_split(split: str) -> str:
     s = split.strip().lower()
     if s in ("dev", "validation_matched"):
@@ -247,6 +139,16 @@ def load_glue_task(
     Raises FileNotFoundError for a missing local file and DataFormatError for a malformed row.
     """
     spec = get_task(task)
+    if spec.source == "fewglue":
+        from tinyattn.fewglue import load_fewglue  # FewGLUE's loader imports this module's helpers
+
+        few_split = {"train": "train", "validation": "val", "dev": "val", "dev32": "dev32"}
+        if split.strip().lower() not in few_split:
+            raise ValueError(
+                f"unknown split {split!r} of few-shot task {spec.name!r}; expected one of "
+                f"{sorted(few_split)}"
+            )
+        return load_fewglue(spec.hub_config, few_split[split.strip().lower()], data_dir)
     split = _normalise_split(split)
     root = resolve_data_dir(data_dir)
     if root is None:
@@ -262,51 +164,6 @@ def load_glue_task(
     if path.suffix == ".jsonl":
         return _read_jsonl(path, spec, layout)
     return _read_tsv(path, spec, layout)
-
-
-def _parse_label(raw: Any, spec: TaskSpec) -> int | float:
-    """A label from a file or the Hub: a class name or integer in range, or an STS-B score in [0, 5]."""
-    if spec.is_regression:
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"unparseable score {raw!r} (expected a number in [0, 5])") from None
-        if not (0.0 <= value <= 5.0):  # also rejects NaN
-            raise ValueError(f"score {raw!r} outside [0, 5]")
-        return value
-    if isinstance(raw, str):
-        text = raw.strip()
-        if text in spec.label_names:
-            return spec.label_names.index(text)
-        try:
-            raw = int(text)
-        except ValueError:
-            raise ValueError(
-                f"unknown label {raw!r} (expected one of {spec.label_names} "
-                f"or an integer in [0, {spec.num_labels - 1}])"
-            ) from None
-    if isinstance(raw, bool) or not isinstance(raw, (int, np.integer)):
-        raise ValueError(f"unknown label {raw!r}")
-    if not 0 <= int(raw) < spec.num_labels:
-        raise ValueError(f"label {raw!r} out of range [0, {spec.num_labels - 1}]")
-    return int(raw)
-
-
-def _make_example(
-    fields: Mapping[str, Any], spec: TaskSpec, idx: int, source: Any, line: int
-) -> dict[str, Any]:
-    example: dict[str, Any] = {}
-    for key in spec.text_keys:
-        text = fields[key]
-        if not isinstance(text, str) or not text.strip():
-            raise DataFormatError(source, line, f"empty or missing text for {key!r}")
-        example[key] = text
-    try:
-        example["label"] = _parse_label(fields["label"], spec)
-    except ValueError as err:
-        raise DataFormatError(source, line, str(err)) from None
-    example["idx"] = idx
-    return example
 
 
 def _iter_lines(path: pathlib.Path) -> Iterator[tuple[int, str]]:
@@ -354,7 +211,7 @@ def _read_tsv(path: pathlib.Path, spec: TaskSpec, layout: _LocalLayout) -> list[
                 path, number, f"expected {n_fields} tab-separated fields, found {len(parts)}"
             )
         fields = {key: parts[col] for key, col in positions.items()}
-        examples.append(_make_example(fields, spec, len(examples), path, number))
+        examples.append(make_example(fields, spec, len(examples), path, number))
     return examples
 
 
@@ -372,7 +229,7 @@ def _read_jsonl(path: pathlib.Path, spec: TaskSpec, layout: _LocalLayout) -> lis
         if missing:
             raise DataFormatError(path, number, f"missing key(s) {missing}")
         fields = {key: record[name] for key, name in layout.columns.items()}
-        examples.append(_make_example(fields, spec, len(examples), path, number))
+        examples.append(make_example(fields, spec, len(examples), path, number))
     return examples
 
 
@@ -390,7 +247,7 @@ def _load_from_hub(spec: TaskSpec, split: str) -> list[dict[str, Any]]:
         fields = {key: values[row] for key, values in columns.items()}
         if spec.is_regression:  # float32 on the Hub: 3.8 -> 3.799999952...; recover the decimals
             fields["label"] = round(float(fields["label"]), 6)
-        example = _make_example(fields, spec, int(ids[row]), source, row + 1)
+        example = make_example(fields, spec, int(ids[row]), source, row + 1)
         examples.append(example)
     return examples
 

@@ -1,5 +1,8 @@
 """One run of the study: (task, method, seed, hyper-parameters) -> a trained model and its run record.
 
+Protocols (``RunParams.protocol``): ``classification`` (default: encoder + classifier head) and ``cloze``
+(claim C4's PET-style few-shot protocol on a masked LM, ``tinyattn.cloze``); one record format.
+
 This is what the ``tinyattn train`` command and the training notebook call; everything a run depends on
 is a field of ``RunParams``, and the record stores all of them. ``initial_model`` and ``eval_data`` give
 a run's starting model and evaluation data exactly as the run had them (the experts analysis uses them).
@@ -41,7 +44,14 @@ _OMITTED_AT_DEFAULT = {
     "restore_best": True,
     "max_grad_norm": 1.0,
     "select_metric": None,
+    "protocol": "classification",
+    "protocol_options": {},
 }
+PROTOCOLS = ("classification", "cloze")
+# The cloze protocol's settings (``protocol_options``), the authors' recipe by default: loss "mlm" or
+# "verbalizer" (PET's), variant "authors" or "adapter_only", decay_all (weight decay on everything),
+# select_on None (keep the last epoch) or "dev32" (the epoch best on FewGLUE's dev32); see ``cloze``.
+CLOZE_OPTIONS = {"loss": "mlm", "variant": "authors", "decay_all": True, "select_on": None}
 
 
 @dataclass
@@ -59,6 +69,9 @@ class RunParams(TrainConfig):
     # two-stage recipe); the twin's adapter is reused when it was saved, else trained here first.
     two_stage: bool = False
     head_dropout: float = 0.1
+    # "classification" (encoder + classifier head) or "cloze" (masked LM, pattern and verbalizers)
+    protocol: str = "classification"
+    protocol_options: dict = field(default_factory=dict)  # the cloze protocol's (CLOZE_OPTIONS)
     # Model selection without the dev set: hold out this fraction of the (capped) training set,
     # stratified, train on the rest and evaluate on the held-out part instead of the dev set.
     heldout_fraction: float | None = None
@@ -76,6 +89,15 @@ class RunParams(TrainConfig):
             raise ValueError("two_stage needs method 'tinyattn' with experts > 1")
         if self.heldout_fraction is not None and not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {PROTOCOLS}")
+        if self.protocol == "cloze":
+            self.protocol_options = _cloze_options(self)
+        elif self.protocol_options:
+            raise ValueError(
+                f"protocol_options {self.protocol_options} given, but the classification protocol "
+                "has none (they are the cloze protocol's)"
+            )
 
     @classmethod
     def names(cls) -> list[str]:
@@ -136,6 +158,37 @@ def _check_types(params: RunParams) -> None:
         if not ok:
             names = " or ".join("None" if a is type(None) else a.__name__ for a in allowed)
             raise TypeError(f"run parameter {f.name!r} must be {names}, got {value!r}")
+
+
+def _cloze_options(params: RunParams) -> dict:
+    """The cloze protocol's options with their defaults, checked with the run's other settings."""
+    unknown = set(params.protocol_options) - set(CLOZE_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown cloze protocol option(s) {sorted(unknown)}; known: {sorted(CLOZE_OPTIONS)}"
+        )
+    options = {**CLOZE_OPTIONS, **params.protocol_options}
+    if params.spec.source != "fewglue":
+        raise ValueError(
+            f"the cloze protocol needs a few-shot task with a pattern (fewrte, fewcb), "
+            f"not {params.task!r}"
+        )
+    if options["select_on"] not in (None, "dev32"):
+        raise ValueError(f"select_on must be None or 'dev32', got {options['select_on']!r}")
+    unsupported = {
+        "two_stage": params.two_stage,
+        "heldout_fraction": params.heldout_fraction,
+        "max_steps": params.max_steps,
+        "max_train_samples": params.max_train_samples,
+        "max_eval_samples": params.max_eval_samples,
+        "save_adapter": params.save_adapter,
+    }
+    given = sorted(name for name, value in unsupported.items() if value)
+    if given:
+        raise ValueError(f"the cloze protocol does not support {given} (the 32 examples train)")
+    if params.epochs != int(params.epochs):
+        raise ValueError(f"the cloze protocol trains whole epochs, got epochs={params.epochs!r}")
+    return options
 
 
 def initial_model(params: RunParams, runs_dir: str | Path | None = None):
@@ -224,7 +277,8 @@ def run(params: RunParams, *, write: bool = True) -> tuple[dict, object]:
     }
     out = Path(params.out_dir) / f"{params.run_id}.json"
     try:
-        record.update(_train_and_measure(params))
+        measure = _cloze_run if params.protocol == "cloze" else _train_and_measure
+        record.update(measure(params))
         record["status"] = "done"
         model = record.pop("_model")
     except Exception as err:
@@ -273,11 +327,16 @@ def _train_and_measure(params: RunParams) -> dict:
         save_adapter(model, params.adapter_dir, extra={"task": spec.name, "run_id": params.run_id})
     if stage_one is not None:
         result["stage_one"] = stage_one
+    if spec.source == "fewglue":  # the majority-class and random-guess floors
+        from tinyattn.fewglue import baseline_metrics
+
+        labels = [[row["label"] for row in rows] for rows in (train_rows, eval_rows)]
+        result["baselines"] = baseline_metrics(spec.hub_config, *labels)
     return {
         "task": spec.name,
         "method": params.method,
         "seed": params.seed,
-        "data_source": "local folder" if folder else "hub:nyu-mll/glue",
+        "data_source": _data_source(spec, folder),
         "eval_split": eval_split,
         "params_count": counts,
         **result,
@@ -311,3 +370,81 @@ def _prepare_twin(params: RunParams) -> dict:
             evaluations=twin_record["evaluations"],
         )
     return info
+
+
+def _data_source(spec: TaskSpec, folder) -> str:
+    if folder:
+        return "local folder"
+    return "hub:juny116/few_glue + super_glue" if spec.source == "fewglue" else "hub:nyu-mll/glue"
+
+
+def _cloze_run(params: RunParams) -> dict:
+    """A cloze run (``cloze.run_cloze``) as an ordinary record: ``metrics`` are the SuperGLUE val set's
+    (``metrics_by_split`` adds dev32's), ``best`` the evaluation whose weights were kept."""
+    from tinyattn.cloze import ClozeTrainConfig, run_cloze  # the masked-LM side, only when asked
+
+    spec, options = params.spec, params.protocol_options
+    folder = resolve_data_dir(params.data_dir)
+    steps_per_epoch = -(-32 // params.batch_size)  # FewGLUE: 32 training examples per task
+    config = ClozeTrainConfig(
+        learning_rate=params.learning_rate,
+        epochs=int(params.epochs),
+        batch_size=params.batch_size,
+        eval_batch_size=params.eval_batch_size,
+        weight_decay=params.weight_decay,
+        decay_all=options["decay_all"],
+        warmup_steps=round(params.warmup_ratio * int(params.epochs) * steps_per_epoch),
+        scheduler=params.scheduler,
+        max_grad_norm=params.max_grad_norm,
+        loss=options["loss"],
+        seed=params.seed,
+        select_on=options["select_on"],
+    )
+    splits = ("val", "dev32") if options["select_on"] else ("val",)
+    model, result = run_cloze(
+        spec.hub_config,
+        params.backbone,
+        params.method,
+        options=params.method_options,
+        variant=options["variant"],
+        config=config,
+        eval_splits=splits,
+        data_dir=folder,
+        max_length=params.max_length,
+    )
+    evaluations = [
+        {**e, "metrics": e["metrics"]["val"], "metrics_by_split": e["metrics"]}
+        for e in result["evaluations"]
+    ]
+    kept = result["best"] or result["evaluations"][-1]
+    best = next(e for e in evaluations if e["epoch"] == kept["epoch"])
+    counts = count_parameters(model)
+    return {
+        "task": spec.name,
+        "method": params.method,
+        "seed": params.seed,
+        "protocol": "cloze",
+        "data_source": _data_source(spec, folder),
+        "eval_split": "val",
+        "params_count": {**counts, "cloze": result["trainable"]},
+        "select_metric": spec.metric,
+        "kept_weights": result["kept_weights"],
+        "evaluations": evaluations,
+        "best": best,
+        "final": evaluations[-1],
+        "steps": result["steps"],
+        "steps_per_epoch": steps_per_epoch,
+        "epochs_run": float(config.epochs),
+        "train_examples": result["train_examples"],
+        "eval_examples": result["eval_examples"]["val"],
+        "train_seconds": result["train_seconds"],
+        "eval_seconds": result["eval_seconds"],
+        "tokens_per_second": None,
+        "device": str(next(model.parameters()).device),
+        "config": result["config"],
+        "loss": result["loss"],
+        "variant": result["variant"],
+        "backbone": result["backbone"],
+        "baselines": result["baselines"],
+        "_model": model,
+    }

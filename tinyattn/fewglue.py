@@ -7,7 +7,7 @@ Three splits per task, each a list of dicts ``{<text keys>..., "label": int, "id
   protocol selects; no overlap with ``train`` or ``val``;
 * ``val``: the SuperGLUE validation set, used for evaluation (SuperGLUE's test labels are hidden).
 
-Sources, as for GLUE in ``tinyattn.data``: the local folder (argument ``data_dir`` or the environment
+Sources, as for GLUE in ``tinyattn.data`` (the shared pieces are in ``tinyattn.tasks``): the local folder (argument ``data_dir`` or the environment
 variable ``TINYATTN_DATA_DIR``) laid out as ``<data_dir>/fewglue/<TASK>/{train,dev32}.jsonl`` and
 ``<data_dir>/superglue/<TASK>/val.jsonl``; otherwise the Hugging Face Hub: ``train`` and ``dev32`` from
 ``juny116/few_glue`` (its ``train`` and ``validation`` splits, the copy the tiny-attention authors
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import f1_score
 
-from tinyattn.data import DATA_DIR_ENV, DataFormatError, resolve_data_dir
+from tinyattn.tasks import DATA_DIR_ENV, DataFormatError, make_example, resolve_data_dir
 
 HUB_FEWGLUE = "juny116/few_glue"
 HUB_SUPERGLUE = "super_glue"
@@ -157,7 +157,7 @@ def load_fewglue(
 ) -> list[dict[str, Any]]:
     """The examples of one split (``train``, ``dev32`` or ``val``) of a FewGLUE task.
 
-    The source is the local folder from ``tinyattn.data.resolve_data_dir(data_dir)`` if any, else the
+    The source is the local folder from ``tinyattn.tasks.resolve_data_dir(data_dir)`` if any, else the
     Hub. Raises FileNotFoundError naming a missing local file and ``DataFormatError`` (file and line)
     for a malformed row: invalid JSON, a missing or empty field, an unknown label.
     """
@@ -198,22 +198,10 @@ def parse_label(raw: Any, spec: FewGlueTask) -> int:
 def _make_example(
     record: Mapping[str, Any], spec: FewGlueTask, row: int, source: Any, line: int
 ) -> dict[str, Any]:
-    missing = [key for key in (*spec.text_keys, "label") if key not in record]
-    if missing:
-        raise DataFormatError(source, line, f"missing field(s) {missing}")
-    example: dict[str, Any] = {}
-    for key in spec.text_keys:
-        text = record[key]
-        if not isinstance(text, str) or not text.strip():
-            raise DataFormatError(source, line, f"empty or non-text field {key!r}")
-        example[key] = text
-    try:
-        example["label"] = parse_label(record["label"], spec)
-    except ValueError as err:
-        raise DataFormatError(source, line, str(err)) from None
+    """``tasks.make_example`` with this task's labels; ``idx`` from the record, else the row."""
     idx = record.get("idx", row)
-    example["idx"] = int(idx) if isinstance(idx, (int, np.integer)) else row
-    return example
+    idx = int(idx) if isinstance(idx, (int, np.integer)) and not isinstance(idx, bool) else row
+    return make_example(record, spec, idx, source, line, lambda raw: parse_label(raw, spec))
 
 
 def _read_jsonl(path: pathlib.Path, spec: FewGlueTask) -> list[dict[str, Any]]:

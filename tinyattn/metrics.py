@@ -4,6 +4,7 @@
 * stsb: Pearson and Spearman correlation of predictions clipped to [0, 5], and their mean
 * mrpc, qqp: accuracy and F1 of the positive class, and their mean
 * sst2, mnli, qnli, rte: accuracy
+* fewrte: accuracy; fewcb: accuracy, macro-F1 and their mean (PET's CB score; ``fewglue_metrics``)
 
 Degenerate inputs give 0.0 instead of NaN: a constant prediction (or constant labels) has Matthews,
 Pearson and Spearman correlation 0.0, and F1 is 0.0 when nothing is predicted or labelled positive.
@@ -93,6 +94,10 @@ def compute_metrics(task: str | TaskSpec, predictions: Any, labels: Any) -> dict
         pearson = _correlation(pearsonr, preds, gold)
         spearman = _correlation(spearmanr, preds, gold)
         return {"pearson": pearson, "spearman": spearman, "combined": (pearson + spearman) / 2}
+    if spec.source == "fewglue":  # few-shot RTE / CB: PET's metrics (CB: accuracy, macro-F1, mean)
+        from tinyattn.fewglue import fewglue_metrics
+
+        return fewglue_metrics(spec.hub_config, preds, gold)
     out = {"accuracy": float(accuracy_score(gold, preds))}
     if spec.name == "cola":
         mcc = float(matthews_corrcoef(gold, preds))

@@ -35,6 +35,9 @@ TASK_SIZES = {  # task: (train examples, dev examples, mean train tokens, mean d
     "qnli": (104743, 5463, 51.2, 51.2),
     "mnli": (392702, 9815, 39.0, 39.0),
     "qqp": (363846, 40430, 30.0, 30.0),
+    # few-shot: the 32 FewGLUE training examples, SuperGLUE val (``tasks.FEWSHOT_TASKS``)
+    "fewrte": (32, 277, 73.2, 68.2),
+    "fewcb": (32, 56, 87.2, 93.3),
 }
 # Training throughput in real tokens per second, per method (forward + backward + optimiser step), as
 # the study runs: one core per run, two runs at a time (`--jobs 2`). Calibrated on the `tune` and `cpu`

@@ -38,7 +38,7 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     scheduler: str = "linear"
     max_grad_norm: float = 1.0
-    evals_per_epoch: int = 1
+    evals_per_epoch: int = 1  # 0: evaluate once, after the last step (no curve, nothing to select)
     select_metric: str | None = None  # default: the task's main GLUE metric
     seed: int = 42
     progress: bool = True
@@ -48,9 +48,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULES:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {SCHEDULES}")
-        for name in ("learning_rate", "epochs", "batch_size", "eval_batch_size", "evals_per_epoch"):
+        for name in ("learning_rate", "epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.evals_per_epoch < 0:
+            raise ValueError(f"evals_per_epoch must be >= 0, got {self.evals_per_epoch!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
 
