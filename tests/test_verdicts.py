@@ -219,6 +219,8 @@ def test_c3_not_established_says_whether_anything_favours_context():
     text = verdicts.c3(none_ahead, True)
     assert "Nothing here shows context helping" in text
     assert "ten times the parameters are resolvably better" in text
+    # each line gives the sign test beside the interval, with Holm's p over C3's three comparisons
+    assert "ahead in 0 of 10 pairs, Holm p = 0.006)" in text.splitlines()[-1]
     assert verdicts.headline(text) == "C3 is not established on MiniLM-L6"
     one_ahead = comparison(
         "tinyattn_e1", tinyattn_self=AHEAD, bottleneck_matched=MIXED, bottleneck_10x=BEHIND
@@ -330,3 +332,49 @@ def test_ranges_apart_needs_every_process_faster():
     before = pd.Series([1.30, 1.45, 1.38])
     assert verdicts.ranges_apart(before, pd.Series([1.10, 1.25])) == "ranges that do not overlap"
     assert verdicts.ranges_apart(before, pd.Series([1.10, 1.30])).startswith("ranges that overlap")
+
+
+# ----------------------------------------------------------------------------- C4
+def _few_runs(scores: dict[str, list[float]], method: str = "tinyattn_e1") -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"task": task, "method": method, "seed": seed, "score": score}
+            for task, values in scores.items()
+            for seed, score in enumerate(values)
+        ]
+    )
+
+
+C4_BASELINES = {"fewrte": {"majority": 47.3, "random": 50.0}, "fewcb": {"majority": 20.0}}
+C4_REFS = {"fewrte": {"GPT-3": 69.0, "PET": 69.8}, "fewcb": {"GPT-3": 63.8, "PET": 72.25}}
+
+
+def test_c4_without_cloze_runs_cannot_decide_and_names_the_deciding_run():
+    offline = _few_runs({"fewrte": [50.0, 46.0, 55.0], "fewcb": [30.0, 10.0]})
+    text = verdicts.c4(offline, C4_BASELINES, C4_REFS, cloze=None)
+    assert text.startswith("**C4 cannot be decided here.**")
+    assert "fewrte 50.3 ± 4.5 against a majority class of 47.3 (above it on 2 of 3 seeds)" in text
+    assert "fewcb 20.0 ± 14.1 against a majority class of 20.0 (above it on 1 of 2 seeds)" in text
+    assert "`tinyattn study --profile fewglue` on a GPU with Hub access" in text
+    assert "no finished run yet" in verdicts.c4(offline.iloc[:0], C4_BASELINES, C4_REFS)
+    partial = verdicts.c4(offline, C4_BASELINES, C4_REFS, complete=False)
+    assert partial.startswith(verdicts.PROVISIONAL)
+
+
+def test_c4_with_cloze_runs_judges_each_task_against_the_lower_reference():
+    offline = _few_runs({"fewrte": [50.0]})
+    close = _few_runs({"fewrte": [66.0, 65.0], "fewcb": [60.0, 59.0]})  # bars 69.0 and 63.8
+    text = verdicts.c4(offline, C4_BASELINES, C4_REFS, cloze=close)
+    assert text.startswith("**C4 is supported**")
+    assert "fewrte 65.5 ± 0.7 (GPT-3 69.0, PET 69.8)" in text and "crosses splits" in text
+    edge = _few_runs({"fewrte": [64.0], "fewcb": [58.8]})  # exactly 5 points below: still close
+    assert verdicts.c4(offline, C4_BASELINES, C4_REFS, cloze=edge).startswith("**C4 is supported")
+    low = _few_runs({"fewrte": [63.9], "fewcb": [70.0]})
+    text = verdicts.c4(offline, C4_BASELINES, C4_REFS, cloze=low)
+    assert text.startswith("**C4 is not supported**") and "on fewrte 63.9" in text
+    assert "fewcb" not in text.split("below the lower")[1].split(". ")[0]
+    one_task = _few_runs({"fewrte": [70.0]})
+    text = verdicts.c4(offline, C4_BASELINES, C4_REFS, cloze=one_task)
+    assert text.startswith("**C4 cannot be decided yet**") and "on fewcb." in text
+    other_method = _few_runs({"fewrte": [70.0], "fewcb": [70.0]}, method="lora")
+    assert "cannot be decided yet" in verdicts.c4(offline, C4_BASELINES, C4_REFS, other_method)
