@@ -126,6 +126,33 @@ FEWGLUE_TASKS: dict[str, FewGlueTask] = {
 }
 
 
+#: Published FewGLUE results (32 training examples), Schick & Schütze (NAACL 2021), Table 1: the
+#: SuperGLUE *test* set (scored by the leaderboard), not the val set this project evaluates on. GPT-3:
+#: 175 B parameters, primed with 32 examples (Brown et al. 2020); PET / iPET: ALBERT-xxlarge-v2.
+#: RTE accuracy; CB accuracy / macro-F1 and, as ``combined``, their mean.
+PUBLISHED = {
+    "citation": "Schick & Schütze (2021), Table 1",
+    "split": "SuperGLUE test",
+    "rows": {
+        "GPT-3": {"rte": {"accuracy": 69.0}, "cb": {"accuracy": 75.6, "f1_macro": 52.0}},
+        "PET": {"rte": {"accuracy": 69.8}, "cb": {"accuracy": 85.1, "f1_macro": 59.4}},
+        "iPET": {"rte": {"accuracy": 74.0}, "cb": {"accuracy": 92.4, "f1_macro": 72.0}},
+    },
+}
+
+
+def published_scores() -> dict[str, dict[str, float]]:
+    """task -> {system: score}: each published row's main metric (RTE accuracy, CB combined)."""
+    out: dict[str, dict[str, float]] = {}
+    for system, tasks in PUBLISHED["rows"].items():
+        for task, scores in tasks.items():
+            if "f1_macro" in scores:
+                scores = {**scores, "combined": (scores["accuracy"] + scores["f1_macro"]) / 2}
+            main = FEWGLUE_TASKS[task].main_metric
+            out.setdefault(task, {})[system] = scores[main]
+    return out
+
+
 def get_fewglue_task(name: str | FewGlueTask) -> FewGlueTask:
     """The spec of a FewGLUE task, case-insensitive (``"RTE"``, ``"cb"``, ``"BoolQ"``)."""
     if isinstance(name, FewGlueTask):
