@@ -443,13 +443,13 @@ def c4(
                 f"{task} {_spread(rows['score'])} against a majority class of {floor:.1f} "
                 f"(above it on {above} of {len(rows)} seeds)"
             )
-        seen = "; ".join(parts) if parts else "no finished run yet"
+        seen = "gives tiny attention " + "; ".join(parts) if parts else "has no finished run yet"
         return (
             f"{prefix}**C4 cannot be decided here.** The claim is about the PET-style cloze protocol on "
             "a large masked LM (the authors: ALBERT-xxlarge-v2), compared with GPT-3 and PET; no run "
             "of that protocol is in the records, because the offline backbone has no masked-LM head "
             "and no hub can be reached. The offline substitute (a classification head on MiniLM-L6, "
-            f"the same 32 examples) gives tiny attention {seen}: a different protocol on a "
+            f"the same 32 examples) {seen}: a different protocol on a "
             "22 M-parameter encoder, which cannot say whether tiny attention matches GPT-3 or PET. "
             f"The run that decides it: {C4_DECIDING_RUN}."
         )

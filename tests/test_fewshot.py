@@ -1,0 +1,278 @@
+"""The few-shot protocol in the study (claim C4): task specs, the protocol field of a run, the two
+profiles, the few-shot classification run on the packaged backbone, the chapter and the Colab notebook.
+
+The cloze protocol's own mechanics (and its dispatch through ``experiment.run``) are tested in
+``tests/test_cloze.py`` on tiny random masked LMs; everything here runs in the core environment too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+from tinyattn import data, fewshot, tasks
+from tinyattn.experiment import RunParams, run
+from tinyattn.fewglue import PUBLISHED, fewglue_metrics, published_scores
+from tinyattn.metrics import compute_metrics
+from tinyattn.profiles import load_profile
+from tinyattn.train import TrainConfig
+from tinyattn.tuning import planned_runs
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("TINYATTN_DATA_DIR", REPO.parent / "shared" / "data"))
+HAS_DATA = (DATA / "fewglue" / "CB" / "train.jsonl").is_file()
+needs_data = pytest.mark.skipif(not HAS_DATA, reason="no local FewGLUE data (TINYATTN_DATA_DIR)")
+
+
+# ----------------------------------------------------------------------------- tasks
+def test_few_shot_tasks_sit_beside_glue_and_data_re_exports_the_specs():
+    assert data.TaskSpec is tasks.TaskSpec and data.get_task is tasks.get_task
+    assert data.DataFormatError is tasks.DataFormatError and data.make_example is tasks.make_example
+    assert set(data.GLUE_TASKS) == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"}
+    rte, cb = data.get_task("few-rte"), data.get_task("FewCB")
+    assert (rte.name, rte.hub_config, rte.source, rte.metric) == (
+        "fewrte",
+        "rte",
+        "fewglue",
+        "accuracy",
+    )
+    assert (cb.num_labels, cb.metric, cb.label_names[2]) == (3, "combined", "neutral")
+    assert data.get_task("rte").source == "glue"
+    with pytest.raises(
+        ValueError, match="unknown GLUE task 'fewboolq'.*few-shot tasks: fewrte, fewcb"
+    ):
+        data.get_task("fewboolq")
+
+
+@needs_data
+def test_few_shot_tasks_load_through_the_glue_loader(monkeypatch):
+    monkeypatch.setenv("TINYATTN_DATA_DIR", str(DATA))
+    sizes = {("fewrte", "train"): 32, ("fewrte", "validation"): 277, ("fewrte", "dev32"): 32}
+    sizes |= {("fewcb", "train"): 32, ("fewcb", "dev"): 56, ("fewcb", "dev32"): 32}
+    for (task, split), n in sizes.items():
+        rows = data.load_glue_task(task, split)
+        assert len(rows) == n and set(rows[0]) == {"premise", "hypothesis", "label", "idx"}
+    with pytest.raises(ValueError, match="unknown split 'test' of few-shot task 'fewcb'"):
+        data.load_glue_task("fewcb", "test")
+
+
+def test_one_make_example_serves_both_loaders():
+    spec = data.get_task("mrpc")
+    row = {"sentence1": "a", "sentence2": "b", "label": "1"}
+    assert data.make_example(row, spec, 7, "f.tsv", 3) == {**row, "label": 1, "idx": 7}
+    with pytest.raises(
+        data.DataFormatError, match=r"f.tsv: line 3: missing field\(s\) \['sentence2'\]"
+    ):
+        data.make_example({"sentence1": "a", "label": 0}, spec, 0, "f.tsv", 3)
+    with pytest.raises(data.DataFormatError, match="line 4: empty or missing text for 'sentence1'"):
+        data.make_example({**row, "sentence1": "  "}, spec, 0, "f.tsv", 4)
+    parsed = data.make_example(row, spec, 0, "x", 1, label_parser=lambda raw: 42)
+    assert parsed["label"] == 42
+
+
+def test_cb_is_scored_as_pet_reports_it():
+    preds, gold = [0, 1, 2, 0], [0, 1, 1, 2]
+    # per class F1: 0 -> 2/3 (P 1/2, R 1), 1 -> 2/3 (P 1, R 1/2), 2 -> 0; accuracy 1/2
+    scores = compute_metrics("fewcb", preds, gold)
+    assert scores["accuracy"] == 0.5
+    assert scores["f1_macro"] == pytest.approx(4 / 9)
+    assert scores["combined"] == pytest.approx((0.5 + 4 / 9) / 2)
+    assert scores == fewglue_metrics("cb", preds, gold)
+    assert compute_metrics("fewrte", [0, 1, 1], [0, 1, 0]) == {"accuracy": pytest.approx(2 / 3)}
+
+
+def test_published_rows_keep_their_source_and_split():
+    assert PUBLISHED["split"] == "SuperGLUE test" and "Schick" in PUBLISHED["citation"]
+    scores = published_scores()
+    assert scores["rte"] == {"GPT-3": 69.0, "PET": 69.8, "iPET": 74.0}
+    assert scores["cb"]["PET"] == pytest.approx((85.1 + 59.4) / 2)
+    assert fewshot.published()["fewcb"] == scores["cb"]
+    table = fewshot.published_table()
+    assert list(table.index) == ["GPT-3", "PET", "iPET"]
+    assert set(table["split"]) == {"SuperGLUE test"}
+
+
+# ----------------------------------------------------------------------------- the protocol field
+def test_the_default_protocol_is_left_out_of_the_run_id():
+    plain = RunParams(task="rte", method="lora", seed=13)
+    assert "protocol" not in plain.identity() and "protocol_options" not in plain.identity()
+    cloze = RunParams(task="fewrte", method="tinyattn", protocol="cloze", batch_size=1, epochs=20)
+    assert cloze.protocol_options == {
+        "loss": "mlm",
+        "variant": "authors",
+        "decay_all": True,
+        "select_on": None,
+    }
+    assert cloze.identity()["protocol"] == "cloze"
+    classified = RunParams(task="fewrte", method="tinyattn", batch_size=1, epochs=20)
+    assert cloze.run_id != classified.run_id
+    other = RunParams(
+        task="fewrte", method="tinyattn", protocol="cloze", batch_size=1, epochs=20,
+        protocol_options={"variant": "adapter_only"},
+    )  # fmt: skip
+    assert other.run_id != cloze.run_id
+    assert RunParams.from_dict(json.loads(json.dumps(cloze.__dict__))).run_id == cloze.run_id
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"protocol": "prompt"}, "unknown protocol 'prompt'; choose one of"),
+        ({"protocol": "cloze", "task": "rte"}, "needs a few-shot task with a pattern"),
+        ({"protocol": "cloze", "protocol_options": {"lr": 1}}, r"unknown cloze protocol option\(s\) \['lr'\]"),
+        ({"protocol": "cloze", "protocol_options": {"select_on": "val"}}, "select_on must be None or 'dev32'"),
+        ({"protocol_options": {"loss": "mlm"}}, "the classification protocol has none"),
+        ({"protocol": "cloze", "max_train_samples": 16}, r"does not support \['max_train_samples'\]"),
+        ({"protocol": "cloze", "heldout_fraction": 0.5}, r"does not support \['heldout_fraction'\]"),
+        ({"protocol": "cloze", "epochs": 2.5}, "trains whole epochs"),
+    ],
+)  # fmt: skip
+def test_bad_protocol_settings_are_named(settings, message):
+    with pytest.raises(ValueError, match=message):
+        RunParams(**{"task": "fewcb", "method": "tinyattn", **settings})
+
+
+def test_one_evaluation_after_the_last_step_is_a_setting():
+    assert TrainConfig(evals_per_epoch=0).evals_per_epoch == 0
+    with pytest.raises(ValueError, match="evals_per_epoch must be >= 0"):
+        TrainConfig(evals_per_epoch=-1)
+
+
+def test_the_training_notebook_declares_the_protocol_parameters():
+    papermill = pytest.importorskip("papermill")
+    declared = papermill.inspect_notebook(str(REPO / "notebooks" / "train.ipynb"))
+    assert declared["protocol"]["default"] == '"classification"'
+    assert declared["protocol_options"]["default"] == "{}"
+
+
+# ----------------------------------------------------------------------------- profiles
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test: a dry run must download nothing."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dry run tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_the_fewglue_dry_run_plans_the_authors_recipe_offline(no_network, capsys):
+    from tinyattn.cli import main
+
+    assert main(["study", "--profile", "fewglue", "--dry-run", "--json"]) in (0, None)
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["profile"] == "fewglue" and plan["tuning"] is None
+    assert {r["task"] for r in plan["runs"]} == {"fewrte", "fewcb"}
+    assert len({r["seed"] for r in plan["runs"]}) >= 3
+    assert {r["method"] for r in plan["runs"]} == {"tinyattn", "tinyattn_adapter_only"}
+    runs = planned_runs("fewglue")
+    assert [r.run_id for r in runs] == [r["run_id"] for r in plan["runs"]]
+    for params in runs:
+        assert params.backbone == "albert-xxlarge-v2" and params.protocol == "cloze"
+        assert (params.learning_rate, params.batch_size, params.epochs) == (1e-3, 1, 20)
+        assert (params.scheduler, params.warmup_ratio, params.weight_decay) == (
+            "constant",
+            0.0,
+            0.02,
+        )
+        assert params.protocol_options["loss"] == "mlm"
+        assert params.method == "tinyattn" and params.method_options["experts"] == 1
+        variant = "authors" if params.label == "tinyattn" else "adapter_only"
+        assert params.protocol_options["variant"] == variant
+
+
+def test_the_offline_substitute_runs_every_method_of_the_cpu_study():
+    pytest.importorskip("adapters")  # the bottleneck and prefix baselines
+    profile, cpu = load_profile("fewglue_minilm"), load_profile("cpu")
+    assert set(profile["methods"]) == set(cpu["methods"])
+    assert set(profile["tasks"]) == {"fewrte", "fewcb"} and len(profile["seeds"]) >= 5
+    runs = planned_runs("fewglue_minilm")
+    assert len(runs) == len(profile["methods"]) * len(profile["seeds"]) * 2
+    cpu_rates = {r.label: r.learning_rate for r in planned_runs("cpu")}
+    for params in runs:
+        assert params.backbone == "minilm-l6" and params.protocol == "classification"
+        assert params.learning_rate == cpu_rates[params.label]  # tuned on SST-2, never on val
+        assert params.evals_per_epoch == 0 and params.max_train_samples is None
+        assert params.heldout_fraction is None
+
+
+# ----------------------------------------------------------------------------- one run
+@needs_data
+def test_a_few_shot_classification_run_records_its_floors(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYATTN_DATA_DIR", str(DATA))
+    params = RunParams(
+        task="fewcb", method="head_only", seed=3, epochs=1.0, batch_size=16,
+        evals_per_epoch=0, out_dir=str(tmp_path), progress=False,
+    )  # fmt: skip
+    record, _ = run(params)
+    assert record["train_examples"] == 32 and record["eval_examples"] == 56
+    assert len(record["evaluations"]) == 1 and record["best"] == record["final"]
+    assert record["select_metric"] == "combined"
+    assert set(record["final"]["metrics"]) == {"accuracy", "f1_macro", "combined"}
+    # CB train: 19 entailment, 10 contradiction, 3 neutral -> the majority class is entailment (id 0)
+    val = [row["label"] for row in data.load_glue_task("fewcb", "validation")]
+    majority = record["baselines"]["majority"]
+    assert majority["accuracy"] == pytest.approx(val.count(0) / len(val))
+    assert record["baselines"]["random"]["accuracy"] == pytest.approx(1 / 3)
+    assert json.loads((tmp_path / f"{params.run_id}.json").read_text())["status"] == "done"
+
+
+def test_the_chapter_tables_read_the_records(tmp_path):
+    record = {"status": "done", "task": "fewcb", "run_id": "fewcb-x", "record_version": 1}
+    floors = {"majority": {"combined": 0.3}, "random": {"combined": 0.33}}
+    for i in range(2):
+        (tmp_path / f"fewcb-{i}.json").write_text(
+            json.dumps({**record, "run_id": f"fewcb-{i}", "baselines": floors})
+        )
+    found = fewshot.floors(str(tmp_path), ["fewcb-0", "fewcb-1"])
+    assert found == {"fewcb": {"majority": pytest.approx(30.0), "random": pytest.approx(33.0)}}
+    table = pd.DataFrame(
+        {"task": ["fewcb"] * 3, "method": ["lora", "lora", "bitfit"], "seed": [1, 2, 1],
+         "score": [40.0, 50.0, 35.0]}
+    )  # fmt: skip
+    summary = fewshot.summary(table, found)
+    assert summary.loc["lora", "fewcb"] == "45.0 ± 7.1 (2)"
+    assert summary.loc["bitfit", "fewcb"] == "35.0 ± nan (1)"
+    assert summary.loc["majority class", "fewcb"] == "30.0"
+    assert fewshot.best_method(table, "fewcb") == ("lora", 45.0)
+
+
+# ----------------------------------------------------------------------------- book and Colab
+def test_the_chapter_follows_the_heads_chapter_and_hides_its_plumbing():
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    assert files[files.index("book/heads") + 1] == "book/fewshot"
+    chapter = nbformat.read(REPO / "book" / "fewshot.ipynb", as_version=4)
+    assert chapter.cells[0].source.startswith("# Few-shot: claim C4")
+    assert "{glue:md}`c4_opening`" in chapter.cells[1].source
+    for cell in chapter.cells:
+        if cell.cell_type == "code":
+            assert {"hide-input", "remove-cell"} & set(cell.metadata.get("tags", [])), cell.source
+        assert not cell.get("outputs"), "chapters are stored without outputs"
+    assert "verdicts.c4(" in "".join(c.source for c in chapter.cells)
+
+
+def test_the_colab_notebook_has_a_well_formed_parameters_cell():
+    papermill = pytest.importorskip("papermill")
+    path = REPO / "notebooks" / "fewglue_colab.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    values: dict = {}
+    exec(cell.source, values)  # plain assignments only
+    assert values["profile"] == "fewglue" and values["out_dir"] == "results/runs"
+    assert (REPO / "profiles" / f"{values['profile']}.yaml").is_file()
+    declared = papermill.inspect_notebook(str(path))
+    assert {"profile", "tasks", "methods", "seeds", "max_runs", "out_dir"} <= set(declared)
+    source = "".join(c.source for c in notebook.cells)
+    assert '"pip", "install", "-q", "-U", "pip"' in source  # as the training notebook: pip first
+    assert "from tinyattn.experiment import run" in source
+    toc = (REPO / "_toc.yml").read_text()  # not a chapter, so the book never executes it
+    assert "fewglue_colab" not in toc

@@ -1,0 +1,86 @@
+"""The few-shot chapter's numbers (claim C4), read from the records: runs, floors, published rows.
+
+* ``scores(study)``: one row per finished run (task, method, seed, score = the reported val score x100);
+* ``floors(records)``: each task's majority-class and random-guess scores, as the runs recorded them;
+* ``summary(scores, floors)``: mean ± std over seeds per method and task, beside the floors;
+* ``published()``: the GPT-3 / PET / iPET rows (Schick & Schütze 2021, *test* set), per few-shot task;
+* ``best_method(scores, task)``: the highest mean over seeds on a task.
+
+A few-shot task of the study (``fewrte``, ``fewcb``) is the FewGLUE task ``rte`` / ``cb`` of
+``tinyattn.fewglue``; scores are on the main metric (RTE accuracy, CB the mean of accuracy and macro-F1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pandas as pd
+
+from tinyattn.fewglue import PUBLISHED, published_scores
+from tinyattn.records import read_records
+from tinyattn.study import ProfileRuns
+from tinyattn.tasks import FEWSHOT_TASKS
+
+SCALE = 100.0
+
+
+def scores(study: ProfileRuns) -> pd.DataFrame:
+    """task, method (the profile's label), seed and score (the kept weights' val score x100)."""
+    columns = ["run_id", "task", "method", "seed", "score"]
+    if study.runs.empty:
+        return pd.DataFrame(columns=columns)
+    return study.runs.assign(score=study.runs["final_score"])[columns]
+
+
+def floors(runs_dir: str, run_ids: Iterable[str]) -> dict[str, dict[str, float]]:
+    """task -> {"majority": ..., "random": ...} (main metric x100) from the runs' own ``baselines``;
+    every run of a task must agree (same training and evaluation labels)."""
+    out: dict[str, dict[str, float]] = {}
+    for record in read_records(runs_dir, run_ids=run_ids):
+        task, metric = record["task"], FEWSHOT_TASKS[record["task"]].metric
+        found = {name: SCALE * values[metric] for name, values in record["baselines"].items()}
+        if out.setdefault(task, found) != found:
+            raise ValueError(f"runs of {task} recorded different baselines: {out[task]}, {found}")
+    return out
+
+
+def summary(table: pd.DataFrame, task_floors: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """Mean ± std over seeds (and the number of seeds) per method and task, then the two floors."""
+    rows = {}
+    for (method, task), group in table.groupby(["method", "task"], sort=False):
+        std = group["score"].std(ddof=1) if len(group) > 1 else float("nan")
+        rows.setdefault(method, {})[task] = (
+            f"{group['score'].mean():.1f} ± {std:.1f} ({len(group)})"
+        )
+    for name in ("majority", "random"):
+        rows[f"{name} class" if name == "majority" else "random guess"] = {
+            task: f"{values[name]:.1f}" for task, values in task_floors.items()
+        }
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    return frame[[t for t in FEWSHOT_TASKS if t in frame.columns]]
+
+
+def published() -> dict[str, dict[str, float]]:
+    """few-shot task -> {system: published main-metric score} (their *test* set)."""
+    by_fewglue = published_scores()
+    return {name: by_fewglue[spec.hub_config] for name, spec in FEWSHOT_TASKS.items()}
+
+
+def published_table() -> pd.DataFrame:
+    """The published rows as printed (RTE accuracy; CB accuracy / macro-F1), with their source."""
+    rows = {}
+    for system, tasks in PUBLISHED["rows"].items():
+        cb = tasks["cb"]
+        rows[system] = {
+            "RTE acc.": f"{tasks['rte']['accuracy']:.1f}",
+            "CB acc. / F1": f"{cb['accuracy']:.1f} / {cb['f1_macro']:.1f}",
+            "split": PUBLISHED["split"],
+            "source": PUBLISHED["citation"],
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def best_method(table: pd.DataFrame, task: str) -> tuple[str, float]:
+    """The method with the highest mean score on ``task``, and that mean."""
+    means = table[table["task"] == task].groupby("method")["score"].mean()
+    return str(means.idxmax()), float(means.max())
