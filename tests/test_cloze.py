@@ -482,3 +482,50 @@ def test_run_cloze_end_to_end_on_the_real_files(fewglue_data, tokenizers_):
     assert record["baselines"]["majority"]["accuracy"] == pytest.approx(131 / 277)
     assert record["baselines"]["random"]["accuracy"] == 0.5
     assert set(record["final"]["metrics"]) == {"val", "dev32"}
+
+
+# ----------------------------------------------------------------------------- through experiment.run
+def test_a_cloze_run_through_the_study_writes_an_ordinary_record(fewglue_data, tmp_path):
+    """``RunParams(protocol="cloze")``: a saved masked LM (a folder, as a Hub id would be), the real
+    FewGLUE files, and the record in the format every other run has (its id reproduces)."""
+    if fewglue_data is None:
+        pytest.skip("no local FewGLUE data (set TINYATTN_DATA_DIR)")
+    import json
+    import os
+    from pathlib import Path
+
+    from tinyattn.experiment import RunParams, run
+    from tinyattn.records import read_record
+
+    texts = [TOY] + [e["premise"] + " " + e["hypothesis"] for e in fewglue_data[("cb", "train")]]
+    tokenizer = make_tokenizer("albert", texts, tmp_path)
+    folder = tmp_path / "albert"
+    tiny_mlm("albert", len(tokenizer), max_positions=256).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    root = Path(os.environ.get("TINYATTN_DATA_DIR", Path(__file__).parents[2] / "shared" / "data"))
+    params = RunParams(
+        task="fewcb", method="tinyattn", backbone=str(folder), seed=5, epochs=2, batch_size=8,
+        learning_rate=1e-3, scheduler="constant", weight_decay=0.02, max_length=128,
+        protocol="cloze", protocol_options={"select_on": "dev32"}, data_dir=str(root),
+        out_dir=str(tmp_path / "runs"), progress=False,
+    )  # fmt: skip
+    record, model = run(params)
+    assert isinstance(model, ClozeModel) and model.variant == "authors"
+    saved = read_record(tmp_path / "runs" / f"{params.run_id}.json")
+    assert saved["status"] == "done" and saved["protocol"] == "cloze"
+    assert RunParams.from_dict(saved["params"]).run_id == saved["run_id"] == params.run_id
+    assert saved["select_metric"] == "combined" and saved["eval_split"] == "val"
+    assert saved["train_examples"] == 32 and saved["eval_examples"] == 56
+    assert [e["epoch"] for e in saved["evaluations"]] == [1, 2] and saved["steps"] == 8
+    for entry in saved["evaluations"]:
+        assert entry["metrics"] == entry["metrics_by_split"]["val"]
+        assert set(entry["metrics"]) == {"accuracy", "f1_macro", "combined"}
+    dev32 = [e["metrics_by_split"]["dev32"]["combined"] for e in saved["evaluations"]]
+    assert saved["best"] in saved["evaluations"] and saved["kept_weights"] == "best dev32 epoch"
+    assert saved["best"]["metrics_by_split"]["dev32"]["combined"] == max(dev32)
+    assert saved["final"] == saved["evaluations"][-1]
+    counts = saved["params_count"]
+    assert counts["trainable_params"] == counts["cloze"]["authors"] > counts["cloze"]["method"] > 0
+    assert saved["baselines"]["majority"]["accuracy"] == pytest.approx(23 / 56)  # entailment
+    assert saved["config"]["weight_decay"] == 0.02 and saved["config"]["loss"] == "mlm"
+    json.dumps(saved)  # the record is plain JSON

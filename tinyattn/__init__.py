@@ -14,7 +14,8 @@ Models, data, metrics
     ``model``         backbones (the packaged MiniLM-L6 offline) and ``EncoderClassifier``.
     ``methods``       the method registry: tiny attention and the baselines (peft, adapters).
     ``checkpoint``    adapter-only save and load, refusing another backbone.
-    ``data``          GLUE task specs and loading (local folder or Hub); ``batching`` encodes and batches.
+    ``tasks``         task specs (GLUE, and FewGLUE RTE / CB as few-shot classification tasks).
+    ``data``          GLUE loading (local folder or Hub); ``batching`` encodes and batches.
     ``fewglue``       FewGLUE / SuperGLUE data and the cloze pattern; ``cloze`` the PET-style protocol.
     ``metrics``       GLUE metrics and majority-class baselines.
 
@@ -33,6 +34,7 @@ Results
     ``aggregate``     records -> tables, curves, paired comparisons.
     ``stats``         the declared statistics: intervals, sign test, Holm, collapsed runs.
     ``verdicts``      the rules that turn comparisons into verdicts on the paper's claims.
+    ``fewshot``       the few-shot chapter's numbers (claim C4) from the records.
     ``report``        the tables and sentences the chapters show; ``claims`` those of the claim
                       chapters' declared comparisons; ``bench_report`` the numbers of a benchmark.
     ``datasets_summary`` split sizes and majority-class scores, recorded for the book.

@@ -4,7 +4,8 @@
 * ``floors(records)``: each task's majority-class and random-guess scores, as the runs recorded them;
 * ``summary(scores, floors)``: mean ± std over seeds per method and task, beside the floors;
 * ``published()``: the GPT-3 / PET / iPET rows (Schick & Schütze 2021, *test* set), per few-shot task;
-* ``best_method(scores, task)``: the highest mean over seeds on a task.
+* ``best_method(scores, task)``: the highest mean over seeds on a task;
+* ``figure`` and ``opening``: the chapter's figure and first sentence.
 
 A few-shot task of the study (``fewrte``, ``fewcb``) is the FewGLUE task ``rte`` / ``cb`` of
 ``tinyattn.fewglue``; scores are on the main metric (RTE accuracy, CB the mean of accuracy and macro-F1).
@@ -84,3 +85,59 @@ def best_method(table: pd.DataFrame, task: str) -> tuple[str, float]:
     """The method with the highest mean score on ``task``, and that mean."""
     means = table[table["task"] == task].groupby("method")["score"].mean()
     return str(means.idxmax()), float(means.max())
+
+
+def figure(table: pd.DataFrame, task_floors: dict[str, dict[str, float]], order: list[str]):
+    """One panel per task: each method's scores (a dot per seed, a bar at the mean) in ``order``,
+    the majority-class (dashed) and random-guess (dotted) floors across."""
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in FEWSHOT_TASKS if t in set(table["task"])]
+    fig, axes = plt.subplots(
+        1, max(1, len(tasks)), figsize=(5.5 * max(1, len(tasks)), 4.2), squeeze=False
+    )
+    for ax, task in zip(axes[0], tasks):
+        rows = table[table["task"] == task]
+        names = [m for m in order if m in set(rows["method"])]
+        means = rows.groupby("method")["score"].mean().reindex(names)
+        ax.bar(range(len(names)), means.values, color="#c9d6e8")
+        for i, name in enumerate(names):
+            values = rows.loc[rows["method"] == name, "score"]
+            ax.plot([i] * len(values), values, "o", color="#1f4e8c", ms=3)
+        ax.axhline(task_floors[task]["majority"], ls="--", color="k", lw=1, label="majority class")
+        ax.axhline(task_floors[task]["random"], ls=":", color="k", lw=1, label="random guess")
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_title(task)
+        ax.set_ylabel("val score ×100")
+    if tasks:
+        axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def opening(
+    headline: str,
+    table: pd.DataFrame,
+    task_floors: dict[str, dict[str, float]],
+    method: str,
+    authors_done: int,
+) -> str:
+    """The chapter's first sentence: the verdict's gist and its strongest number."""
+    mine = table[table["method"] == method]
+    parts = [
+        f"{rows.mean():.1f} on {task} (majority class {task_floors[task]['majority']:.1f})"
+        for task in FEWSHOT_TASKS
+        if not (rows := mine.loc[mine["task"] == task, "score"]).empty
+    ]
+    if authors_done:
+        return f"**{headline}** (the `fewglue` profile's runs against the published rows below)."
+    offline = (
+        "offline, with a classification head on MiniLM-L6, tiny attention scores "
+        + " and ".join(parts)
+        if parts
+        else "no run of the offline substitute has finished yet"
+    )
+    return (
+        f"**{headline}**: the authors' cloze protocol needs a masked-LM backbone that this offline "
+        f"machine lacks; {offline}, a different protocol that cannot be set against GPT-3 or PET."
+    )
