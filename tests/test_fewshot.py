@@ -176,7 +176,7 @@ def test_the_fewglue_dry_run_plans_the_authors_recipe_offline(no_network, capsys
     runs = planned_runs("fewglue")
     assert [r.run_id for r in runs] == [r["run_id"] for r in plan["runs"]]
     for params in runs:
-        assert params.backbone == "albert-xxlarge-v2" and params.protocol == "cloze"
+        assert params.backbone == "albert/albert-xxlarge-v2" and params.protocol == "cloze"
         assert (params.learning_rate, params.batch_size, params.epochs) == (1e-3, 1, 20)
         assert (params.scheduler, params.warmup_ratio, params.weight_decay) == (
             "constant",
