@@ -276,3 +276,23 @@ def test_the_colab_notebook_has_a_well_formed_parameters_cell():
     assert "from tinyattn.experiment import run" in source
     toc = (REPO / "_toc.yml").read_text()  # not a chapter, so the book never executes it
     assert "fewglue_colab" not in toc
+
+
+def test_the_opening_sentence_gives_the_gist_and_tiny_attentions_scores():
+    table = pd.DataFrame(
+        {"task": ["fewcb", "fewcb", "fewrte"], "method": ["tinyattn_e1", "tinyattn_e1", "lora"],
+         "seed": [1, 2, 1], "score": [60.0, 70.0, 50.0]}
+    )  # fmt: skip
+    floors = {"fewcb": {"majority": 30.2}, "fewrte": {"majority": 47.3}}
+    text = fewshot.opening(
+        "provisional: C4 cannot be decided here", table, floors, "tinyattn_e1", 0
+    )
+    assert text.startswith(
+        "**Provisional: C4 cannot be decided here**: the authors' cloze protocol"
+    )
+    assert "tiny attention scores 65.0 on fewcb (majority class 30.2)," in text
+    assert "fewrte" not in text  # no tiny-attention run there
+    empty = fewshot.opening("C4 cannot be decided here", table.iloc[:0], floors, "tinyattn_e1", 0)
+    assert "no run of the offline substitute has finished yet" in empty
+    done = fewshot.opening("C4 is supported", table, floors, "tinyattn_e1", 6)
+    assert done.startswith("**C4 is supported** (the `fewglue` profile's runs")

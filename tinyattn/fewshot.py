@@ -123,6 +123,7 @@ def opening(
     authors_done: int,
 ) -> str:
     """The chapter's first sentence: the verdict's gist and its strongest number."""
+    headline = headline[:1].upper() + headline[1:]
     mine = table[table["method"] == method]
     parts = [
         f"{rows.mean():.1f} on {task} (majority class {task_floors[task]['majority']:.1f})"
