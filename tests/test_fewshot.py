@@ -296,3 +296,20 @@ def test_the_opening_sentence_gives_the_gist_and_tiny_attentions_scores():
     assert "no run of the offline substitute has finished yet" in empty
     done = fewshot.opening("C4 is supported", table, floors, "tinyattn_e1", 6)
     assert done.startswith("**C4 is supported** (the `fewglue` profile's runs")
+
+
+def test_the_colab_notebook_plans_its_runs_offline(tmp_path):
+    """Executed as Colab would, but inside the checkout and with ``max_runs=0``: it finds the project,
+    plans the selected runs of the profile, trains none, and zips the selection's records."""
+    papermill = pytest.importorskip("papermill")
+    out = tmp_path / "executed.ipynb"
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "fewglue_colab.ipynb"),
+        str(out),
+        parameters={"tasks": ["fewcb"], "seeds": [1], "max_runs": 0, "archive_dir": str(tmp_path)},
+        cwd=str(REPO / "notebooks"),
+        progress_bar=False,
+    )
+    text = out.read_text()
+    assert "2 runs selected, 0 done, 2 to run" in text
+    assert (tmp_path / "fewglue_records.zip").is_file()
