@@ -431,7 +431,9 @@ def c4(
     {"GPT-3": ..., "PET": ..., ...}, the published scores (their *test* set); ``cloze``: runs of the
     authors' protocol on a masked LM (same columns; ``method`` there is tiny attention's label).
     Without cloze runs the claim cannot be decided: the substitute is another protocol on another
-    model. With them, each task is judged by ``C4_MARGIN`` against the lower of GPT-3 and PET.
+    model. With them, each task is judged by ``C4_MARGIN`` against the lower of GPT-3 and PET, and
+    ``complete`` says whether the cloze grid is finished (else the verdict is provisional); without
+    them the verdict does not depend on how far the substitute has run.
     """
     prefix = "" if complete else PROVISIONAL + " "
     if cloze is None or cloze.empty:
@@ -445,7 +447,7 @@ def c4(
             )
         seen = "gives tiny attention " + "; ".join(parts) if parts else "has no finished run yet"
         return (
-            f"{prefix}**C4 cannot be decided here.** The claim is about the PET-style cloze protocol on "
+            "**C4 cannot be decided here.** The claim is about the PET-style cloze protocol on "
             "a large masked LM (the authors: ALBERT-xxlarge-v2), compared with GPT-3 and PET; no run "
             "of that protocol is in the records, because the offline backbone has no masked-LM head "
             "and no hub can be reached. The offline substitute (a classification head on MiniLM-L6, "
