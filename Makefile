@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/data/glue),)
 export TINYATTN_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install test test-core lint study cpu-study book datasets-summary clean
+.PHONY: install test test-core lint study reproduce cpu-study book datasets-summary clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -31,6 +31,11 @@ PROFILE ?= quick
 study: install
 	$(VENV)/bin/tinyattn study --profile $(PROFILE)
 	$(MAKE) book
+
+# Rerun the profile's recorded runs into a fresh folder and compare each with its committed record
+# (minutes for quick); writes results/reproduce/$(PROFILE).json, fails on an unexplained difference.
+reproduce: install
+	$(VENV)/bin/tinyattn reproduce --profile $(PROFILE)
 
 # The CPU-scale study, in order: learning rates on held-out training data, the GLUE grid, the
 # ablations, the experts analysis (both profiles' four-expert runs), the book. Hours of CPU; every
