@@ -180,12 +180,9 @@ def score_against_parameters(
         ax.set_xscale("log")
         ax.set_xlim(means["x"].min() / 2.5, means["x"].max() * 8)
         metric = part["metric"].iloc[0] if per_task else "GLUE metric"
-        ax.set(
-            title=name,
-            xlabel="trainable parameters at deployment (adapter + head, log scale)",
-            ylabel=f"dev {metric} (×100), end of training",
-        )
+        ax.set(title=name, ylabel=f"dev {metric} (×100), end of training")
         ax.grid(alpha=0.3, which="major")
+    fig.supxlabel("trainable parameters at deployment (adapter + head, log scale)", fontsize=10)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
