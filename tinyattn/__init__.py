@@ -29,12 +29,14 @@ A study
     ``tuning``        learning rates chosen on held-out data, on top of profiles.
     ``runner``        running a grid: locks, executors, scheduler, resume, analyses.
     ``study``         a profile's status and finished runs, for chapters and notebooks.
+    ``reproduce``     rerun a profile's recorded runs into a fresh folder and compare with the records.
 
 Results
     ``aggregate``     records -> tables, curves, paired comparisons.
     ``stats``         the declared statistics: intervals, sign test, Holm, collapsed runs.
     ``verdicts``      the rules that turn comparisons into verdicts on the paper's claims.
     ``fewshot``       the few-shot chapter's numbers (claim C4) from the records.
+    ``budget``        the budget study: 10-epoch runs paired with the ``cpu`` study's, C1 at both.
     ``report``        the tables and sentences the chapters show; ``claims`` those of the claim
                       chapters' declared comparisons; ``bench_report`` the numbers of a benchmark.
     ``datasets_summary`` split sizes and majority-class scores, recorded for the book.
