@@ -43,8 +43,10 @@ def _project(root: Path, url: str = "https://github.com/me/proj", branch: str = 
     install = f'{rp.INSTALL_MARK}.\nsubprocess.run(["pip", "install", "git+{OLD}.git"])\n'
     badge = f'# Train\n\n<a href="{rp.COLAB}someone/proj/blob/main/notebooks/train.ipynb">Colab</a>'
     other = f"# elsewhere in the notebook: {OLD}\nx = 1\n"
+    clone = f'repository = "{OLD}.git"  # {rp.SYNC_NOTE}\n'
+
     (root / "notebooks" / "train.ipynb").write_text(
-        _notebook(("markdown", badge), ("code", install), ("code", other))
+        _notebook(("markdown", badge), ("code", install), ("code", other), ("code", clone))
     )
     (root / "results").mkdir()
     (root / "results" / "executed.ipynb").write_text(f"ran with git+{OLD}.git")
@@ -79,7 +81,7 @@ def test_sync_writes_the_marked_cells_only_and_the_scan_finds_every_other_copy(t
     root = _project(tmp_path / "p")
     notebook = root / "notebooks" / "train.ipynb"
     assert rp.sync_notebooks(root, write=False) == [notebook]
-    assert notebook.read_text().count(OLD) == 2  # nothing written yet
+    assert notebook.read_text().count(OLD) == 3  # nothing written yet
 
     copies = rp.hard_coded_copies(root)
     # the page's copy, and the unmarked notebook cell's; the setting and results/ are not copies
@@ -91,6 +93,7 @@ def test_sync_writes_the_marked_cells_only_and_the_scan_finds_every_other_copy(t
     assert "git+https://github.com/me/proj.git" in sources[1]
     assert f"{rp.COLAB}me/proj/blob/dev/notebooks/train.ipynb" in sources[0]
     assert OLD in sources[2]  # another cell is not touched
+    assert 'repository = "https://github.com/me/proj.git"' in sources[3]
     assert rp.sync_notebooks(root) == []  # idempotent
 
 

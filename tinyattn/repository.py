@@ -6,10 +6,10 @@
   ``{{ repository_branch }}`` (``parse.myst_substitutions`` in ``_config.yml``, YAML aliases of the
   setting, not copies).
 * A notebook opened in Colab has no checkout to read it from, so its install cell (marked with
-  ``INSTALL_MARK``) and its "Open in Colab" badge carry the address written out. They are written from
-  the setting by ``sync_notebooks`` (``python -m tinyattn.repository --sync``); ``--check`` and the
-  tests fail when one differs from the setting, and ``hard_coded_copies`` finds the address anywhere
-  else in the tracked files.
+  ``INSTALL_MARK``; any other cell that names it: ``SYNC_NOTE`` in a comment) and its "Open in Colab"
+  badge carry the address written out. They are written from the setting by ``sync_notebooks``
+  (``python -m tinyattn.repository --sync``); ``--check`` and the tests fail when one differs from the
+  setting, and ``hard_coded_copies`` finds the address anywhere else in the tracked files.
 """
 
 from __future__ import annotations
@@ -27,10 +27,14 @@ CONFIG = REPO / "_config.yml"
 NOTEBOOKS = REPO / "notebooks"
 #: The first line of a notebook's install cell, whose repository address ``sync_notebooks`` writes.
 INSTALL_MARK = "# On a fresh Colab runtime, install the project first"
+#: Any other code cell that names the repository says so in a comment with these words.
+SYNC_NOTE = "written from _config.yml (repository.url)"
 COLAB = "https://colab.research.google.com/github/"
 
-# A pip requirement on the repository (``git+<url>.git``) and a Colab link to a file of it.
+# A pip requirement on the repository (``git+<url>.git``), a clone address (``<url>.git``) and a
+# Colab link to a file of it.
 _PIP = re.compile(r"git\+https://github\.com/[\w.-]+/[\w.-]+?\.git")
+_CLONE = re.compile(r"(?<!git\+)https://github\.com/[\w.-]+/[\w.-]+?\.git\b")
 _COLAB_LINK = re.compile(
     r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/[\w.-]+/"
 )
@@ -79,7 +83,8 @@ def repository_url(config: str | Path = CONFIG) -> str:
 
 def _marked_cells(notebook_text: str) -> list[tuple[int, int]]:
     """(start, end) character spans of the cells whose repository address is written from the setting:
-    the install cell (its source begins with ``INSTALL_MARK``) and Markdown cells with a Colab badge."""
+    the install cell (its source begins with ``INSTALL_MARK``), a code cell whose comment says
+    ``SYNC_NOTE``, and Markdown cells with a Colab badge."""
     import json
 
     spans = []
@@ -88,8 +93,10 @@ def _marked_cells(notebook_text: str) -> list[tuple[int, int]]:
         start = match.start() + 1
         cell, end = decoder.raw_decode(notebook_text, start + 2)
         source = "".join(cell.get("source", ""))
-        if source.startswith(INSTALL_MARK) or (
-            cell.get("cell_type") == "markdown" and COLAB in source
+        if (
+            source.startswith(INSTALL_MARK)
+            or SYNC_NOTE in source
+            or (cell.get("cell_type") == "markdown" and COLAB in source)
         ):
             spans.append((start, end))
     return spans
@@ -103,6 +110,7 @@ def sync_text(notebook_text: str, repo: Repository) -> str:
     for start, end in _marked_cells(notebook_text):
         cell = notebook_text[start:end]
         cell = _PIP.sub(repo.pip_url, cell)
+        cell = _CLONE.sub(f"{repo.url}.git", cell)
         cell = _COLAB_LINK.sub(repo.colab(""), cell)
         pieces += [notebook_text[last:start], cell]
         last = end
