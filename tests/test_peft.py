@@ -373,3 +373,36 @@ def test_round_trip_on_the_packaged_minilm(tmp_path):
     model.save_pretrained(tmp_path)
     again = PeftModel.from_pretrained(base(), tmp_path).eval()
     torch.testing.assert_close(logits(again, batch), expected, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- the quick-start page
+def test_the_quickstart_notebook_runs_and_reloads_its_adapter_exactly(
+    data_dir, tmp_path, monkeypatch
+):
+    """The book shows ``notebooks/peft_quickstart.ipynb`` with its stored outputs (it is not executed
+    at build time, since it needs the data): this keeps it running, on a small slice."""
+    papermill = pytest.importorskip("papermill")
+    from pathlib import Path
+
+    monkeypatch.setenv("TINYATTN_DATA_DIR", str(data_dir))
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "peft_quickstart.ipynb"
+    out = tmp_path / "quickstart.ipynb"
+    papermill.execute_notebook(
+        str(notebook),
+        str(out),
+        parameters={
+            "train_examples": 32,
+            "eval_examples": 32,
+            "max_length": 32,
+            "output_dir": str(tmp_path / "adapter"),
+        },
+        cwd=str(tmp_path),
+        progress_bar=False,
+    )
+    printed = "".join(
+        "".join(o.get("text", ""))
+        for c in json.loads(out.read_text())["cells"]
+        for o in c.get("outputs", [])
+    )
+    assert "max |difference| of the logits: 0.0" in printed
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
