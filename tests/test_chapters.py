@@ -396,6 +396,29 @@ def test_deployment_table_and_how_much_faster_the_average_serves():
     assert report.serving_speedup(pd.DataFrame()) is None
 
 
+def test_compute_display_names_its_columns_in_words():
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c"],
+            "method": ["m", "m", "m"],
+            "device": ["cpu", "cpu", "NVIDIA H100"],
+            "compute_seconds": [3600.0, 7200.0, 60.0],
+            "tokens_per_second": [100.0, 300.0, 5000.0],
+        }
+    )
+    table = report.compute_display(runs)
+    assert list(table.columns) == [
+        "device",
+        "runs",
+        "hours",
+        "minutes per run",
+        "tokens per second",
+    ]
+    cpu = table[table["device"] == "cpu"].iloc[0]
+    assert (cpu["runs"], cpu["hours"], cpu["minutes per run"]) == (2, 3.0, 90.0)
+    assert cpu["tokens per second"] == 200.0
+
+
 def quartiles(median: float, spread: float = 0.01) -> dict:
     return {"q1": median - spread, "median": median, "q3": median + spread}
 

@@ -125,15 +125,32 @@ def test_c2_opening_and_the_forms_sentence():
 def test_c2_rules_table_and_change():
     earlier = {"point estimate": "C2 holds only in part", "interval": "C2 does not hold"}
     table = claims.c2_rules_table(earlier, "**C2 does not hold**: ...")
-    assert list(table["verdict on these records"]) == [
+    assert list(table.index) == ["fixed at", "seen by then", "verdict on these records"]
+    assert list(table.loc["verdict on these records"]) == [
         "C2 holds only in part",
         "C2 does not hold",
         "C2 does not hold",
     ]
-    assert table.loc["point estimate rule", "fixed at"].startswith("9fb0df7")
+    assert table.loc["fixed at", "point estimate rule"].startswith("9fb0df7")
     assert "**C2 holds only in part**" in claims.c2_change(earlier, "**C2 does not hold**")
     same = claims.c2_change(dict.fromkeys(earlier, "C2 x"), "**C2 x**")
     assert same == "All three rules give the same verdict on these records: **C2 x**."
+
+
+def test_per_task_display_puts_each_interval_below_its_mean():
+    table = pd.DataFrame({"rte": ["+1.2 (-1.0, 3.5)", "+2.0"], "sst2": [None, "-0.5 (-0.8, -0.2)"]})
+    html = claims.per_task_display(table.set_axis(["a", "b"])).to_html()
+    assert "+1.2<br>(-1.0, 3.5)" in html and "-0.5<br>(-0.8, -0.2)" in html
+    assert ">+2.0<" in html and ">—<" in html  # no interval: the mean alone; no pair: a dash
+    assert "(-1.0,<br>" not in html
+
+
+def test_wrapped_lets_long_cells_wrap_and_keeps_the_table():
+    table = pd.DataFrame({"rule": ["a long sentence that must wrap"]}, index=["seen by then"])
+    styled = claims.wrapped(table)
+    assert styled.data is table
+    html = styled.to_html()
+    assert "white-space: normal" in html and "a long sentence that must wrap" in html
 
 
 def test_sign_test_floor():
@@ -183,13 +200,13 @@ def test_forms_rules_table_judges_each_form_under_each_rule():
     }
     heads = {form: verdicts.c2(experts, losses[form], True) for form in losses}
     table = claims.forms_rules_table({f: experts for f in losses}, losses, heads)
-    assert list(table.index) == ["mean form", "sequential form"]
-    assert list(table.columns) == ["point estimate rule", "interval rule", "current rule"]
+    assert list(table.index) == ["point estimate rule", "interval rule", "current rule"]
+    assert list(table.columns) == ["mean form", "sequential form"]
     # six pairs all won: the intervals say the experts help, the declared analysis cannot
-    assert table.loc["mean form"].tolist() == [
+    assert table["mean form"].tolist() == [
         "C2 holds on MiniLM-L6",
         "C2 holds on MiniLM-L6",
         "C2 holds only in part on MiniLM-L6",
     ]
-    assert table.loc["sequential form", "point estimate rule"] == "C2 holds on MiniLM-L6"
-    assert table.loc["sequential form", "interval rule"] == "C2 does not hold on MiniLM-L6"
+    assert table.loc["point estimate rule", "sequential form"] == "C2 holds on MiniLM-L6"
+    assert table.loc["interval rule", "sequential form"] == "C2 does not hold on MiniLM-L6"

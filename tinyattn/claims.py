@@ -43,6 +43,21 @@ def comparison_display(table: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
+def per_task_display(table: pd.DataFrame):
+    """``aggregate.per_task_table`` as the chapters show it: in each cell the interval on a line below
+    its mean, so that five tasks fit the text column (the book keeps a table's cell on one line)."""
+    return table.style.format(lambda cell: cell.replace(" (", "<br>(", 1), na_rep="—")
+
+
+def wrapped(table: pd.DataFrame):
+    """A table of sentences as the chapters show it: its cells and labels wrap at spaces (the book
+    keeps a table's cell on one line), left-aligned, so that it fits the text column."""
+    wrap = [("white-space", "normal"), ("text-align", "left"), ("vertical-align", "top")]
+    return table.style.set_table_styles(
+        [{"selector": "td", "props": wrap}, {"selector": "th", "props": wrap}]
+    )
+
+
 # --------------------------------------------------------------------------- C1 (GLUE chapter)
 
 
@@ -194,21 +209,21 @@ def forms_sentence(losses: dict[str, pd.DataFrame], heads: dict[str, str]) -> st
 
 def forms_rules_table(experts: dict[str, pd.DataFrame], losses: dict[str, pd.DataFrame],
                       heads: dict[str, str]) -> pd.DataFrame:  # fmt: skip
-    """C2 in each combination form (rows) under each of its rules (columns), on the ablations' runs:
+    """C2 under each of its rules (rows) in each combination form (columns), on the ablations' runs:
     ``experts`` and ``losses`` per form as ``verdicts.c2`` takes them, ``heads`` its verdicts."""
-    rows = {}
+    forms = {}
     for form in heads:
         earlier = verdicts.c2_earlier_rules(experts[form], losses[form])
-        rows[f"{form} form"] = {f"{name} rule": gist for name, gist in earlier.items()}
-        rows[f"{form} form"]["current rule"] = verdicts.headline(heads[form])
-    return pd.DataFrame.from_dict(rows, orient="index")
+        forms[f"{form} form"] = {f"{name} rule": gist for name, gist in earlier.items()}
+        forms[f"{form} form"]["current rule"] = verdicts.headline(heads[form])
+    return pd.DataFrame(forms)
 
 
 def c2_rules_table(earlier: dict[str, str], current: str) -> pd.DataFrame:
-    """C2 under each rule it has had, on the same records: when each was fixed (commit, date), what
-    had been seen by then, the rule, and its verdict (``earlier``: ``verdicts.c2_earlier_rules``;
-    ``current``: the verdict text of ``verdicts.c2``)."""
-    rows = {
+    """C2 under each rule it has had (columns), on the same records: when each was fixed (commit,
+    date), what had been seen by then, and its verdict (rows; ``earlier``:
+    ``verdicts.c2_earlier_rules``; ``current``: the verdict text of ``verdicts.c2``)."""
+    rules = {
         f"{name} rule": {
             "fixed at": f"{rule['commit']} ({rule['date']})",
             "seen by then": rule["seen"],
@@ -216,12 +231,12 @@ def c2_rules_table(earlier: dict[str, str], current: str) -> pd.DataFrame:
         }
         for name, rule in verdicts.C2_RULES.items()
     }
-    rows["interval rule, declared analysis (current)"] = {
+    rules["interval rule, declared analysis (current)"] = {
         "fixed at": "ce60453, ef13b22 (2026-12-01 05:59 UTC)",
         "seen by then": "every run of both studies and every analysis of the mean form",
         "verdict on these records": verdicts.headline(current),
     }
-    return pd.DataFrame.from_dict(rows, orient="index")
+    return pd.DataFrame(rules)
 
 
 def sign_test_floor(pairs: int, family: int) -> tuple[float, float]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from tinyattn.adapter import paper_param_count, param_count
-from tinyattn.aggregate import near_majority
+from tinyattn.aggregate import compute_table, near_majority
 from tinyattn.bench_report import bench_numbers, bench_stages, gpu_numbers  # noqa: F401 (chapters)
 from tinyattn.data import get_task
 from tinyattn.datasets_summary import majority_scores
@@ -37,6 +37,13 @@ def progress(study) -> str:
     wait = f" (the rest wait: {study.waiting})" if study.waiting else ""
     runs = f"{study.done} of {len(study.planned)} runs"
     return f"{runs} of the `{study.profile['name']}` profile are done{wait}."
+
+
+def compute_display(runs: pd.DataFrame) -> pd.DataFrame:
+    """``aggregate.compute_table`` as the chapters show it: by method, rounded, its column names in
+    words (the page wraps them at their spaces, so that the table fits the text column)."""
+    words = {"minutes_per_run": "minutes per run", "tokens_per_second": "tokens per second"}
+    return compute_table(runs).set_index("method").round(2).rename(columns=words)
 
 
 # --------------------------------------------------------------------------- GLUE chapter (claim C1)
