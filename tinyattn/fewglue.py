@@ -130,6 +130,7 @@ FEWGLUE_TASKS: dict[str, FewGlueTask] = {
 #: SuperGLUE *test* set (scored by the leaderboard), not the val set this project evaluates on. GPT-3:
 #: 175 B parameters, primed with 32 examples (Brown et al. 2020); PET / iPET: ALBERT-xxlarge-v2.
 #: RTE accuracy; CB accuracy / macro-F1 and, as ``combined``, their mean.
+# Transcribed, not yet checked against the paper (it could not be opened offline): check before use.
 PUBLISHED = {
     "citation": "Schick & Schütze (2021), Table 1",
     "split": "SuperGLUE test",
