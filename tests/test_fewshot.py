@@ -93,10 +93,22 @@ def test_published_rows_keep_their_source_and_split():
     scores = published_scores()
     assert scores["rte"] == {"GPT-3": 69.0, "PET": 69.8, "iPET": 74.0}
     assert scores["cb"]["PET"] == pytest.approx((85.1 + 59.4) / 2)
-    assert fewshot.published()["fewcb"] == scores["cb"]
     table = fewshot.published_table()
     assert list(table.index) == ["GPT-3", "PET", "iPET"]
     assert set(table["split"]) == {"SuperGLUE test"}
+
+
+def test_unchecked_published_rows_are_withheld_and_checked_ones_shown(monkeypatch):
+    monkeypatch.setitem(PUBLISHED, "checked", "")
+    assert fewshot.published() == {}
+    assert set(fewshot.published_table()["RTE acc."]) == {fewshot.WITHHELD}
+    monkeypatch.setitem(PUBLISHED, "checked", "compared with Table 1 by a reader")
+    assert fewshot.published()["fewcb"] == published_scores()["cb"]
+    table = fewshot.published_table()
+    assert (
+        table.loc["PET", "CB acc. / F1"] == "85.1 / 59.4"
+        and table.loc["GPT-3", "RTE acc."] == "69.0"
+    )
 
 
 # ----------------------------------------------------------------------------- the protocol field

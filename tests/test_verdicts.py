@@ -380,3 +380,10 @@ def test_c4_with_cloze_runs_judges_each_task_against_the_lower_reference():
     assert text.startswith("**C4 cannot be decided yet**") and "on fewcb." in text
     other_method = _few_runs({"fewrte": [70.0], "fewcb": [70.0]}, method="lora")
     assert "cannot be decided yet" in verdicts.c4(offline, C4_BASELINES, C4_REFS, other_method)
+
+
+def test_c4_judges_nothing_against_unchecked_published_rows():
+    offline = _few_runs({"fewrte": [50.0]})
+    close = _few_runs({"fewrte": [66.0], "fewcb": [60.0]})  # would be "supported" against C4_REFS
+    text = verdicts.c4(offline, C4_BASELINES, {}, cloze=close)
+    assert text.startswith("**C4 cannot be decided yet**") and "not yet checked" in text

@@ -428,8 +428,8 @@ def c4(
 
     ``offline``: the substitute's runs (columns task, method, seed, score: the reported val score x100);
     ``baselines``: task -> {"majority": ..., "random": ...} on the same scale; ``references``: task ->
-    {"GPT-3": ..., "PET": ..., ...}, the published scores (their *test* set); ``cloze``: runs of the
-    authors' protocol on a masked LM (same columns; ``method`` there is tiny attention's label).
+    {"GPT-3": ..., "PET": ..., ...}, the published scores (their *test* set; empty while they are
+    unchecked, and then nothing is judged); ``cloze``: runs of the authors' protocol on a masked LM (same columns; ``method`` there is tiny attention's label).
     Without cloze runs the claim cannot be decided: the substitute is another protocol on another
     model. With them, each task is judged by ``C4_MARGIN`` against the lower of GPT-3 and PET, and
     ``complete`` says whether the cloze grid is finished (else the verdict is provisional); without
@@ -454,6 +454,12 @@ def c4(
             f"the same 32 examples) {seen}: a different protocol on a "
             "22 M-parameter encoder, which cannot say whether tiny attention matches GPT-3 or PET. "
             f"The run that decides it: {C4_DECIDING_RUN}."
+        )
+    if not references:
+        return (
+            f"{prefix}**C4 cannot be decided yet**: the published GPT-3 and PET rows it is judged "
+            "against (Schick & Schütze 2021, Table 1) are transcribed but not yet checked against the "
+            "paper, and this study decides nothing against an unchecked number."
         )
     missing = [t for t in sorted(references) if not _has_runs(cloze, t, method)]
     if missing:
