@@ -254,7 +254,50 @@ def test_the_chapter_tables_read_the_records(tmp_path):
     assert summary.loc["lora", "fewcb"] == "45.0 ± 7.1 (2)"
     assert summary.loc["bitfit", "fewcb"] == "35.0 ± nan (1)"
     assert summary.loc["majority class", "fewcb"] == "30.0"
-    assert fewshot.best_method(table, "fewcb") == ("lora", 45.0)
+
+
+def test_tiny_attention_is_compared_with_the_substitutes_methods_under_the_declared_rule():
+    rows = []
+    for task in ("fewrte", "fewcb"):
+        for seed in range(5):
+            ours = 60.0 + seed
+            rows += [
+                {"task": task, "method": "tinyattn_e1", "seed": seed, "score": ours},
+                {"task": task, "method": "tinyattn_e4", "seed": seed, "score": ours + 9},
+                {
+                    "task": task,
+                    "method": "lora",
+                    "seed": seed,
+                    "score": ours - 5,
+                },  # 10 of 10 behind
+                # ahead on even seeds; seed 1 collapsed onto the majority class (30)
+                {
+                    "task": task,
+                    "method": "bitfit",
+                    "seed": seed,
+                    "score": (ours + 2, 30.0)[seed == 1],
+                }
+                if seed % 2 == 0 or seed == 1
+                else {"task": task, "method": "bitfit", "seed": seed, "score": ours - 1},
+            ]
+    table = pd.DataFrame(rows)
+    floors = {"fewrte": {"majority": 30.0}, "fewcb": {"majority": 30.0}}
+    full = fewshot.comparison(table, floors).set_index("method")
+    assert list(full.index) == ["lora", "bitfit"]  # the E = 4 twin is C2's question
+    assert full.loc["lora", "outcome"] == "better" and full.loc["lora", "pairs"] == 10
+    assert full.loc["bitfit", "outcome"] == "not resolved"
+    clean = fewshot.comparison(table, floors, without_collapsed=True).set_index("method")
+    assert clean.loc["bitfit", "pairs"] == 8 and clean.loc["lora", "pairs"] == 10
+    text = fewshot.comparison_sentence(full.reset_index(), clean.reset_index(), 2, len(table))
+    assert text.startswith(
+        "Within the substitute, tiny attention (E = 1) is resolvably better than lora; "
+        "not resolved against the other 1 (up to 10 (task, seed) pairs per method; Holm over 2"
+    )
+    assert text.endswith("Without the 2 of 40 runs that collapsed, every outcome stays the same.")
+    nothing = full.assign(outcome="not resolved").reset_index()
+    assert "not resolvably different from any of the 2 other methods" in (
+        fewshot.comparison_sentence(nothing, nothing, 0, 40)
+    )
 
 
 # ----------------------------------------------------------------------------- book and Colab

@@ -4,7 +4,8 @@
 * ``floors(records)``: each task's majority-class and random-guess scores, as the runs recorded them;
 * ``summary(scores, floors)``: mean ± std over seeds per method and task, beside the floors;
 * ``published()``: the GPT-3 / PET / iPET rows (Schick & Schütze 2021, *test* set), per few-shot task;
-* ``best_method(scores, task)``: the highest mean over seeds on a task;
+* ``comparison`` and ``comparison_sentence``: tiny attention against the other methods of the
+  substitute, under the book's declared analysis (``tinyattn.stats``);
 * ``figure`` and ``opening``: the chapter's figure and first sentence.
 
 A few-shot task of the study (``fewrte``, ``fewcb``) is the FewGLUE task ``rte`` / ``cb`` of
@@ -17,12 +18,15 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from tinyattn import stats
 from tinyattn.fewglue import PUBLISHED, published_scores
 from tinyattn.records import read_records
 from tinyattn.study import ProfileRuns
 from tinyattn.tasks import FEWSHOT_TASKS
 
 SCALE = 100.0
+#: Tiny attention's own E = 4 twin: whether it adds to E = 1 is C2's question, not a competitor's.
+TWINS = ("tinyattn_e4",)
 
 
 def scores(study: ProfileRuns) -> pd.DataFrame:
@@ -89,10 +93,53 @@ def published_table() -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def best_method(table: pd.DataFrame, task: str) -> tuple[str, float]:
-    """The method with the highest mean score on ``task``, and that mean."""
-    means = table[table["task"] == task].groupby("method")["score"].mean()
-    return str(means.idxmax()), float(means.max())
+def comparison(
+    table: pd.DataFrame,
+    task_floors: dict[str, dict[str, float]],
+    method: str = "tinyattn_e1",
+    without_collapsed: bool = False,
+) -> pd.DataFrame:
+    """``method`` minus every other method of the substitute (its twins aside), paired on (task, seed)
+    and pooled, under the declared analysis: bootstrap interval, sign test, Holm over this family.
+    ``without_collapsed`` drops every pair that holds a run that collapsed (``stats.collapsed``)."""
+    if table.empty:
+        return pd.DataFrame()
+    family = [m for m in dict.fromkeys(table["method"]) if m != method and m not in TWINS]
+    exclude = None
+    if without_collapsed:
+        majority = {task: floor["majority"] for task, floor in task_floors.items()}
+        exclude = stats.collapsed(table, majority, score="score")
+    return stats.declared_comparison(table, method, family, exclude=exclude)
+
+
+def comparison_sentence(full: pd.DataFrame, clean: pd.DataFrame, collapsed: int, runs: int) -> str:
+    """What the two comparisons (all runs; without collapsed ones) say, in two sentences."""
+
+    def said(frame: pd.DataFrame) -> str:
+        parts = []
+        for outcome, text in (
+            ("better", "resolvably better than"),
+            ("worse", "resolvably worse than"),
+        ):
+            methods = frame.loc[frame["outcome"] == outcome, "method"].tolist()
+            if methods:
+                parts.append(f"{text} {', '.join(methods)}")
+        rest = int(frame["outcome"].isin(["not resolved", "too few pairs"]).sum())
+        if not parts:
+            return f"not resolvably different from any of the {rest} other methods"
+        if rest:
+            parts.append(f"not resolved against the other {rest}")
+        return "; ".join(parts)
+
+    if full.empty:
+        return "No pair of runs of the substitute can be compared yet."
+    same = full.set_index("method")["outcome"].equals(clean.set_index("method")["outcome"])
+    return (
+        f"Within the substitute, tiny attention (E = 1) is {said(full)} (up to "
+        f"{int(full['pairs'].max())} (task, seed) pairs per method; Holm over {len(full)} "
+        f"comparisons). Without the {collapsed} of {runs} runs that collapsed, "
+        + ("every outcome stays the same." if same else f"it is {said(clean)}.")
+    )
 
 
 def figure(table: pd.DataFrame, task_floors: dict[str, dict[str, float]], order: list[str]):
