@@ -20,17 +20,21 @@ from transformers import (
 REPO = Path(__file__).resolve().parent.parent
 
 
+#: The size of every tiny random model the tests build from a config.
+TINY_CONFIG = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=37,
+    max_position_embeddings=64,
+)
+
+
 def tiny_encoder(kind: str = "bert", seed: int = 0):
     """A 2-layer, 32-wide random encoder of the given architecture."""
     torch.manual_seed(seed)
-    common = dict(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
+    common = TINY_CONFIG
     if kind == "bert":
         model = BertModel(BertConfig(**common), add_pooling_layer=False)
     elif kind == "roberta":
@@ -52,6 +56,56 @@ def tiny_batch(batch: int = 3, length: int = 9, seed: int = 0) -> dict:
         mask[row, length - 2 * row :] = 0
     ids = ids.masked_fill(mask == 0, 0)
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def fake_record(
+    params, curve, evals_per_epoch: int = 1, status: str = "done", wall_seconds: float = 70.0
+) -> dict:
+    """A run record as the study writes it, for a planned run (``RunParams``): its evaluations reach
+    the scores in ``curve``, ``evals_per_epoch`` to an epoch, on the task's main metric."""
+    metric = "pearson" if params.task == "stsb" else "accuracy"
+    evaluations = [
+        {
+            "step": 10 * (i + 1),
+            "epoch": (i + 1) / evals_per_epoch,
+            "train_loss": 1.0 / (i + 1),
+            "metrics": {metric: score},
+        }
+        for i, score in enumerate(curve)
+    ]
+    record = {
+        "run_id": params.run_id,
+        "status": status,
+        "task": params.task,
+        "method": params.method,
+        "seed": params.seed,
+        "select_metric": metric,
+        "params": {"label": params.label, "backbone": params.backbone, **vars(params)},
+        "params_count": {"adapter_params": 1000, "head_params": 770, "backbone_params": 22_565_376},
+        "best": evaluations[-1],
+        "final": evaluations[-1],
+        "evaluations": evaluations,
+        "steps": 10 * len(curve),
+        "epochs_run": len(curve) / evals_per_epoch,
+        "train_examples": 100,
+        "eval_examples": 50,
+        "train_seconds": 60.0,
+        "eval_seconds": 5.0,
+        "wall_seconds": wall_seconds,
+        "tokens_per_second": 1800.0,
+    }
+    if params.two_stage:
+        record["stage_one"] = {"run_id": params.stage_one().run_id, "source": "saved adapter"}
+    return record
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: more intra-op threads only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import matplotlib
 import pandas as pd
 import papermill
 import pytest
+from conftest import fake_record
 
 from tinyattn import budget
 from tinyattn.plots import budget_curves_figure
@@ -260,38 +261,9 @@ def test_remaining_runs_are_projected_from_their_twins_and_the_finished_runs_pac
 
 def _record(params, score: float, evals_per_epoch: int = 2) -> dict:
     """A finished run's record with an evaluation every half epoch, climbing to ``score``."""
-    metric = "pearson" if params.task == "stsb" else "accuracy"
     n = int(params.epochs * evals_per_epoch)
-    evaluations = [
-        {
-            "step": 10 * (i + 1),
-            "epoch": (i + 1) / evals_per_epoch,
-            "train_loss": 1.0 / (i + 1),
-            "metrics": {metric: score - 0.001 * (n - 1 - i)},  # 0.1 points per evaluation
-        }
-        for i in range(n)
-    ]
-    return {
-        "run_id": params.run_id,
-        "status": "done",
-        "task": params.task,
-        "method": params.method,
-        "seed": params.seed,
-        "select_metric": metric,
-        "params": {"label": params.label, "backbone": params.backbone, **vars(params)},
-        "params_count": {"adapter_params": 1000, "head_params": 770, "backbone_params": 22_565_376},
-        "best": evaluations[-1],
-        "final": evaluations[-1],
-        "evaluations": evaluations,
-        "steps": 10 * n,
-        "epochs_run": float(params.epochs),
-        "train_examples": 100,
-        "eval_examples": 50,
-        "train_seconds": 60.0,
-        "eval_seconds": 5.0,
-        "wall_seconds": 70.0 * params.epochs,
-        "tokens_per_second": 1800.0,
-    }
+    curve = [score - 0.001 * (n - 1 - i) for i in range(n)]  # 0.1 points per evaluation
+    return fake_record(params, curve, evals_per_epoch, wall_seconds=70.0 * params.epochs)
 
 
 @pytest.fixture(scope="module")

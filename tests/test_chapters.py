@@ -14,7 +14,7 @@ import pandas as pd
 import papermill
 import pytest
 import yaml
-from conftest import tiny_encoder
+from conftest import fake_record, tiny_encoder
 
 from tinyattn import report
 from tinyattn.adapter import param_count
@@ -28,42 +28,9 @@ from tinyattn.tuning import planned_runs
 BOOK = Path(__file__).resolve().parent.parent / "book"
 
 
-def fake_record(params, score: float) -> dict:
-    metric = "pearson" if params.task == "stsb" else "accuracy"
-    curve = [score * f for f in (0.8, 0.95, 1.0)]
-    evaluations = [
-        {
-            "step": 10 * (i + 1),
-            "epoch": i + 1.0,
-            "train_loss": 1.0 / (i + 1),
-            "metrics": {metric: s},
-        }
-        for i, s in enumerate(curve)
-    ]
-    record = {
-        "run_id": params.run_id,
-        "status": "done",
-        "task": params.task,
-        "method": params.method,
-        "seed": params.seed,
-        "select_metric": metric,
-        "params": {"label": params.label, "backbone": params.backbone, **vars(params)},
-        "params_count": {"adapter_params": 1000, "head_params": 770, "backbone_params": 22_565_376},
-        "best": evaluations[-1],
-        "final": evaluations[-1],
-        "evaluations": evaluations,
-        "steps": 30,
-        "epochs_run": 3.0,
-        "train_examples": 100,
-        "eval_examples": 50,
-        "train_seconds": 60.0,
-        "eval_seconds": 5.0,
-        "wall_seconds": 70.0,
-        "tokens_per_second": 1800.0,
-    }
-    if params.two_stage:
-        record["stage_one"] = {"run_id": params.stage_one().run_id, "source": "saved adapter"}
-    return record
+def chapter_record(params, score: float) -> dict:
+    """A finished three-epoch run that climbs to ``score``."""
+    return fake_record(params, [score * f for f in (0.8, 0.95, 1.0)])
 
 
 def noise(*key) -> float:
@@ -74,7 +41,9 @@ def write_profile(name: str, out: Path, bonus: dict[str, float]) -> int:
     runs = planned_runs(name, str(out))
     for p in runs:
         score = 0.6 + 0.05 * noise(p.task, p.seed, p.label, p.learning_rate)
-        write_json_atomic(out / f"{p.run_id}.json", fake_record(p, score + bonus.get(p.label, 0)))
+        write_json_atomic(
+            out / f"{p.run_id}.json", chapter_record(p, score + bonus.get(p.label, 0))
+        )
     return len(runs)
 
 
@@ -197,7 +166,7 @@ def test_tuning_selection_waits_for_every_task_of_a_method(tmp_path):
     for p in planned_runs(str(grid), str(tmp_path)):
         if p.task == "sst2" or p.label == "lora":  # RTE missing for all but LoRA
             score = 0.8 + 0.01 * noise(p.task, p.label, p.learning_rate)
-            write_json_atomic(tmp_path / f"{p.run_id}.json", fake_record(p, score))
+            write_json_atomic(tmp_path / f"{p.run_id}.json", chapter_record(p, score))
     table = selection_table(str(grid), str(tmp_path)).set_index("method")
     assert table.loc["lora", "mean"].notna().all() and table.loc["lora", "chosen"].sum() == 1
     assert table.loc["houlsby", "mean"].isna().all() and not table.loc["houlsby", "chosen"].any()
@@ -216,15 +185,7 @@ QUICK = expand(load_profile("quick"))  # 2 tasks x 6 methods x 1 seed, no tuning
 
 def study_of(runs: pd.DataFrame, planned: list, waiting: str | None = None) -> ProfileRuns:
     """What ``profile_runs`` answers for the ``quick`` profile with these finished runs."""
-    return ProfileRuns(
-        profile={"name": "quick"},
-        planned=planned,
-        tuned=waiting is None,
-        waiting=waiting,
-        runs=runs,
-        done=len(runs),
-        complete=waiting is None and len(runs) == len(planned),
-    )
+    return ProfileRuns.of({"name": "quick"}, planned, waiting, runs)
 
 
 def test_progress_counts_the_plan_and_says_why_the_rest_waits():

@@ -10,7 +10,7 @@ import json
 import peft
 import pytest
 import torch
-from conftest import tiny_batch, tiny_encoder
+from conftest import TINY_CONFIG, tiny_batch, tiny_encoder
 from peft import PeftConfig, PeftModel, get_peft_model
 from peft.utils import PeftType
 from safetensors.torch import load_file
@@ -41,12 +41,7 @@ def task_model(kind: str = "bert", attn: str = "eager", seed: int = 0):
     extra = {"embedding_size": 16} if kind == "albert" else {}
     config = AutoConfig.for_model(
         kind,
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
+        **TINY_CONFIG,
         num_labels=LABELS,
         **({"pad_token_id": 1} if kind == "roberta" else {}),
         **extra,

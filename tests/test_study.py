@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import fake_record
 
 from tinyattn import runner
 from tinyattn.cli import main as cli
@@ -367,30 +368,9 @@ def test_a_tuned_profile_expands_only_with_its_rates():
         expand(cpu, {k: v for k, v in rates.items() if k != "lora"})
 
 
-def fake_record(params, score: float, status: str = "done") -> dict:
-    """A finished record of a planned run, as the aggregation and the tuning tables read it."""
-    metrics = {"accuracy": score}
-    return {
-        "run_id": params.run_id,
-        "status": status,
-        "task": params.task,
-        "method": params.method,
-        "seed": params.seed,
-        "select_metric": "accuracy",
-        "params": asdict(params),
-        "params_count": {"adapter_params": 1, "head_params": 1, "backbone_params": 100},
-        "best": {"step": 1, "metrics": metrics},
-        "final": {"step": 1, "metrics": metrics},
-        "evaluations": [{"epoch": 1.0, "step": 1, "metrics": metrics, "train_loss": 0.5}],
-        "steps": 1,
-        "epochs_run": 1.0,
-        "train_examples": 12,
-        "eval_examples": 4,
-        "train_seconds": 1.0,
-        "eval_seconds": 1.0,
-        "wall_seconds": 2.0,
-        "tokens_per_second": 1.0,
-    }
+def one_epoch_record(params, score: float, status: str = "done") -> dict:
+    """A record of a planned run, as the aggregation and the tuning tables read it."""
+    return fake_record(params, [score], status=status)
 
 
 def test_profile_runs_gives_a_study_status_from_its_records(tmp_path):
@@ -414,7 +394,7 @@ def test_profile_runs_gives_a_study_status_from_its_records(tmp_path):
     assert waiting.profile["name"] == "toystudy"
 
     for params, score in zip(expand(tune, out_dir=runs_dir), (0.6, 0.7, 0.9), strict=True):
-        write_json_atomic(Path(runs_dir) / f"{params.run_id}.json", fake_record(params, score))
+        write_json_atomic(Path(runs_dir) / f"{params.run_id}.json", one_epoch_record(params, score))
     tuned = profile_runs(str(tmp_path / "toystudy.yaml"), runs_dir)
     assert tuned.tuned and tuned.waiting is None and tuned.done == 0 and not tuned.complete
     assert {p.learning_rate for p in tuned.planned} == {1e-2}  # the grid's best held-out score
@@ -423,8 +403,8 @@ def test_profile_runs_gives_a_study_status_from_its_records(tmp_path):
     ]
 
     first, *rest = tuned.planned
-    write_json_atomic(Path(runs_dir) / f"{first.run_id}.json", fake_record(first, 0.8))
-    failed = fake_record(rest[0], 0.0, status="failed")  # a failed run is not a finished one
+    write_json_atomic(Path(runs_dir) / f"{first.run_id}.json", one_epoch_record(first, 0.8))
+    failed = one_epoch_record(rest[0], 0.0, status="failed")  # a failed run is not a finished one
     write_json_atomic(Path(runs_dir) / f"{rest[0].run_id}.json", failed)
     partly = profile_runs(str(tmp_path / "toystudy.yaml"), runs_dir)
     assert partly.done == 1 and list(partly.runs["run_id"]) == [first.run_id]
@@ -434,7 +414,7 @@ def test_profile_runs_gives_a_study_status_from_its_records(tmp_path):
     assert dry["counts"] == {"done": 1, "pending": 2, "failed": 1}
 
     for params in rest:
-        write_json_atomic(Path(runs_dir) / f"{params.run_id}.json", fake_record(params, 0.75))
+        write_json_atomic(Path(runs_dir) / f"{params.run_id}.json", one_epoch_record(params, 0.75))
     done = profile_runs(str(tmp_path / "toystudy.yaml"), runs_dir)
     assert done.complete and done.done == 4 and set(done.runs["method"]) == {"head_only", "lora"}
     assert done.complete_for(["lora"]) and not done.complete_for(["no_such_method"])

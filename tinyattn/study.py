@@ -40,6 +40,21 @@ class ProfileRuns:
     done: int  # how many planned runs have finished
     complete: bool  # every planned run has finished
 
+    @classmethod
+    def of(
+        cls, profile: dict, planned: list[RunParams], waiting: str | None, runs: pd.DataFrame
+    ) -> ProfileRuns:
+        """The status of a plan whose finished records are ``runs`` (none count while it waits)."""
+        return cls(
+            profile=profile,
+            planned=planned,
+            tuned=waiting is None,
+            waiting=waiting,
+            runs=runs,
+            done=len(runs),
+            complete=waiting is None and len(runs) == len(planned),
+        )
+
     def complete_for(self, labels) -> bool:
         """Whether every planned run of these methods (profile labels) has finished: a verdict that
         reads only some of a profile's methods is final once those are, whatever else is pending."""
@@ -67,15 +82,7 @@ def profile_runs(name: str | Path | dict, runs_dir: str = "results/runs") -> Pro
     runs = pd.DataFrame()
     if waiting is None:
         runs = load_records(runs_dir, run_ids={p.run_id for p in planned})
-    return ProfileRuns(
-        profile=profile,
-        planned=planned,
-        tuned=waiting is None,
-        waiting=waiting,
-        runs=runs,
-        done=len(runs),
-        complete=waiting is None and len(runs) == len(planned),
-    )
+    return ProfileRuns.of(profile, planned, waiting, runs)
 
 
 def plan(profile_name: str, out_dir: str = "results/runs", shard_spec: str | None = None) -> dict:
