@@ -363,3 +363,18 @@ def test_the_chapter_opens_with_its_answer_on_a_partial_grid(records, tmp_path):
     text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
     roles = set(re.findall(r"\{glue:(?:text|md)\}`([a-z0-9_]+)", text))
     assert roles and roles <= set(glued), roles - set(glued)
+
+
+def test_the_paper_budget_profile_is_the_cpu_study_at_twenty_epochs():
+    """Every `cpu` run of RTE, MRPC, STS-B and CoLA has a `paper_budget` twin that differs from it in
+    the number of epochs alone (same method, options, learning rate and seed), planned from the
+    committed `tune` records."""
+    runs_dir = str(Path(__file__).resolve().parent.parent / "results" / "runs")
+    long = planned_runs("paper_budget", runs_dir)
+    short = {(p.task, p.label, p.seed): p for p in planned_runs("cpu", runs_dir)}
+    assert len(long) == 4 * 11 * 3 and {p.task for p in long} == {"rte", "mrpc", "stsb", "cola"}
+    for p in long:
+        twin = short[(p.task, p.label, p.seed)]
+        assert p.epochs == 20 and twin.epochs < 20
+        assert p.run_id != twin.run_id
+        assert {**vars(p), "epochs": twin.epochs, "save_adapter": twin.save_adapter} == vars(twin)
