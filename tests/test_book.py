@@ -60,8 +60,9 @@ RESULTS_CHAPTERS = [
     "book/heads",
     "book/context",
     "book/efficiency",
+    "book/budget",
+    "book/fewshot",
 ]
-RESULTS_CHAPTERS += [f"book/{name}" for name in ("fewshot",) if list(REPO.glob(f"book/{name}.*"))]
 WINDOW = "--window-size=1400,900"
 
 
