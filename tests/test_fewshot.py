@@ -256,6 +256,23 @@ def test_the_chapter_tables_read_the_records(tmp_path):
     assert summary.loc["majority class", "fewcb"] == "30.0"
 
 
+def test_the_floor_sentence_counts_the_methods_that_clear_the_higher_floor():
+    table = pd.DataFrame(
+        {"task": ["fewrte"] * 4 + ["fewcb"] * 2, "method": ["a", "a", "b", "c", "a", "b"],
+         "score": [52.0, 51.0, 50.5, 49.0, 60.0, 31.0]}
+    )  # fmt: skip
+    floors = {
+        "fewrte": {"majority": 47.3, "random": 50.0},
+        "fewcb": {"majority": 30.2, "random": 31.8},
+    }
+    assert fewshot.floor_sentence(table, floors) == (
+        "On fewrte, 1 of 3 methods' means clear the higher floor (50.0) by more than 1 point "
+        "(the best: a, 51.5); on fewcb, 1 of 2 methods' means clear the higher floor (31.8) by more "
+        "than 1 point (the best: a, 60.0)."
+    )
+    assert fewshot.floor_sentence(table.iloc[:0], floors) == ""
+
+
 def test_tiny_attention_is_compared_with_the_substitutes_methods_under_the_declared_rule():
     rows = []
     for task in ("fewrte", "fewcb"):

@@ -4,6 +4,7 @@
 * ``floors(records)``: each task's majority-class and random-guess scores, as the runs recorded them;
 * ``summary(scores, floors)``: mean ± std over seeds per method and task, beside the floors;
 * ``published()``: the GPT-3 / PET / iPET rows (Schick & Schütze 2021, *test* set), per few-shot task;
+* ``floor_sentence``: how many methods clear the floors, per task;
 * ``comparison`` and ``comparison_sentence``: tiny attention against the other methods of the
   substitute, under the book's declared analysis (``tinyattn.stats``);
 * ``figure`` and ``opening``: the chapter's figure and first sentence.
@@ -91,6 +92,25 @@ def published_table() -> pd.DataFrame:
             "source": PUBLISHED["citation"],
         }
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def floor_sentence(table: pd.DataFrame, task_floors: dict[str, dict[str, float]]) -> str:
+    """Per task: how many methods' means over seeds clear the higher of the two floors by more than
+    ``stats.COLLAPSE_MARGIN`` points, and the best mean."""
+    parts = []
+    for task in [t for t in FEWSHOT_TASKS if t in task_floors]:
+        means = table[table["task"] == task].groupby("method")["score"].mean()
+        if means.empty:
+            continue
+        floor = max(task_floors[task].values())
+        above = int((means > floor + stats.COLLAPSE_MARGIN).sum())
+        parts.append(
+            f"on {task}, {above} of {len(means)} methods' means clear the higher floor "
+            f"({floor:.1f}) by more than {stats.COLLAPSE_MARGIN:g} point (the best: "
+            f"{means.idxmax()}, {means.max():.1f})"
+        )
+    text = "; ".join(parts)
+    return f"{text[:1].upper()}{text[1:]}." if parts else ""
 
 
 def comparison(
