@@ -507,6 +507,9 @@ def test_profile_tables_of_a_plain_and_a_tuned_profile(tmp_path):
     rates = report.learning_rate_table(runs, ["quick", "ablations"])
     assert rates.loc["lora", "quick"] == "0.0005"
     assert rates.loc["tinyattn_e1", "ablations"] == "chosen by `tune` (pending)"
+    same = pd.DataFrame({"a": ["1", None], "b": ["2", "3"], "c": ["1", None], "d": ["1", "4"]})
+    merged = report.merge_equal_columns(same)
+    assert list(merged.columns) == ["a = c", "b", "d"] and merged["a = c"].tolist()[0] == "1"
     sizes = report.task_table(["sst2", "stsb"])
     assert sizes.loc["stsb", "metric"] == "pearson" and sizes.loc["sst2", "dev"] == 872
     numbers = report.profile_numbers(runs)

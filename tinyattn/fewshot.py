@@ -66,7 +66,7 @@ def summary(table: pd.DataFrame, task_floors: dict[str, dict[str, float]]) -> pd
     return frame[[t for t in FEWSHOT_TASKS if t in frame.columns]]
 
 
-WITHHELD = "withheld: not yet checked"
+WITHHELD = "withheld"  # transcribed, not yet checked against the paper
 
 
 def published() -> dict[str, dict[str, float]]:

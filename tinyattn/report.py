@@ -314,6 +314,15 @@ def budget_table(runs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def merge_equal_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns that hold the same values (missing ones alike) merged into one, headed by their
+    names joined with " = ", so that profiles sharing every learning rate take one column."""
+    groups: dict[tuple, list[str]] = {}
+    for column in frame.columns:
+        groups.setdefault(tuple(frame[column].fillna("—")), []).append(column)
+    return pd.DataFrame({" = ".join(cols): frame[cols[0]] for cols in groups.values()})
+
+
 def learning_rate_table(runs: pd.DataFrame, profiles: list[str]) -> pd.DataFrame:
     """Method x profile: the learning rate (per task where it differs), or the tuning grid that will
     choose it while that grid is not done."""
