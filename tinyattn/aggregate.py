@@ -272,27 +272,15 @@ def paired_comparison(
     ``exclude`` (booleans aligned with ``runs``, e.g. ``stats.collapsed``) drops every pair that
     holds a flagged run.
     """
-    diffs = stats.pair_differences(runs, reference, score, exclude=exclude)
-    rows = []
-    for method in [m for m in dict.fromkeys(runs["method"]) if m != reference]:
-        values = diffs.loc[diffs["method"] == method, "difference"].to_numpy()
-        low, high = stats.bootstrap_interval(
-            values, resamples=resamples, seed=seed, confidence=confidence
-        )
-        some = len(values) > 0
-        rows.append(
-            {
-                "method": method,
-                "pairs": len(values),
-                "mean_difference": float(values.mean()) if some else float("nan"),
-                "median_difference": float(np.median(values)) if some else float("nan"),
-                "ci_low": low,
-                "ci_high": high,
-                "reference_wins": float((values > 0).mean()) if some else float("nan"),
-                **stats.sign_test(values),
-            }
-        )
-    return pd.DataFrame(rows)
+    return stats.pooled_comparison(
+        runs,
+        reference,
+        score=score,
+        exclude=exclude,
+        resamples=resamples,
+        confidence=confidence,
+        seed=seed,
+    )
 
 
 def per_task_table(per_task: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:

@@ -150,6 +150,47 @@ def within_family(comparison: pd.DataFrame, family: Sequence[str]) -> pd.DataFra
     return table
 
 
+def pooled_comparison(
+    runs: pd.DataFrame,
+    reference: str,
+    family: Sequence[str] | None = None,
+    score: str = "score",
+    *,
+    exclude: pd.Series | None = None,
+    resamples: int = 10_000,
+    confidence: float = 1 - ALPHA,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The reference minus each method of ``family`` (default: every other method of ``runs``, in
+    order of appearance), paired on (task, seed) and pooled: the number of pairs both finished, the
+    mean and median difference, a percentile bootstrap interval of the mean (pairs resampled with
+    replacement), the share of pairs the reference wins and the exact sign test (``wins``,
+    ``losses``, ``ties``, ``sign_p``). ``exclude``: as in ``pair_differences``."""
+    diffs = pair_differences(runs, reference, score, exclude=exclude)
+    if family is None:
+        family = [m for m in dict.fromkeys(runs["method"]) if m != reference]
+    rows = []
+    for method in family:
+        values = diffs.loc[diffs["method"] == method, "difference"].to_numpy()
+        low, high = bootstrap_interval(
+            values, resamples=resamples, seed=seed, confidence=confidence
+        )
+        some = len(values) > 0
+        rows.append(
+            {
+                "method": method,
+                "pairs": len(values),
+                "mean_difference": float(values.mean()) if some else float("nan"),
+                "median_difference": float(np.median(values)) if some else float("nan"),
+                "ci_low": low,
+                "ci_high": high,
+                "reference_wins": float((values > 0).mean()) if some else float("nan"),
+                **sign_test(values),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def declared_comparison(
     runs: pd.DataFrame,
     reference: str,
@@ -158,29 +199,12 @@ def declared_comparison(
     *,
     exclude: pd.Series | None = None,
 ) -> pd.DataFrame:
-    """The reference against each method of ``family`` (default: every other method), pooled over
-    (task, seed) pairs: pairs, mean difference and bootstrap interval, share of pairs the reference
-    wins, sign test, Holm-adjusted p over the family, and the declared outcome. ``exclude``: as in
-    ``pair_differences`` (the comparison without collapsed runs)."""
-    diffs = pair_differences(runs, reference, score, exclude=exclude)
-    family = list(family) if family is not None else list(dict.fromkeys(diffs["method"]))
-    rows = []
-    for method in family:
-        values = diffs.loc[diffs["method"] == method, "difference"].to_numpy()
-        low, high = bootstrap_interval(values)
-        rows.append(
-            {
-                "method": method,
-                "pairs": len(values),
-                "mean_difference": float(values.mean()) if len(values) else float("nan"),
-                "median_difference": float(np.median(values)) if len(values) else float("nan"),
-                "ci_low": low,
-                "ci_high": high,
-                "reference_wins": float((values > 0).mean()) if len(values) else float("nan"),
-                **sign_test(values),
-            }
-        )
-    table = pd.DataFrame(rows)
+    """``pooled_comparison`` over ``family`` (default: every method with a pair), with Holm's p over
+    the family and the declared outcome (``within_family``)."""
+    if family is None:
+        diffs = pair_differences(runs, reference, score, exclude=exclude)
+        family = list(dict.fromkeys(diffs["method"]))
+    table = pooled_comparison(runs, reference, family, score, exclude=exclude)
     if table.empty:
         return table
     return within_family(table, family)
