@@ -169,6 +169,18 @@ def pooled_comparison(
     diffs = pair_differences(runs, reference, score, exclude=exclude)
     if family is None:
         family = [m for m in dict.fromkeys(runs["method"]) if m != reference]
+    return _pool(diffs, family, resamples=resamples, confidence=confidence, seed=seed)
+
+
+def _pool(
+    diffs: pd.DataFrame,
+    family: Sequence[str],
+    *,
+    resamples: int = 10_000,
+    confidence: float = 1 - ALPHA,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """``pooled_comparison``'s rows from the paired differences (``pair_differences``)."""
     rows = []
     for method in family:
         values = diffs.loc[diffs["method"] == method, "difference"].to_numpy()
@@ -201,10 +213,10 @@ def declared_comparison(
 ) -> pd.DataFrame:
     """``pooled_comparison`` over ``family`` (default: every method with a pair), with Holm's p over
     the family and the declared outcome (``within_family``)."""
+    diffs = pair_differences(runs, reference, score, exclude=exclude)
     if family is None:
-        diffs = pair_differences(runs, reference, score, exclude=exclude)
         family = list(dict.fromkeys(diffs["method"]))
-    table = pooled_comparison(runs, reference, family, score, exclude=exclude)
+    table = _pool(diffs, family)
     if table.empty:
         return table
     return within_family(table, family)
