@@ -1,18 +1,25 @@
 """The committed results themselves: every record is complete, its run id reproduces from its
-parameters, and every method of the baselines profile beat the majority class on its SST-2 slice."""
+parameters, every method of the baselines profile beat the majority class on its SST-2 slice, and
+the committed summary tables are those of the committed records."""
 
 from __future__ import annotations
 
+import io
 import re
+import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from tinyattn.aggregate import results_table, summarise
 from tinyattn.data import load_glue_task
+from tinyattn.datasets_summary import majority_scores
 from tinyattn.experiment import RunParams
 from tinyattn.metrics import majority_baseline
 from tinyattn.profiles import estimate_seconds, expand, load_profile
 from tinyattn.records import read_record, read_records
+from tinyattn.study import profile_runs
 from tinyattn.tuning import planned_runs
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -100,3 +107,29 @@ def test_planning_estimate_matches_the_committed_runs():
     for method, values in ratios.items():
         median = sorted(values)[len(values) // 2]
         assert 2 / 3 < median < 3 / 2, (method, round(median, 2), len(values))
+
+
+def _committed_csv(name: str) -> pd.DataFrame:
+    """``results/summary/<name>`` as committed (the book build rewrites the working copy, so a test
+    of the working copy after a build could not fail), or as on disk in a copy without git."""
+    path = f"results/summary/{name}"
+    shown = subprocess.run(
+        ["git", "show", f"HEAD:{path}"], cwd=RESULTS.parent, capture_output=True, text=True
+    )
+    text = shown.stdout if shown.returncode == 0 else (RESULTS.parent / path).read_text()
+    return pd.read_csv(io.StringIO(text))
+
+
+@pytest.mark.parametrize("profile", ["quick", "cpu"])
+def test_committed_summary_tables_are_those_of_the_committed_records(profile):
+    """The book build rewrites ``results/summary`` from the records; a summary committed from older
+    records (the quick tables once kept the CPU hours of records remade since) fails here."""
+    runs = profile_runs(profile, str(RUNS)).runs
+    if profile == "quick":
+        expected = {"quick_runs.csv": runs, "quick_summary.csv": summarise(runs)}
+    else:
+        majority = majority_scores(sorted(set(runs["task"])))
+        expected = {"cpu_results.csv": results_table(runs, majority).round(4)}
+    for name, table in expected.items():
+        fresh = pd.read_csv(io.StringIO(table.to_csv(index=False)))
+        pd.testing.assert_frame_equal(_committed_csv(name), fresh, obj=name)
