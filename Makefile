@@ -61,13 +61,12 @@ book: install
 	$(VENV)/bin/jupyter-book build . --all --warningiserror --keep-going --quiet
 
 # The core library on the newest transformers 5 and peft, without the `adapters` extra (which pins
-# transformers 4.57): the adapter, its PEFT route, data, metrics, training and the methods that come
-# from peft or this library. Its own environment, .venv-tf5. (The cloze protocol's tests build their
-# tokenizers in a way transformers 5 reads differently: not yet part of the core set.)
+# transformers 4.57): the adapter, its PEFT route, data, metrics, training, the FewGLUE cloze protocol
+# and the methods that come from peft or this library. Its own environment, .venv-tf5.
 CORE_VENV ?= .venv-tf5
 CORE_TESTS := tests/test_adapter.py tests/test_inject.py tests/test_peft.py tests/test_methods.py \
 	tests/test_checkpoint.py tests/test_data.py tests/test_metrics.py tests/test_train.py \
-	tests/test_stats.py tests/test_fewglue.py
+	tests/test_stats.py tests/test_fewglue.py tests/test_cloze.py
 test-core:
 	python3 -m venv $(CORE_VENV)
 	$(CORE_VENV)/bin/python -m pip install -q --upgrade pip
