@@ -163,7 +163,11 @@ matrix = pytest.mark.parametrize(
 
 
 def test_registry_has_every_method_documented():
-    assert set(ALL_METHODS) <= set(METHODS)
+    """Every registered method is in this file's matrix (a new one must say what it trains in
+    ``TRAINS``), and documents its defaults' source."""
+    assert set(METHODS) == set(ALL_METHODS) == set(TRAINS), (
+        "add the method to ALL_METHODS and TRAINS"
+    )
     for name in ALL_METHODS:
         spec = METHODS[name]
         assert spec.source and spec.description, name
