@@ -20,6 +20,8 @@ from conftest import fake_record
 from tinyattn import runner
 from tinyattn.cli import main as cli
 from tinyattn.profiles import (
+    PROFILES_DIR,
+    TASK_SIZES,
     as_profile,
     estimate_seconds,
     expand,
@@ -31,6 +33,7 @@ from tinyattn.profiles import (
 from tinyattn.records import record_status, write_json_atomic
 from tinyattn.runner import TRAIN_NOTEBOOK, run_study
 from tinyattn.study import plan, profile_runs
+from tinyattn.tasks import FEWSHOT_TASKS, GLUE_TASKS
 from tinyattn.tuning import planned_runs
 
 TOY = {
@@ -179,6 +182,21 @@ def test_profiles_expand_and_estimate(tmp_path):
         per_method.setdefault(row["method"], []).append(row)
     assert len({len(v) for v in per_method.values()}) == 1  # every method gets every task and seed
     assert cpu["tuning"] == "tune" and set(cpu["counts"]) >= {"awaiting tuning"}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+def test_every_committed_profile_plans_from_the_committed_records(name):
+    """What ``tinyattn study --profile NAME --dry-run`` prints, for every file in ``profiles/``: it
+    loads, expands with its tuning profile's committed rates, and every run has a cost estimate."""
+    status = plan(name, out_dir=str(PROFILES_DIR.parent / "results" / "runs"))
+    assert status["runs"], name
+    assert "awaiting tuning" not in status["counts"], name  # the committed tune records suffice
+    assert status["estimated_cpu_hours"] >= 0
+
+
+def test_every_task_has_the_sizes_the_planning_estimate_needs():
+    """A task added to ``tasks.py`` needs its split sizes and mean lengths in ``TASK_SIZES``."""
+    assert set(TASK_SIZES) == set(GLUE_TASKS) | set(FEWSHOT_TASKS)
 
 
 def test_tuning_and_ablations_share_the_cpu_studys_budget(tmp_path):
