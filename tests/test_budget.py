@@ -16,6 +16,7 @@ from conftest import fake_record
 
 from tinyattn import budget
 from tinyattn.plots import budget_curves_figure
+from tinyattn.profiles import load_profile
 from tinyattn.records import write_json_atomic
 from tinyattn.tuning import planned_runs
 
@@ -368,7 +369,9 @@ def test_the_chapter_opens_with_its_answer_on_a_partial_grid(records, tmp_path):
 def test_the_paper_budget_profile_is_the_cpu_study_at_twenty_epochs():
     """Every `cpu` run of RTE, MRPC, STS-B and CoLA has a `paper_budget` twin that differs from it in
     the number of epochs alone (same method, options, learning rate and seed), planned from the
-    committed `tune` records."""
+    committed `tune` records; like `budget`, it is pinned to the `cpu` study's code."""
+    pins = {name: load_profile(name).get("code") for name in ("cpu", "budget", "paper_budget")}
+    assert len(set(pins.values())) == 1 and pins["cpu"], pins
     runs_dir = str(Path(__file__).resolve().parent.parent / "results" / "runs")
     long = planned_runs("paper_budget", runs_dir)
     short = {(p.task, p.label, p.seed): p for p in planned_runs("cpu", runs_dir)}
