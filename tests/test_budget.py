@@ -366,6 +366,45 @@ def test_the_chapter_opens_with_its_answer_on_a_partial_grid(records, tmp_path):
     assert roles and roles <= set(glued), roles - set(glued)
 
 
+def test_the_chapter_on_the_finished_grid_states_its_answer(tmp_path):
+    """Every `budget` run done, tiny attention 1-3 points behind each method at both budgets: the
+    chapter says so without "provisionally", reports the verdict at both budgets and why six pairs
+    cannot resolve it, and has nothing left to run."""
+    out = tmp_path / "runs"
+    out.mkdir()
+    behind = {"tinyattn_e1": 0.0, "ia3": 0.01, "houlsby": 0.02, "full_ft": 0.03}
+    for name, base in (("tune", 0.7), ("cpu", 0.7), ("budget", 0.8)):
+        for p in planned_runs(name, str(out)):
+            score = base + behind.get(p.label, 0.0) + 0.001 * (p.seed % 7)
+            write_json_atomic(out / f"{p.run_id}.json", _record(p, score, evals_per_epoch=2))
+    book = Path(__file__).resolve().parent.parent / "book"
+    executed = tmp_path / "budget.ipynb"
+    papermill.execute_notebook(
+        str(book / "budget.ipynb"),
+        str(executed),
+        parameters={"runs_dir": str(out)},
+        cwd=str(book),
+        progress_bar=False,
+    )
+    glued = {}
+    for cell in json.loads(executed.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            for mime, value in output.get("data", {}).items():
+                if mime.startswith("application/papermill.record/"):
+                    text = "".join(value) if isinstance(value, list) else str(value)
+                    glued.setdefault(output["metadata"]["scrapbook"]["name"], text)
+    headline = glued["budget_headline"]
+    assert headline.startswith("With all 24 runs done, C1's verdict is *not established* at both")
+    assert "provisionally" not in headline
+    assert "even 6 pairs of 6 won give a Holm p of 0.094" in headline
+    assert glued["budget_done"] == glued["budget_planned"] == "24"
+    assert glued["budget_remaining"] == "0" and glued["budget_pairs_now"] == "6"
+    assert (
+        glued["budget_c1_short"] == glued["budget_c1_long"] == "'not established'"
+    )  # a str's repr
+    assert glued["budget_c1_changed"] == "'does not change'"
+
+
 def test_the_paper_budget_profile_is_the_cpu_study_at_twenty_epochs():
     """Every `cpu` run of RTE, MRPC, STS-B and CoLA has a `paper_budget` twin that differs from it in
     the number of epochs alone (same method, options, learning rate and seed), planned from the
