@@ -18,8 +18,6 @@ from conftest import fake_record, tiny_encoder
 
 from tinyattn import report
 from tinyattn.adapter import param_count
-from tinyattn.data import DATA_DIR_ENV
-from tinyattn.metrics import majority_score
 from tinyattn.profiles import estimate_seconds, expand, load_profile
 from tinyattn.records import write_json_atomic
 from tinyattn.study import ProfileRuns
@@ -291,30 +289,6 @@ def test_stage_one_numbers_count_the_reference_runs_started_from_a_selected_chec
     assert numbers == {"stage_one_selected": 2, "stage_one_runs": 3, "stage_one_gap": 1.25}
     assert list(selected["task"]) == ["rte", "mrpc"] and "selected" not in selected.columns
     assert report.stage_one_numbers(pd.DataFrame(), "ref")[0]["stage_one_runs"] == 0
-
-
-def test_collapsed_runs_are_those_within_a_point_of_the_majority_class(data_dir, monkeypatch):
-    monkeypatch.setenv(DATA_DIR_ENV, str(data_dir))
-    majority = 100 * majority_score("rte")
-    runs = pd.DataFrame(
-        {
-            "task": ["rte", "rte", "rte"],
-            "method": ["a", "b", "b"],
-            "seed": [1, 1, 2],
-            "final_score": [majority + 0.5, majority + 1.5, majority - 2.0],
-            "learning_rate": [1e-3, 3e-4, 3e-4],
-        }
-    )
-    table, sentence = report.collapsed_runs(runs)
-    assert list(zip(table["method"], table["seed"], table["learning_rate"])) == [
-        ("a", 1, 1e-3),
-        ("b", 2, 3e-4),
-    ]
-    assert sentence == (
-        f"2 of 3 runs end at most a point above the majority class (rte: {majority:.1f})."
-    )
-    assert report.code_list(table["method"]) == "`a`, `b`" and report.code_list([]) == "none"
-    assert report.collapsed_runs(pd.DataFrame())[0].empty
 
 
 def test_expert_runs_and_the_reports_the_heads_chapter_reads():

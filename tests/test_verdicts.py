@@ -387,3 +387,8 @@ def test_c4_judges_nothing_against_unchecked_published_rows():
     close = _few_runs({"fewrte": [66.0], "fewcb": [60.0]})  # would be "supported" against C4_REFS
     text = verdicts.c4(offline, C4_BASELINES, {}, cloze=close)
     assert text.startswith("**C4 cannot be decided yet**") and "not yet checked" in text
+
+
+def test_code_list_names_each_item_once_in_order():
+    assert verdicts.code_list(["a", "b", "a"]) == "`a`, `b`"
+    assert verdicts.code_list(pd.Series(["x"])) == "`x`" and verdicts.code_list([]) == "none"

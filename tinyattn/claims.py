@@ -11,11 +11,6 @@ import pandas as pd
 
 from tinyattn import stats, verdicts
 
-
-def _code_list(items) -> str:
-    return ", ".join(f"`{item}`" for item in dict.fromkeys(items)) or "none"
-
-
 # --------------------------------------------------------------------------- any claim
 
 
@@ -79,7 +74,7 @@ def c1_opening(family: pd.DataFrame, headline: str, reference: str) -> str:
     decided = int(top["wins"] + top["losses"])
     return (
         f"{headline}: {len(worse)} of the {len(family)} other methods beat tiny attention "
-        f"(`{reference}`) resolvably ({_code_list(worse['method'])}); `{top['method']}` by the most, "
+        f"(`{reference}`) resolvably ({verdicts.code_list(worse['method'])}); `{top['method']}` by the most, "
         f"{-top['mean_difference']:.1f} points (95 % interval {-top['ci_high']:.1f} to "
         f"{-top['ci_low']:.1f}) over {int(top['pairs'])} (task, seed) pairs, ahead in "
         f"{int(top['losses'])} of {decided}."
@@ -107,8 +102,8 @@ def c1_change(comparison: pd.DataFrame, family: pd.DataFrame, reference: str) ->
     now = list(family.loc[family["outcome"] == "worse", "method"])
     text = (
         f"By the interval alone, with every other row in the family (the rule before), "
-        f"{_code_list(before)} were resolvably ahead of `{reference}`; under the declared rule, "
-        f"{_code_list(now)}."
+        f"{verdicts.code_list(before)} were resolvably ahead of `{reference}`; under the declared rule, "
+        f"{verdicts.code_list(now)}."
     )
     for method in [m for m in before if m not in now]:
         text += f" `{method}` no longer counts: " + (

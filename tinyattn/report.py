@@ -14,10 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from tinyattn.adapter import paper_param_count, param_count
-from tinyattn.aggregate import compute_table, near_majority
+from tinyattn.aggregate import compute_table
 from tinyattn.bench_report import bench_numbers, bench_stages, gpu_numbers  # noqa: F401 (chapters)
 from tinyattn.data import get_task
-from tinyattn.datasets_summary import majority_scores
 from tinyattn.inject import experts_averaged
 from tinyattn.methods import METHODS, build_model, library_adapter_params
 from tinyattn.model import count_parameters
@@ -25,11 +24,6 @@ from tinyattn.profiles import TASK_SIZES, estimate_seconds
 from tinyattn.study import profile_runs
 
 # --------------------------------------------------------------------------- any study chapter
-
-
-def code_list(items) -> str:
-    """Names as inline code, comma-separated, in order of first appearance; ``"none"`` if empty."""
-    return ", ".join(f"`{item}`" for item in dict.fromkeys(items)) or "none"
 
 
 def progress(study) -> str:
@@ -136,25 +130,6 @@ def budget_numbers(study) -> dict:
         "budget_gpu_minutes": float(on_gpu["wall_seconds"].sum() / 60) if gpu_ids else 0.0,
         "budget_gpu_cpu_estimate": gpu_estimate,
     }
-
-
-# --------------------------------------------------------------------------- context chapter (C3)
-
-
-def collapsed_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The runs that ended within a point of their task's majority-class score (recorded in
-    ``results/summary/datasets.json``), with each method's learning rate, and the sentence that
-    counts them and gives each task's majority score."""
-    if runs.empty:
-        return pd.DataFrame(columns=["task", "method", "seed", "final_score", "majority"]), ""
-    majority = majority_scores(sorted(set(runs["task"])))
-    table = near_majority(runs, majority)
-    table["learning_rate"] = table["method"].map(runs.groupby("method")["learning_rate"].first())
-    scores = ", ".join(f"{t}: {s:.1f}" for t, s in majority.items())
-    sentence = (
-        f"{len(table)} of {len(runs)} runs end at most a point above the majority class ({scores})."
-    )
-    return table, sentence
 
 
 # --------------------------------------------------------------------------- heads chapter (C2)

@@ -65,8 +65,9 @@ def outcome(row: Mapping) -> str:
     return stats.outcome(row)
 
 
-def _names(methods) -> str:
-    return ", ".join(f"`{m}`" for m in methods) or "none"
+def code_list(items) -> str:
+    """Names as inline code, comma-separated, in order of first appearance; ``"none"`` if empty."""
+    return ", ".join(f"`{item}`" for item in dict.fromkeys(items)) or "none"
 
 
 def _interval(row: Mapping) -> str:
@@ -133,14 +134,14 @@ def c1(
     unresolved = groups.get("not resolved", []) + groups.get("too few pairs", [])
     by_method = table.set_index("method")
     lines = [
-        f"- tiny attention (`{reference}`) is resolvably better than: " + _names(better),
+        f"- tiny attention (`{reference}`) is resolvably better than: " + code_list(better),
         "- resolvably worse than: "
         + (
             "none"
             if not worse
             else "; ".join(f"`{m}` ({_evidence(by_method.loc[m])})" for m in worse)
         ),
-        "- not resolved by these seeds and tasks: " + _names(unresolved),
+        "- not resolved by these seeds and tasks: " + code_list(unresolved),
     ]
     gist = _c1_gist(table)
     if without_collapsed is not None and not without_collapsed.empty:
@@ -149,7 +150,7 @@ def c1(
         worse_there = other.loc[other["outcome"] == "worse", "method"]
         lines.append(
             "- without the pairs that hold a collapsed run: resolvably worse than "
-            + _names(worse_there)
+            + code_list(worse_there)
             + "; "
             + (
                 "the verdict is the same"
@@ -302,7 +303,7 @@ def c3(comparison: pd.DataFrame, complete: bool) -> str:
     rows = {m: _row(comparison, m) for m in C3_TESTS}
     missing = [m for m, row in rows.items() if row is None]
     if missing:
-        return f"**No verdict yet.** No finished pair for {_names(missing)}."
+        return f"**No verdict yet.** No finished pair for {code_list(missing)}."
     family = stats.within_family(comparison, C3_TESTS).set_index("method")  # Holm over C3's three
     rows = {m: family.loc[m] for m in C3_TESTS}
     result = {m: outcome(row) for m, row in rows.items()}
