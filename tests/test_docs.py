@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import tinyattn
+from tinyattn.profiles import load_profile
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = ("README.md", "CONTRIBUTING.md")
@@ -50,3 +51,15 @@ def test_module_names_in_the_docs_exist(doc):
         if not hasattr(importlib.import_module(f"tinyattn.{n.split('.')[0]}"), n.split(".")[1])
     ]
     assert not missing, f"{doc} names {missing}"
+
+
+def test_the_readme_names_every_pinned_and_frozen_profile():
+    """The README's reproduction policy lists each pinned profile with its commit, and each frozen one."""
+    readme = (REPO / "README.md").read_text()
+    policy = readme[readme.index("The policy:") : readme.index("## The batch runner")]
+    for path in sorted((REPO / "profiles").glob("*.yaml")):
+        profile = load_profile(path.stem)
+        if profile.get("code") or profile.get("frozen"):
+            assert f"`{path.stem}`" in policy, path.stem
+        if profile.get("code"):
+            assert profile["code"] in policy, (path.stem, profile["code"])

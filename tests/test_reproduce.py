@@ -100,6 +100,14 @@ def test_changed_code_explains_a_pinned_profile_and_makes_an_unpinned_one_stale(
     pinned = rp.compare_run(old, new, 1e-3, pinned="aaaaaaa", changes=adapter_changed)
     assert pinned["status"] == "explained"
     assert rp.summarise("toy", "aaaaaaa", 1e-3, [pinned], [])["passed"]
+    frozen = rp.compare_run(old, new, 1e-3, changes=adapter_changed, frozen=True)
+    assert (
+        frozen["status"] == "explained"
+    )  # records kept as made: the code explains, nothing is stale
+    assert (
+        rp.compare_run(record("a" * 40), record("a" * 40, f1=0.75), 1e-3, frozen=True)["status"]
+        == "unexplained"
+    )  # frozen excuses a code change only
 
 
 def test_another_commit_with_the_same_training_code_explains_nothing():
@@ -236,6 +244,18 @@ def test_profiles_pin_their_commit_and_a_bad_pin_is_named(tmp_path):
         load_profile(path)
 
 
+def test_profiles_that_others_are_planned_from_are_frozen_and_say_why():
+    assert "cpu" in load_profile("tune")["frozen"]  # its rates choose the cpu study's run ids
+    assert {"code", "frozen"} & set(load_profile("quick")) == set()
+    base = {"tasks": {"sst2": {}}, "methods": {"lora": {}}, "seeds": [1]}
+    validate(base | {"frozen": "kept"})
+    for bad in ("", "  ", True, 3):
+        with pytest.raises(ValueError, match="'frozen' must say why"):
+            validate(base | {"frozen": bad})
+    with pytest.raises(ValueError, match="either pinned .'code'. or 'frozen'"):
+        validate(base | {"frozen": "kept", "code": "47152b3"})
+
+
 # ----------------------------------------------------------------------------- the check, end to end
 def fake_execute(shift: dict[str, float]):
     """An executor that 'reruns' a run by copying its committed record, moving some metrics."""
@@ -280,6 +300,14 @@ def test_a_pinned_profile_is_not_rerun_from_other_code(at_repo, monkeypatch, tmp
         rp.reproduce(pinned, tmp_path / "p", runs=["head_only"], log=lambda m: 0)
     summary = rp.reproduce(pinned, tmp_path / "p", runs=["head_only"], any_code=True, log=print)
     assert summary["code"] == "1234567" and summary["passed"]
+
+
+def test_a_frozen_profile_is_rerun_from_this_checkout_and_says_so(at_repo, monkeypatch, tmp_path):
+    frozen = load_profile("quick") | {"frozen": "kept as made"}
+    monkeypatch.setattr(rp, "execute", fake_execute({}))
+    summary = rp.reproduce(frozen, tmp_path / "f", runs=["head_only"], log=lambda m: 0)
+    assert summary["frozen"] == "kept as made" and summary["passed"]
+    assert "(frozen: records kept as made)" in rp.format_summary(summary)
 
 
 def test_runs_that_name_nothing_are_an_error(at_repo, tmp_path):

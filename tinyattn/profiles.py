@@ -114,6 +114,15 @@ def validate(profile: object, path: str | Path = "<profile>") -> None:
             f"profile {path}: 'code' must name a git commit, 7 to 40 lower-case hex digits "
             f"(quote it if it is all digits), got {code!r}"
         )
+    frozen = profile.get("frozen")  # records kept as made, across commits: never remade
+    if frozen is not None and not (isinstance(frozen, str) and frozen.strip()):
+        raise ValueError(
+            f"profile {path}: 'frozen' must say why its records are kept, got {frozen!r}"
+        )
+    if frozen is not None and code is not None:
+        raise ValueError(
+            f"profile {path}: a profile is either pinned ('code') or 'frozen', not both"
+        )
 
 
 def as_profile(profile: str | Path | dict) -> dict:

@@ -2,15 +2,18 @@
 committed record, metric by metric, within a stated tolerance, saying why any run differs.
 
 The policy (the book's Reproducing chapter): a profile that names ``code: <commit>`` is *pinned*: its
-records were made with that commit's code and are rerun from a checkout of it. A profile that names no
-commit must be reproducible by today's code: when the code a run imports changes its numbers, the
-profile's records are made again. So, per run:
+records were made with that commit's code and are rerun from a checkout of it. A profile that says
+``frozen: <why>`` keeps its records as they were made, over several commits, because other profiles are
+planned from them (``tune``: the ``cpu`` study's learning rates, hence its run ids); it is rerun from
+today's code, and a difference the code explains is reported, not a failure. Any other profile must be
+reproducible by today's code: when the code a run imports changes its numbers, the profile's records
+are made again. So, per run:
 
 - ``match``: every metric of the record's best and final evaluations within the tolerance;
-- ``explained``: a metric differs by more, and the two runs' provenance says why (a pinned profile
-  rerun from other code, other package versions, another device, processor or thread count);
+- ``explained``: a metric differs by more, and the two runs' provenance says why (a pinned or frozen
+  profile rerun from other code, other package versions, another device, processor or thread count);
 - ``stale``: a metric differs by more and the code a run imports changed since the record was made,
-  in a profile that is not pinned: the record must be made again (the check fails);
+  in a profile that is neither pinned nor frozen: the record must be made again (the check fails);
 - ``unexplained``: a metric differs by more and nothing in the provenance differs (the check fails);
 - ``failed``: the rerun did not finish (the check fails).
 
@@ -221,9 +224,11 @@ def compare_run(
     tolerance: float = DEFAULT_TOLERANCE,
     pinned: str | None = None,
     changes: Callable[[str, str | None], list[str] | None] = code_changes,
+    frozen: bool = False,
 ) -> dict:
     """One run's verdict: its metric differences, the provenance reasons, and a ``status`` (see the
-    module's docstring). ``pinned``: the commit the profile is pinned to, if any."""
+    module's docstring). ``pinned``: the commit the profile is pinned to, if any; ``frozen``: whether
+    its records are kept as made."""
     params = record.get("params") or {}
     row = {
         "run_id": record["run_id"],
@@ -256,7 +261,7 @@ def compare_run(
         status = "match"
     elif not explaining:
         status = "unexplained"
-    elif not pinned and any(r["kind"] in ("code", "uncommitted") for r in explaining):
+    elif not (pinned or frozen) and any(r["kind"] in ("code", "uncommitted") for r in explaining):
         status = "stale"
     else:
         status = "explained"
@@ -349,8 +354,13 @@ def reproduce(
     _execute_all(todo, jobs, executor, log)
     records = {r["run_id"]: r for r in read_records(records_dir, run_ids=recorded)}
     reruns = {r["run_id"]: r for r in read_records(into, status=None, run_ids=recorded)}
-    rows = [compare_run(records[p.run_id], reruns.get(p.run_id), tolerance, pin) for p in planned]
-    return summarise(name, pin, tolerance, rows, selected=list(runs or []))
+    frozen = bool(profile.get("frozen"))
+    rows = [
+        compare_run(records[p.run_id], reruns.get(p.run_id), tolerance, pin, frozen=frozen)
+        for p in planned
+    ]
+    summary = summarise(name, pin, tolerance, rows, selected=list(runs or []))
+    return summary | {"frozen": profile.get("frozen")}
 
 
 def _seed_tuning_records(profile: dict, records_dir: str | Path, into: Path) -> None:
@@ -434,5 +444,6 @@ def format_summary(summary: dict) -> str:
         f"reproduce {summary['profile']}: {verdict} at tolerance {summary['tolerance']:g}; "
         f"{summary['counts']}; largest difference {summary['largest_difference']}"
         + (f" (pinned to {summary['code']})" if summary["code"] else "")
+        + (" (frozen: records kept as made)" if summary.get("frozen") else "")
     )
     return "\n".join(lines)
