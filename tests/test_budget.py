@@ -161,6 +161,25 @@ def _study(pairs: pd.DataFrame) -> budget.BudgetStudy:
     return budget.BudgetStudy(runs("budget"), runs("cpu"), pairs, "tinyattn_e1", FAMILY)
 
 
+def test_the_change_sentence_gives_each_methods_move_per_task_reference_first():
+    plan = _plan()
+    short = _runs(plan, _gap({}), suffix="short", epochs=3)
+    moved = {"tinyattn_e1": 1.0, "ia3": -2.0, "houlsby": 0.5, "full_ft": -1.0}
+
+    def long_score(task, method, seed):
+        if task != "mrpc" or (method == "full_ft" and seed == 87):
+            return None  # STS-B not run yet; one full fine-tuning seed missing
+        return _gap({})(task, method, seed) + moved[method]
+
+    pairs = budget.pair_budgets(plan, _runs(plan, long_score, suffix="long", epochs=10), short)
+    text = budget.change_sentence(_study(pairs))
+    assert text.startswith("Measured with 10 epochs instead of the `cpu` budget")
+    assert "on MRPC, `tinyattn_e1` +1.0 (3 seeds), `ia3` -2.0 (3 seeds), `houlsby` +0.5" in text
+    assert "`full_ft` -1.0 (2 seeds)." in text and "STSB" not in text
+    none = budget.pair_budgets(plan, _runs(plan, lambda *a: None, suffix="long", epochs=10), short)
+    assert budget.change_sentence(_study(none)) == "No run of the longer budget has finished yet."
+
+
 @pytest.mark.parametrize("flip", [True, False])
 def test_the_c1_verdict_changes_with_the_budget_only_when_the_data_do(flip):
     # three tasks x three seeds: nine pairs, enough for the declared rule to resolve a comparison

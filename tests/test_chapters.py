@@ -112,6 +112,7 @@ def test_glue_chapter_gives_a_verdict_on_a_finished_study(finished_study, tmp_pa
     assert "C1 holds on MiniLM-L6" in text
     assert "C1 holds on MiniLM-L6: no method is resolvably ahead" in text  # the opening sentence
     assert "Provisional" not in text and "No verdict yet" not in text
+    assert "No run of the longer budget has finished yet." in text  # no `budget` record here
     results = pd.read_csv(summary / "cpu_results.csv")
     assert len(results) == 5 * 11 and (results["seeds"] == 3).all()
 

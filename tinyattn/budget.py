@@ -391,6 +391,27 @@ def _so_far(pairs: pd.DataFrame, long_phrase: str) -> str:
     )
 
 
+def change_sentence(study: BudgetStudy) -> str:
+    """For the GLUE chapter: per task, how the longer budget moved each method's end-of-training
+    score (the mean over the seeds finished at both budgets), the reference first."""
+    done = study.pairs.dropna(subset=["change"])
+    if done.empty:
+        return "No run of the longer budget has finished yet."
+    long_phrase = f"{_epochs(study.pairs['long_epochs'])} epochs"
+    order = [study.reference, *study.family]
+    parts = []
+    for task, group in done.groupby("task", sort=False):
+        means = group.groupby("method")["change"].mean().reindex(order).dropna()
+        seeds = group.groupby("method")["seed"].nunique()
+        moves = ", ".join(f"`{m}` {v:+.1f} ({seeds[m]} seeds)" for m, v in means.items())
+        parts.append(f"on {task.upper()}, {moves}")
+    return (
+        f"Measured with {long_phrase} instead of the `{study.short.profile['name']}` budget, the "
+        "end-of-training score moved as follows (points, the mean over the seeds finished at both "
+        "budgets): " + "; ".join(parts) + "."
+    )
+
+
 def headline(study: BudgetStudy, comparison: pd.DataFrame) -> str:
     """The chapter's first sentence: what the budget study says so far, with its strongest number and
     how many runs it rests on."""
