@@ -351,20 +351,18 @@ def test_load_budget_refuses_a_reference_the_profile_lacks(records):
     assert not math.isnan(budget.smallest_holm_p(7, 3))
 
 
-def test_the_chapter_opens_with_its_answer_on_a_partial_grid(records, tmp_path):
+def _run_chapter(runs_dir: Path, tmp_path: Path) -> tuple[list[dict], dict[str, str]]:
+    """The budget chapter executed on ``runs_dir``: its cells, and each glued value as text."""
     book = Path(__file__).resolve().parent.parent / "book"
     out = tmp_path / "budget.ipynb"
     papermill.execute_notebook(
         str(book / "budget.ipynb"),
         str(out),
-        parameters={"runs_dir": str(records)},
+        parameters={"runs_dir": str(runs_dir)},
         cwd=str(book),
         progress_bar=False,
     )
     cells = json.loads(out.read_text())["cells"]
-    assert cells[1]["cell_type"] == "markdown" and "{glue:md}`budget_headline`" in "".join(
-        cells[1]["source"]
-    )
     glued = {}
     for output in [o for c in cells for o in c.get("outputs", [])]:
         for mime, value in output.get("data", {}).items():
@@ -372,6 +370,14 @@ def test_the_chapter_opens_with_its_answer_on_a_partial_grid(records, tmp_path):
                 key = output["metadata"]["scrapbook"]["name"]
                 glued.setdefault(key, "".join(value) if isinstance(value, list) else str(value))
                 assert not glued[key].startswith("np."), f"{key} glues a NumPy scalar"
+    return cells, glued
+
+
+def test_the_chapter_opens_with_its_answer_on_a_partial_grid(records, tmp_path):
+    cells, glued = _run_chapter(records, tmp_path)
+    assert cells[1]["cell_type"] == "markdown" and "{glue:md}`budget_headline`" in "".join(
+        cells[1]["source"]
+    )
     assert glued["budget_done"] == "4" and glued["budget_planned"] == "24"
     assert "With 4 of 24 runs done" in glued["budget_headline"]
     assert glued["budget_min_holm_p"] == "0.09375" and glued["budget_pairs_needed"] == "7"
@@ -396,22 +402,7 @@ def test_the_chapter_on_the_finished_grid_states_its_answer(tmp_path):
         for p in planned_runs(name, str(out)):
             score = base + behind.get(p.label, 0.0) + 0.001 * (p.seed % 7)
             write_json_atomic(out / f"{p.run_id}.json", _record(p, score, evals_per_epoch=2))
-    book = Path(__file__).resolve().parent.parent / "book"
-    executed = tmp_path / "budget.ipynb"
-    papermill.execute_notebook(
-        str(book / "budget.ipynb"),
-        str(executed),
-        parameters={"runs_dir": str(out)},
-        cwd=str(book),
-        progress_bar=False,
-    )
-    glued = {}
-    for cell in json.loads(executed.read_text())["cells"]:
-        for output in cell.get("outputs", []):
-            for mime, value in output.get("data", {}).items():
-                if mime.startswith("application/papermill.record/"):
-                    text = "".join(value) if isinstance(value, list) else str(value)
-                    glued.setdefault(output["metadata"]["scrapbook"]["name"], text)
+    _, glued = _run_chapter(out, tmp_path)
     headline = glued["budget_headline"]
     assert headline.startswith("With all 24 runs done, C1's verdict is *not established* at both")
     assert "provisionally" not in headline
