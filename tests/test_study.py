@@ -243,6 +243,26 @@ def test_unknown_profile_and_bad_parameter_types_are_named(toy, capsys):
         expand(load_profile(str(toy)))
 
 
+def test_a_pinned_profile_runs_only_from_its_commit_unless_told(toy, monkeypatch, capsys):
+    """`tinyattn study` refuses to make a pinned profile's pending runs with other code (they would
+    carry the same run ids as the pinned code's), says how, and runs with --any-code; a pinned
+    profile with nothing left to run (the cpu study) is not refused."""
+    started = []
+    monkeypatch.setattr(
+        runner, "run_study", lambda profile, **kw: started.append(profile) or {"failed": 0}
+    )
+    pinned = toy.with_name("pinned.yaml")
+    pinned.write_text(yaml.safe_dump(TOY | {"name": "pinned", "code": "47152b3"}))
+    assert cli(["study", "--profile", str(pinned)]) == 2
+    err = capsys.readouterr().err
+    assert "'pinned' is pinned (code: 47152b3)" in err and "tinyattn/adapter.py" in err
+    assert "git worktree add <dir> 47152b3" in err and "--any-code" in err and not started
+    assert cli(["study", "--profile", str(pinned), "--any-code"]) == 0 and started == [str(pinned)]
+    records_dir = str(Path(__file__).resolve().parent.parent / "results" / "runs")
+    assert cli(["study", "--profile", "cpu", "--out", records_dir]) == 0
+    assert started[-1] == "cpu"
+
+
 def test_notebook_rejects_a_parameter_of_the_wrong_type(tmp_path):
     import papermill
 

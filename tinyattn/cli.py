@@ -153,6 +153,8 @@ def cmd_study(args) -> int:
                 )
             print(f"{result['counts']}; pending: about {result['estimated_cpu_hours']} CPU-hours")
         return 0
+    if not args.any_code:
+        _refuse_other_code(args)
     outcome = run_study(
         args.profile,
         out_dir=args.out,
@@ -164,6 +166,30 @@ def cmd_study(args) -> int:
     )
     print(f"study {args.profile}: {outcome}")
     return 1 if outcome["failed"] else 0
+
+
+def _refuse_other_code(args) -> None:
+    """A pinned profile's pending runs are made from a checkout of its commit: a ``PinnedCodeError``
+    when this checkout's training code differs from it (runs already recorded are not a reason)."""
+    from tinyattn.profiles import load_profile
+    from tinyattn.reproduce import PinnedCodeError, pin_problem
+    from tinyattn.study import plan
+
+    profile = load_profile(args.profile)
+    if not profile.get("code"):
+        return
+    counts = plan(args.profile, args.out, args.shard)["counts"]
+    if not (counts["pending"] or (args.retry_failed and counts["failed"])):
+        return
+    problem = pin_problem(profile)
+    if problem:
+        pin = profile["code"]
+        raise PinnedCodeError(
+            f"profile {profile['name']!r} is pinned (code: {pin}): its runs are made from a "
+            f"checkout of that commit, and {problem}. Run it from such a checkout (git worktree add "
+            f"<dir> {pin}; see 'Reproducing the records' in the README), or pass --any-code to "
+            "make its runs with this checkout's code"
+        )
 
 
 def cmd_reproduce(args) -> int:
@@ -272,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="time_limit",
         type=float,
         help="minutes: start no run after this long (the rest stay pending)",
+    )
+    p.add_argument(
+        "--any-code",
+        dest="any_code",
+        action="store_true",
+        help="a pinned profile: make its runs with this checkout's code even though it differs "
+        "from the pin",
     )
     p.set_defaults(func=cmd_study)
 
