@@ -87,6 +87,21 @@ def test_runs_pair_by_task_method_and_seed_and_pending_ones_stay_empty():
     assert pending["short_score"].notna().all()
 
 
+def test_pairs_can_be_made_on_the_best_dev_evaluation_instead_of_the_end():
+    plan = _plan()
+    short = _runs(plan, _gap({}), suffix="short", epochs=3).assign(
+        score=lambda f: f["final_score"] + 1
+    )
+    long = _runs(plan, _gap({}), suffix="long", epochs=10).assign(
+        score=lambda f: f["final_score"] + 4
+    )
+    end = budget.pair_budgets(plan, long, short)
+    best = budget.pair_budgets(plan, long, short, score="score")
+    assert end["change"].tolist() == pytest.approx([0.0] * 24)  # the protocol: end of training
+    assert best["change"].tolist() == pytest.approx([3.0] * 24)  # the best evaluations: 4 - 1
+    assert (best["short_score"] - end["short_score"]).tolist() == pytest.approx([1.0] * 24)
+
+
 def test_pairing_refuses_a_second_record_and_a_run_outside_the_plan():
     plan = _plan()
     short = _runs(plan, _gap({}), suffix="short", epochs=3)
@@ -413,6 +428,7 @@ def test_the_chapter_on_the_finished_grid_states_its_answer(tmp_path):
         glued["budget_c1_short"] == glued["budget_c1_long"] == "'not established'"
     )  # a str's repr
     assert glued["budget_c1_changed"] == "'does not change'"
+    assert glued["budget_best_c1_long"] == "'not established'"  # the secondary view, on best dev
 
 
 def test_the_paper_budget_profile_is_the_cpu_study_at_twenty_epochs():

@@ -65,38 +65,42 @@ def planned_frame(planned) -> pd.DataFrame:
     )
 
 
-def _finished(runs: pd.DataFrame, name: str) -> pd.DataFrame:
-    """One row per (task, method, seed) of finished runs; a second record of one is an error."""
-    columns = ["task", "method", "seed", "final_score", "epochs", "run_id", "wall_seconds"]
+def _finished(runs: pd.DataFrame, name: str, score: str = "final_score") -> pd.DataFrame:
+    """One row per (task, method, seed) of finished runs, its ``score`` column as ``score``; a second
+    record of one is an error."""
+    columns = ["task", "method", "seed", score, "epochs", "run_id", "wall_seconds"]
     if runs.empty:
-        return pd.DataFrame(columns=columns).set_index(["task", "method", "seed"])
+        empty = pd.DataFrame(columns=columns).rename(columns={score: "score"})
+        return empty.set_index(["task", "method", "seed"])
     twice = runs[runs.duplicated(["task", "method", "seed"], keep=False)]
     if not twice.empty:
         raise ValueError(
             f"the {name} runs hold more than one finished record of the same (task, method, seed): "
             + ", ".join(sorted(twice["run_id"]))
         )
-    return runs[columns].set_index(["task", "method", "seed"])
+    return runs[columns].rename(columns={score: "score"}).set_index(["task", "method", "seed"])
 
 
-def pair_budgets(planned: pd.DataFrame, long: pd.DataFrame, short: pd.DataFrame) -> pd.DataFrame:
+def pair_budgets(
+    planned: pd.DataFrame, long: pd.DataFrame, short: pd.DataFrame, score: str = "final_score"
+) -> pd.DataFrame:
     """One row per planned long-budget run (``planned``: ``planned_frame``), beside the short study's
-    run of the same (task, method, seed): epochs, end-of-training scores (NaN where a run has not
-    finished), ``change`` = long minus short (points), run ids and measured hours. ``long`` and
-    ``short``: finished runs as ``aggregate.load_records`` gives them (``final_score``, ``epochs``,
-    ``run_id``, ``wall_seconds``)."""
+    run of the same (task, method, seed): epochs, scores (NaN where a run has not finished),
+    ``change`` = long minus short (points), run ids and measured hours. ``long`` and ``short``:
+    finished runs as ``aggregate.load_records`` gives them (``score`` names the column compared:
+    ``final_score``, the end of training, is the study's protocol; ``score`` is the best dev
+    evaluation; and ``epochs``, ``run_id``, ``wall_seconds``)."""
     if planned.empty:
         raise ValueError("the long budget plans no run")
     keys = ["task", "method", "seed"]
-    done_long, done_short = _finished(long, "long-budget"), _finished(short, "short-budget")
+    done_long = _finished(long, "long-budget", score)
+    done_short = _finished(short, "short-budget", score)
     extra = set(done_long.index) - set(map(tuple, planned[keys].to_numpy()))
     if extra:
         raise ValueError(f"long-budget runs outside its plan: {sorted(extra)}")
     table = planned.set_index(keys)
     table = table.join(done_long.add_prefix("long_")).join(done_short.add_prefix("short_"))
-    table = table.reset_index().rename(
-        columns={"long_final_score": "long_score", "short_final_score": "short_score"}
-    )
+    table = table.reset_index()
     table["long_epochs"] = table["epochs"]  # planned: known before the run finishes
     table["long_run_id"] = table["run_id"]
     table["change"] = table["long_score"] - table["short_score"]
@@ -125,9 +129,14 @@ class BudgetStudy:
 
 
 def load_budget(
-    runs_dir: str = "results/runs", long: str = LONG, short: str = SHORT, reference: str = REFERENCE
+    runs_dir: str = "results/runs",
+    long: str = LONG,
+    short: str = SHORT,
+    reference: str = REFERENCE,
+    score: str = "final_score",
 ) -> BudgetStudy:
-    """Both profiles' finished runs, paired; the family is every other method of the long profile."""
+    """Both profiles' finished runs, paired on ``score`` (``pair_budgets``); the family is every other
+    method of the long profile."""
     long_runs, short_runs = profile_runs(long, runs_dir), profile_runs(short, runs_dir)
     methods = list(long_runs.profile["methods"])
     if reference not in methods:
@@ -135,7 +144,7 @@ def load_budget(
     missing = [m for m in methods if m not in short_runs.profile["methods"]]
     if missing:
         raise ValueError(f"the {short!r} profile has no run of {missing} to pair with")
-    pairs = pair_budgets(planned_frame(long_runs.planned), long_runs.runs, short_runs.runs)
+    pairs = pair_budgets(planned_frame(long_runs.planned), long_runs.runs, short_runs.runs, score)
     family = [m for m in methods if m != reference]
     return BudgetStudy(long_runs, short_runs, pairs, reference, family)
 
