@@ -155,7 +155,7 @@ def test_no_pair_at_all_gives_no_verdict_and_the_sentence_says_how_many_runs_are
     study = _study(pairs)
     text = budget.headline(study, table)
     assert text.startswith("With 2 of 24 runs done") and "cannot yet say" in text
-    assert "`full_ft` on MRPC" in text  # 81.0 against 80.6 (seed 13) and 80.0 (seed 42)
+    assert "`full_ft` on mrpc" in text  # 81.0 against 80.6 (seed 13) and 80.0 (seed 42)
     assert "by +0.7 points on average (from +0.4 to +1.0)" in text
     assert ". " not in text and text.endswith(".")  # one sentence
     nothing = budget.pair_budgets(plan, pd.DataFrame(), short)
@@ -189,8 +189,8 @@ def test_the_change_sentence_gives_each_methods_move_per_task_reference_first():
     pairs = budget.pair_budgets(plan, _runs(plan, long_score, suffix="long", epochs=10), short)
     text = budget.change_sentence(_study(pairs))
     assert text.startswith("Measured with 10 epochs instead of the `cpu` budget")
-    assert "on MRPC, `tinyattn_e1` +1.0 (3 seeds), `ia3` -2.0 (3 seeds), `houlsby` +0.5" in text
-    assert "`full_ft` -1.0 (2 seeds)." in text and "STSB" not in text
+    assert "on mrpc, `tinyattn_e1` +1.0 (3 seeds), `ia3` -2.0 (3 seeds), `houlsby` +0.5" in text
+    assert "`full_ft` -1.0 (2 seeds)." in text and "stsb" not in text
     none = budget.pair_budgets(plan, _runs(plan, lambda *a: None, suffix="long", epochs=10), short)
     assert budget.change_sentence(_study(none)) == "No run of the longer budget has finished yet."
 

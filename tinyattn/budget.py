@@ -390,7 +390,7 @@ def _so_far(pairs: pd.DataFrame, long_phrase: str) -> str:
     done = pairs.dropna(subset=["change"])
     if done.empty:
         return ""
-    groups = [f"`{m}` on {t.upper()}" for t, m in dict.fromkeys(zip(done["task"], done["method"]))]
+    groups = [f"`{m}` on {t}" for t, m in dict.fromkeys(zip(done["task"], done["method"]))]
     mean = done["change"].mean()
     return (
         f"; so far {long_phrase} moved the end-of-training score of the {len(done)} finished "
@@ -412,8 +412,11 @@ def change_sentence(study: BudgetStudy) -> str:
     for task, group in done.groupby("task", sort=False):
         means = group.groupby("method")["change"].mean().reindex(order).dropna()
         seeds = group.groupby("method")["seed"].nunique()
-        moves = ", ".join(f"`{m}` {v:+.1f} ({seeds[m]} seeds)" for m, v in means.items())
-        parts.append(f"on {task.upper()}, {moves}")
+        moves = ", ".join(
+            f"`{m}` {v:+.1f} ({seeds[m]} seed{'s' if seeds[m] != 1 else ''})"
+            for m, v in means.items()
+        )
+        parts.append(f"on {task}, {moves}")  # the task as the tables name it
     return (
         f"Measured with {long_phrase} instead of the `{study.short.profile['name']}` budget, the "
         "end-of-training score moved as follows (points, the mean over the seeds finished at both "
