@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -331,6 +332,17 @@ def test_load_budget_reads_both_profiles_from_records(records):
     assert text.startswith("With 4 of 24 runs done, the budget study cannot yet say")
     assert "no comparison has more than 1 pair finished at both budgets" in text
     assert "winning 0 of 1 pairs" in text  # every method scores alike here: a tie
+
+
+def test_a_loaded_study_pairs_its_runs_again_on_another_score(records):
+    """``scored_by`` re-pairs the runs already read, on the column it names, and leaves the study as
+    it was: here the long runs' best evaluation is 3 points above their end."""
+    study = budget.load_budget(str(records))
+    runs = study.long.runs.assign(score=lambda f: f["final_score"] + 3.0)
+    best = replace(study, long=replace(study.long, runs=runs)).scored_by("score")
+    assert best.pairs.dropna(subset=["long_score"])["change"].tolist() == pytest.approx([13.0] * 4)
+    assert best.done == study.done and best.family == study.family
+    assert study.pairs.dropna(subset=["long_score"])["change"].tolist() == pytest.approx([10.0] * 4)
 
 
 def test_curves_of_the_long_runs_every_half_epoch(records):

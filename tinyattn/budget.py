@@ -15,7 +15,7 @@ here works on any subset of its runs and says how many are done.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -127,16 +127,21 @@ class BudgetStudy:
     def done(self) -> int:
         return int(self.pairs["long_score"].notna().sum())
 
+    def scored_by(self, score: str) -> BudgetStudy:
+        """The same runs paired on another score column (``pair_budgets``): ``score``, each run's
+        best dev evaluation, instead of the protocol's end of training."""
+        planned = planned_frame(self.long.planned)
+        return replace(self, pairs=pair_budgets(planned, self.long.runs, self.short.runs, score))
+
 
 def load_budget(
     runs_dir: str = "results/runs",
     long: str = LONG,
     short: str = SHORT,
     reference: str = REFERENCE,
-    score: str = "final_score",
 ) -> BudgetStudy:
-    """Both profiles' finished runs, paired on ``score`` (``pair_budgets``); the family is every other
-    method of the long profile."""
+    """Both profiles' finished runs, paired on the end of training (``pair_budgets``; another score:
+    ``BudgetStudy.scored_by``); the family is every other method of the long profile."""
     long_runs, short_runs = profile_runs(long, runs_dir), profile_runs(short, runs_dir)
     methods = list(long_runs.profile["methods"])
     if reference not in methods:
@@ -144,7 +149,7 @@ def load_budget(
     missing = [m for m in methods if m not in short_runs.profile["methods"]]
     if missing:
         raise ValueError(f"the {short!r} profile has no run of {missing} to pair with")
-    pairs = pair_budgets(planned_frame(long_runs.planned), long_runs.runs, short_runs.runs, score)
+    pairs = pair_budgets(planned_frame(long_runs.planned), long_runs.runs, short_runs.runs)
     family = [m for m in methods if m != reference]
     return BudgetStudy(long_runs, short_runs, pairs, reference, family)
 
