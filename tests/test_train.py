@@ -293,3 +293,41 @@ def test_cli_train_to_a_bad_folder_is_one_line_error(tmp_path, data_dir, capsys,
     assert cli(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(blocker / "x") in err and "Traceback" not in err
+
+
+def test_experts_record_their_end_of_training_score_before_averaging(tmp_path, data_dir):
+    """A run with experts scores its last step's weights twice: weight-averaged (``final``, the
+    deployed model) and as trained, every expert active (``final_unaveraged``), what C2's cost of
+    averaging compares. Both are the scores of the returned model, the first under averaging."""
+    from tinyattn.batching import make_dataloader
+    from tinyattn.inject import experts_averaged
+    from tinyattn.train import predict
+
+    options = {"experts": 4, "combine": "sequential"}
+    params = small_run(
+        tmp_path,
+        data_dir,
+        method_options=options,
+        two_stage=True,
+        restore_best=False,
+        task="stsb",
+        learning_rate=0.05,
+        max_steps=8,
+    )
+    record, model = run(params)
+    assert record["final_unaveraged"]["step"] == record["final"]["step"] == 8
+    dataset, tokenizer = eval_data(params)
+    loader = make_dataloader(dataset, tokenizer, 64, shuffle=False)
+    trained, _ = predict(model, loader)
+    with experts_averaged(model):
+        averaged, _ = predict(model, loader)
+    assert (
+        abs(trained - averaged).max() > 1e-4
+    )  # the two forms differ, so the test can tell them apart
+    from tinyattn.train import evaluate
+
+    assert evaluate(model, params.spec, loader) == record["final_unaveraged"]["metrics"]
+    with experts_averaged(model):
+        assert evaluate(model, params.spec, loader) == record["final"]["metrics"]
+    single = run(small_run(tmp_path, data_dir, restore_best=False, task="stsb"))[0]
+    assert "final_unaveraged" not in single  # one expert: nothing to average

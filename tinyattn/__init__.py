@@ -34,6 +34,9 @@ A study
 Results
     ``aggregate``     records -> tables, curves, paired comparisons.
     ``stats``         the declared statistics: intervals, sign test, Holm, collapsed runs.
+    ``margin``        the confirmatory rule: task-blocked t, equivalence margin, four outcomes.
+    ``decidability``  what a design can decide: a rule's verdicts simulated over true effects.
+    ``confirm``       the confirmatory round's plan (C2, C3), its design and its verdicts.
     ``verdicts``      the rules that turn comparisons into verdicts on the paper's claims.
     ``fewshot``       the few-shot chapter's numbers (claim C4) from the records.
     ``budget``        the budget study: 10-epoch runs paired with the ``cpu`` study's, C1 at both.

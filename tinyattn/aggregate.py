@@ -67,6 +67,10 @@ def _row(record: dict) -> dict:
         "device": _device(record),
         "torch_threads": record.get("provenance", {}).get("machine", {}).get("torch_threads"),
     }
+    unaveraged = record.get("final_unaveraged")  # experts: the last step's weights, not averaged
+    row["final_unaveraged_score"] = (
+        SCORE_SCALE * unaveraged["metrics"][metric] if unaveraged else float("nan")
+    )
     row["adapter_plus_head_params"] = row["adapter_params"] + row["head_params"]
     row["adapter_percent"] = 100.0 * row["adapter_params"] / row["backbone_params"]
     for name, value in record["best"]["metrics"].items():

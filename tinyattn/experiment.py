@@ -309,6 +309,8 @@ def _train_and_measure(params: RunParams) -> dict:
     stage_one = _prepare_twin(params) if params.two_stage else None
     model = initial_model(params)
     counts = count_parameters(model)
+    adapters = getattr(model, PREFIX, None)
+    experts = adapters is not None and adapters.config.experts > 1
     result = train(
         model,
         spec,
@@ -317,12 +319,14 @@ def _train_and_measure(params: RunParams) -> dict:
         tokenizer,
         params.train_config(),
         eval_context=experts_averaged,
+        plain_final=experts,
     )
-    adapters = getattr(model, PREFIX, None)
-    if adapters is not None and adapters.config.experts > 1:
+    if experts:
         with experts_averaged(model):
             counts["deployed_adapter_params"] = count_parameters(model)["adapter_params"]
         result["evaluated_as"] = "experts weight-averaged (deployed)"
+        # the end-of-training weights as trained, every expert active: what averaging costs
+        result["final_unaveraged"] = result.pop("final_plain")
     if params.save_adapter:
         save_adapter(model, params.adapter_dir, extra={"task": spec.name, "run_id": params.run_id})
     if stage_one is not None:

@@ -114,6 +114,7 @@ def train(
     tokenizer,
     config: TrainConfig,
     eval_context: Callable | None = None,
+    plain_final: bool = False,
 ) -> dict:
     """Train ``model``'s trainable parameters on ``task`` (a name or its ``TaskSpec``); leave it at the
     best evaluation (or the last step, see ``restore_best``); return the record.
@@ -122,6 +123,8 @@ def train(
     timings, and throughput in real (non-padding) tokens per second of training.
     ``eval_context(model)``: a context manager under which the model is evaluated (e.g. with its
     experts weight-averaged, so that selection uses the deployed model).
+    ``plain_final``: also evaluate the last step's weights without ``eval_context`` (the record's
+    ``final_plain``: for experts, the model as trained, before averaging).
     """
     eval_context = eval_context or (lambda m: contextlib.nullcontext(m))
     spec = get_task(task)  # resolved once; the spec travels from here
@@ -214,6 +217,11 @@ def train(
 
     final = evaluations[-1]
     unwrapped = accelerator.unwrap_model(model)
+    final_plain = None
+    if plain_final:
+        tick = time.perf_counter()
+        final_plain = {"step": step, "metrics": evaluate(model, spec, eval_loader, accelerator)}
+        eval_seconds += time.perf_counter() - tick
     if best_state is not None and best is not final:
         params = dict(unwrapped.named_parameters())
         with torch.no_grad():
@@ -225,6 +233,7 @@ def train(
         "evaluations": evaluations,
         "best": copy.deepcopy(best),
         "final": copy.deepcopy(final),
+        **({"final_plain": final_plain} if final_plain is not None else {}),
         "steps": step,
         "steps_per_epoch": steps_per_epoch,
         "epochs_run": round(step / steps_per_epoch, 4),
