@@ -11,7 +11,10 @@ import torch.nn.functional as F
 
 from tinyattn import fastpath
 from tinyattn.adapter import TinyAttention, paper_param_count, param_count
-from tinyattn.fastpath import dropout_keep_mask
+from tinyattn.fastpath import FastTinyAttention, dropout_keep_mask
+
+#: The plain definition and the fast form that ``inject`` installs: every behaviour test runs on both.
+FORMS = [TinyAttention, FastTinyAttention]
 
 
 def reference_update(weights: dict, x: torch.Tensor, mask, *, combine="mean", context="full"):
@@ -66,11 +69,6 @@ def randomised(module: TinyAttention, seed: int = 0) -> TinyAttention:
     return module.eval()
 
 
-def plain(module: TinyAttention) -> TinyAttention:
-    module.fast = False
-    return module
-
-
 def inputs(B=2, T=6, D=8, seed=1):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(B, T, D, generator=gen)
@@ -94,7 +92,7 @@ def test_plain_definition_matches_loop_reference(head_dim, experts, combine, con
         TinyAttention(8, head_dim=head_dim, experts=experts, combine=combine, context=context)
     )
     x, mask = inputs()
-    got = plain(module)(x, mask)
+    got = module(x, mask)
     assert got.shape == x.shape
     torch.testing.assert_close(got, reference(module, x, mask), rtol=1e-5, atol=1e-5)
 
@@ -102,16 +100,15 @@ def test_plain_definition_matches_loop_reference(head_dim, experts, combine, con
 @pytest.mark.parametrize("head_dim, experts, combine, context", CONFIGS)
 def test_fast_path_computes_the_plain_definition(head_dim, experts, combine, context):
     """Values and gradients in training (folded weights, fused residual) and inference (the CPU's
-    folded LayerNorm and rank-one update, the fold cache), against ``fast = False``."""
+    folded LayerNorm and rank-one update, the fold cache), against the plain ``TinyAttention``."""
     options = dict(head_dim=head_dim, experts=experts, combine=combine, context=context)
     x, mask = inputs()
     x = 3 * x + 2  # an offset mean: the folded variance, E[x^2] - mean^2, must not lose it
     residual = torch.randn_like(x)
     weights = torch.linspace(-1, 1, x.numel()).view_as(x)
     results = []
-    for fast in (True, False):
-        module = randomised(TinyAttention(8, dropout=0.0, **options), seed=3).train()
-        module.fast = fast
+    for form in (FastTinyAttention, TinyAttention):
+        module = randomised(form(8, dropout=0.0, **options), seed=3).train()
         xg, rg = x.clone().requires_grad_(), residual.clone().requires_grad_()
         out = module(xg, mask, residual=rg)
         (out * weights).sum().backward()
@@ -206,10 +203,9 @@ def test_expert_extracts_one_expert():
         many.expert(3)
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_attention_dropout_only_in_training(fast):
-    module = randomised(TinyAttention(8, dropout=0.5))
-    module.fast = fast
+@pytest.mark.parametrize("form", FORMS)
+def test_attention_dropout_only_in_training(form):
+    module = randomised(form(8, dropout=0.5))
     x, mask = inputs()
     torch.testing.assert_close(module(x, mask), module(x, mask))
     module.train()
@@ -259,11 +255,12 @@ def test_bad_arguments_are_named(kwargs, message):
         TinyAttention(8, **kwargs)
 
 
-def test_recompute_gives_the_same_gradients_with_dropout():
+@pytest.mark.parametrize("form", FORMS)
+def test_recompute_gives_the_same_gradients_with_dropout(form):
     x, mask = inputs()
     grads, saved = [], []
     for recompute in (False, True):
-        module = randomised(TinyAttention(8, experts=3, dropout=0.5)).train()
+        module = randomised(form(8, experts=3, dropout=0.5)).train()
         module.recompute = recompute
         torch.manual_seed(0)
         count = []
@@ -279,14 +276,15 @@ def test_recompute_gives_the_same_gradients_with_dropout():
     assert saved[1] < saved[0]  # the recomputed module really kept fewer tensors for backward
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("combine", ["mean", "sequential"])
 @pytest.mark.parametrize("recompute", [False, True])
-def test_fused_residual_equals_residual_plus_update(combine, recompute):
+def test_fused_residual_equals_residual_plus_update(form, combine, recompute):
     x, mask = inputs()
     residual = torch.randn_like(x)
     results = []
     for fused in (False, True):
-        module = randomised(TinyAttention(8, experts=3, dropout=0.5, combine=combine)).train()
+        module = randomised(form(8, experts=3, dropout=0.5, combine=combine)).train()
         module.recompute = recompute
         xg, rg = x.clone().requires_grad_(), residual.clone().requires_grad_()
         torch.manual_seed(0)  # the same dropout masks in both forms
@@ -354,13 +352,13 @@ def test_zero_padded_heads_change_nothing(head_dim):
 
 
 def test_inference_reuses_folded_weights_until_a_parameter_changes():
-    module = randomised(TinyAttention(8, experts=3))
+    module = randomised(FastTinyAttention(8, experts=3))
     x, mask = inputs()
     with torch.no_grad():
         first = module(x, mask)
-        folded = module._fold_cache[(None, None)][1]
+        folded = module.folds[(None, None)][1]
         module(x, mask)
-        assert module._fold_cache[(None, None)][1] is folded  # reused, not recomputed
+        assert module.folds[(None, None)][1] is folded  # reused, not recomputed
     torch.testing.assert_close(first, module(x, mask))  # equal to the pass that folds afresh
 
     # an optimiser step changes the weights in place: the next inference pass must use the new ones
@@ -372,7 +370,7 @@ def test_inference_reuses_folded_weights_until_a_parameter_changes():
     torch.testing.assert_close(stepped, reference(module, x, mask))
 
     # so does loading another module's weights
-    other = randomised(TinyAttention(8, experts=3), seed=5)
+    other = randomised(FastTinyAttention(8, experts=3), seed=5)
     module.load_state_dict(other.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(module(x, mask), other(x, mask))
@@ -380,7 +378,7 @@ def test_inference_reuses_folded_weights_until_a_parameter_changes():
 
 def test_cpu_inference_path_survives_tokens_without_variance():
     # E[x^2] - mean^2 of a constant token is 0 up to rounding, which can come out negative: no NaN
-    module = TinyAttention(384).eval()
+    module = FastTinyAttention(384).eval()
     x = torch.linspace(1, 2000, 64)[:, None, None].expand(64, 1, 384).contiguous()
     with torch.no_grad():
         assert torch.isfinite(module(x, None, residual=x)).all()
@@ -401,7 +399,7 @@ def test_dropout_keep_mask_has_its_rate_and_follows_the_seed():
 def test_cpu_training_attention_applies_the_mask_it_draws(monkeypatch, head_dim):
     """A CPU training step draws its dropout mask cheaply; with that mask, it computes the plain
     definition: probabilities of the non-padding keys, dropped and rescaled by 1 / (1 - p)."""
-    module = randomised(TinyAttention(8, head_dim=head_dim, experts=2, dropout=0.25)).train()
+    module = randomised(FastTinyAttention(8, head_dim=head_dim, experts=2, dropout=0.25)).train()
     x, mask = inputs()
     drawn = []
     draw = fastpath.dropout_keep_mask
@@ -419,3 +417,27 @@ def test_cpu_training_attention_applies_the_mask_it_draws(monkeypatch, head_dim)
     o = (scores.softmax(-1) * keep) @ v / 0.75  # (B, E, T, d)
     want = torch.einsum("betd,eDd->btD", o, module.out_weight) / 2 + module.out_bias.mean(0)
     torch.testing.assert_close(update, want)
+
+
+def test_the_definition_stands_alone_and_the_fast_form_is_installed():
+    """``adapter.py`` imports nothing of the fast path; ``inject`` installs the fast form, whose
+    deployed (averaged) and single-expert modules stay fast, with the plain state-dict layout."""
+    import ast
+    import inspect
+
+    from tinyattn import adapter
+    from tinyattn.inject import TinyAttnConfig, new_adapter
+
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(ast.parse(inspect.getsource(adapter)))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert not any("fastpath" in (name or "") for name in imported)
+    assert not any("fast" in name for name in vars(TinyAttention))  # no class flag
+    installed = new_adapter(8, TinyAttnConfig(experts=3))
+    assert type(installed) is FastTinyAttention
+    assert type(installed.average_experts()) is type(installed.expert(0)) is FastTinyAttention
+    assert type(TinyAttention(8, experts=2).average_experts()) is TinyAttention
+    assert installed.state_dict().keys() == TinyAttention(8, experts=3).state_dict().keys()

@@ -23,6 +23,7 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 from tinyattn.adapter import TinyAttention
 from tinyattn.checkpoint import load_adapter
 from tinyattn.experiment import RunParams, run
+from tinyattn.fastpath import FastTinyAttention
 from tinyattn.methods import METHODS, build_model
 
 CUDA = torch.device(os.environ.get("TINYATTN_TEST_DEVICE", "cuda"))
@@ -75,7 +76,7 @@ def forward_backward(module: TinyAttention, x: torch.Tensor, mask: torch.Tensor,
 def test_adapter_on_gpu_matches_cpu(head_dim, experts, combine, context):
     """Training mode (with recompute) and the no-grad inference path, values and gradients."""
     torch.manual_seed(0)
-    cpu = TinyAttention(
+    cpu = FastTinyAttention(
         32, head_dim=head_dim, experts=experts, dropout=0.0, combine=combine, context=context
     )
     with torch.no_grad():
@@ -102,16 +103,17 @@ def test_gpu_fast_path_computes_the_plain_definition(head_dim):
     """On the GPU the fast path pads each head to a width of 8 for the fused attention kernels and
     caches its folded weights at inference: the same function as the plain definition."""
     torch.manual_seed(0)
-    module = TinyAttention(32, head_dim=head_dim, experts=4, dropout=0.0).to(CUDA)
+    fast = FastTinyAttention(32, head_dim=head_dim, experts=4, dropout=0.0).to(CUDA)
     with torch.no_grad():
-        for p in module.parameters():
+        for p in fast.parameters():
             p.copy_(torch.randn_like(p) * 0.5)
+    plain = TinyAttention(32, head_dim=head_dim, experts=4, dropout=0.0).to(CUDA)
+    plain.load_state_dict(fast.state_dict())
     x, weights = torch.randn(3, 11, 32), torch.randn(3, 11, 32)
     mask = torch.ones(3, 11, dtype=torch.long)
     mask[1, 7:], mask[2, 3:] = 0, 0
     results = []
-    for fast in (True, False):
-        module.fast = fast
+    for module in (fast, plain):
         out, dx, grads = forward_backward(module.train(), x, mask, weights)
         with torch.no_grad():
             inferred = module.eval()(x.to(CUDA), mask.to(CUDA)) * mask.to(CUDA)[..., None]
@@ -123,7 +125,7 @@ def test_gpu_fast_path_computes_the_plain_definition(head_dim):
 def test_recompute_replays_gpu_dropout():
     """Attention dropout on the GPU (inside the fused kernel): recompute replays the same masks."""
     torch.manual_seed(0)
-    module = TinyAttention(32, experts=4, dropout=0.3).to(CUDA).train()
+    module = FastTinyAttention(32, experts=4, dropout=0.3).to(CUDA).train()
     with torch.no_grad():
         module.out_weight.normal_()
     x, mask = torch.randn(4, 16, 32, device=CUDA), torch.ones(4, 16, device=CUDA)

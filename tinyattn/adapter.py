@@ -23,9 +23,10 @@ The authors' code also routes q, k, v through ``torch.nn.MultiheadAttention``, w
 input and output projections (8 scalars per layer for d = 1, giving 7D + 11). They re-parametrise the same
 function class, so they are left out here; ``paper_param_count`` reports the authors' count beside ours.
 
-Every expert's weights are stored stacked on a leading expert axis. ``TinyAttention.plain_update`` is
-the definition above, written out; ``forward`` computes the same function through ``fastpath`` (folded
-weights, one GEMM for all experts, cheaper forms on a CPU), which is tested against it.
+Every expert's weights are stored stacked on a leading expert axis. ``TinyAttention`` is the
+definition above, written out, and nothing else: ``fastpath.FastTinyAttention`` builds on it and
+computes the same function in fewer passes (folded weights, one GEMM for all experts, cheaper forms on
+a CPU); it is what ``inject`` installs, and it is tested against this class.
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-
-from tinyattn import fastpath
 
 COMBINES = ("mean", "sequential")
 CONTEXTS = ("full", "self")
@@ -77,7 +76,7 @@ class ExpertTools:
         # A new module: its (overwritten) initialisation draws from torch's global generator, as it
         # did when the study's runs were recorded, and their later dropout masks depend on the draws.
         options = dict(dropout=self.dropout, combine=self.combine, context=self.context)
-        single = TinyAttention(self.hidden_size, head_dim=self.head_dim, **options)
+        single = type(self)(self.hidden_size, head_dim=self.head_dim, **options)
         single.to(device=self.qkv_weight.device, dtype=self.qkv_weight.dtype)
         with torch.no_grad():
             for name, param in self.named_parameters():
@@ -100,7 +99,6 @@ class TinyAttention(ExpertTools, nn.Module):
     factor at construction (0.01: a near-identity start).
     """
 
-    fast: bool = True  # compute through ``fastpath``: the same function in fewer passes
     # Recompute in the backward pass instead of keeping the (B, E, T, T) attention probabilities: a
     # training step then needs less memory than LoRA's (Efficiency chapter); dropout masks are replayed.
     recompute: bool = True
@@ -117,7 +115,15 @@ class TinyAttention(ExpertTools, nn.Module):
         out_scale: float = 0.01,
     ) -> None:
         super().__init__()
-        _check_options(hidden_size, head_dim, experts, dropout, combine, context)
+        check_options(
+            "TinyAttention",
+            hidden_size=hidden_size,
+            head_dim=head_dim,
+            experts=experts,
+            dropout=dropout,
+            combine=combine,
+            context=context,
+        )
         self.hidden_size, self.head_dim, self.experts = hidden_size, head_dim, experts
         self.dropout, self.combine, self.context = dropout, combine, context
         E, D, d = experts, hidden_size, head_dim
@@ -145,11 +151,15 @@ class TinyAttention(ExpertTools, nn.Module):
     def forward(self, hidden_states, padding_mask=None, residual=None):
         """hidden_states (B, T, D); padding_mask (B, T), nonzero at real tokens. Returns the update
         (B, T, D), or ``residual + update`` when ``residual`` (B, T, D) is given."""
-        compute = fastpath.update if self.fast else _plain
-        args = (self, hidden_states, padding_mask, residual)
+        args = (hidden_states, padding_mask, residual)
         if self.recompute and self.training and torch.is_grad_enabled():
-            return checkpoint(compute, *args, use_reentrant=False)
-        return compute(*args)
+            return checkpoint(self.update, *args, use_reentrant=False)
+        return self.update(*args)
+
+    def update(self, x, padding_mask=None, residual=None):
+        """The combined update of x, plus ``residual`` when given (what ``forward`` computes)."""
+        out = self.plain_update(x, padding_mask)
+        return out if residual is None else residual + out
 
     def plain_update(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None):
         """The method as defined: the experts' updates of x (B, T, D), combined: (B, T, D)."""
@@ -180,21 +190,20 @@ class TinyAttention(ExpertTools, nn.Module):
         return qkv.split(self.head_dim, dim=-1)  # (B, E, T, 3d) -> 3 x (B, E, T, d)
 
 
-def _plain(module: TinyAttention, x, padding_mask, residual):
-    update = module.plain_update(x, padding_mask)
-    return update if residual is None else residual + update
-
-
-def _check_options(hidden_size, head_dim, experts, dropout, combine, context) -> None:
+def check_options(
+    owner: str, *, head_dim, experts, dropout, combine, context, hidden_size: int = 1
+) -> None:
+    """A ``ValueError`` naming ``owner`` and the first option out of range: the module's and both
+    configurations' (``inject.TinyAttnConfig``, ``peft.TinyAttentionConfig``) one check."""
     for name, value in (("hidden_size", hidden_size), ("head_dim", head_dim), ("experts", experts)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"TinyAttention: {name} must be a positive integer, got {value!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"TinyAttention: dropout must be in [0, 1), got {dropout!r}")
+            raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout!r}")
     if combine not in COMBINES:
-        raise ValueError(f"TinyAttention: unknown combine {combine!r}; choose one of {COMBINES}")
+        raise ValueError(f"{owner}: unknown combine {combine!r}; choose one of {COMBINES}")
     if context not in CONTEXTS:
-        raise ValueError(f"TinyAttention: unknown context {context!r}; choose one of {CONTEXTS}")
+        raise ValueError(f"{owner}: unknown context {context!r}; choose one of {CONTEXTS}")
 
 
 def param_count(hidden_size: int, head_dim: int = 1, experts: int = 1) -> int:

@@ -1,14 +1,16 @@
 """The tiny-attention adapter's fast forms: the function ``TinyAttention`` defines, in fewer passes.
 
-``TinyAttention`` (in ``adapter.py``) states the method plainly; ``forward`` runs it through this module
-(``TinyAttention.fast``, on by default), which computes the same function more cheaply. Each form below
-is tested against the plain definition (``tests/test_adapter.py``), and each is used where it pays:
+``TinyAttention`` (in ``adapter.py``) states the method plainly. ``FastTinyAttention`` is that class
+with its ``update`` computed by this module: the same parameters, state dict and random draws, the same
+function more cheaply; ``inject`` installs it. Each form below is tested against the plain definition
+(``tests/test_adapter.py``), and each is used where it pays:
 
 - **Folded weights** (``fold``, everywhere): each expert's LayerNorm affine is folded into its q/k/v
   projection, so all experts share one normalisation of x and one GEMM; the experts' output Linears and
   biases, averaged, become one ``(E*d + 1, D)`` matrix that also adds the residual (``addmm``).
-- **Fold cache** (``folded``, at inference): the folding depends on the weights alone, so it is computed
-  once and reused until a parameter changes (keyed on every parameter's storage and version counter).
+- **Fold cache** (``FastTinyAttention.folds``, at inference): the folding depends on the weights alone,
+  so it is computed once and reused until a parameter changes (keyed on every parameter's storage and
+  version counter).
 - **LayerNorm inside the GEMM** (``qkv(fold_norm=True)``, CPU inference): no normalised copy of x is
   written and read back; the token's mean is one more output row of the same GEMM.
 - **Rank-one output** (CPU inference, E*d = 1): ``residual + o u + c`` in two elementwise passes.
@@ -28,6 +30,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from tinyattn.adapter import TinyAttention
+
 LN_EPS = 1e-5  # nn.LayerNorm's default
 
 
@@ -39,6 +43,17 @@ class Folded(NamedTuple):
     w_out: torch.Tensor  # (E*d + 1, D): [U^T / E; mean_e c_e], the averaged output Linear and bias
     w_mean: torch.Tensor  # (E*3d + 1, D): w with a last row of 1/D, so x w_mean^T ends in x's mean
     w_sum: torch.Tensor  # (E*3d,): the row sums of w
+
+
+class FastTinyAttention(TinyAttention):
+    """``TinyAttention`` computed through the fast forms of this module (the same function)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.folds: dict = {}  # the fold cache: (slice start, stop) -> (parameter versions, Folded)
+
+    def update(self, x, padding_mask=None, residual=None):
+        return update(self, x, padding_mask, residual)
 
 
 def update(module, x, padding_mask, residual=None):
@@ -76,7 +91,7 @@ def folded(module, sl: slice) -> Folded:
     if torch.is_grad_enabled() or any(p.is_inference() for p in params):
         return fold(module, sl)
     key = tuple((p.data_ptr(), p._version) for p in params)
-    cache = module.__dict__.setdefault("_fold_cache", {})
+    cache = module.folds
     hit = cache.get((sl.start, sl.stop))
     if hit is None or hit[0] != key:
         hit = cache[(sl.start, sl.stop)] = (key, fold(module, sl))

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from tinyattn.adapter import TinyAttention, param_count
+from tinyattn.adapter import TinyAttention, check_options, param_count
+from tinyattn.fastpath import FastTinyAttention
 
 PLACEMENTS = ("after_attention", "parallel_attention")
 SUPPORTED_ARCHITECTURES = ("bert", "roberta", "albert")
@@ -48,6 +49,7 @@ class TinyAttnConfig:
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
             raise ValueError(f"unknown placement {self.placement!r}; choose one of {PLACEMENTS}")
+        check_options("TinyAttnConfig", **option_values(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> TinyAttnConfig:
@@ -63,10 +65,17 @@ class TinyAttnConfig:
         return asdict(self)
 
 
+def option_values(config) -> dict:
+    """The module options of a configuration (``TinyAttnConfig`` or PEFT's ``TinyAttentionConfig``)."""
+    names = ("head_dim", "experts", "dropout", "combine", "context")
+    return {name: getattr(config, name) for name in names}
+
+
 def new_adapter(hidden_size: int, config) -> TinyAttention:
-    """A freshly initialised ``TinyAttention`` with the options of ``config`` (a ``TinyAttnConfig``,
-    or the PEFT route's ``TinyAttentionConfig``: any object with the same option fields)."""
-    return TinyAttention(
+    """A freshly initialised adapter with the options of ``config`` (a ``TinyAttnConfig``, or the PEFT
+    route's ``TinyAttentionConfig``: any object with the same option fields): ``TinyAttention``
+    computed through its fast forms (``fastpath.FastTinyAttention``), the one chosen at install."""
+    return FastTinyAttention(
         hidden_size,
         head_dim=config.head_dim,
         experts=config.experts,
