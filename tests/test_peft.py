@@ -108,6 +108,20 @@ def test_config_rejects_unknown_options():
         TinyAttentionConfig(combine="max")
 
 
+@pytest.mark.parametrize(
+    "options, named",
+    [({"experts": 0}, "experts"), ({"head_dim": -1}, "head_dim"), ({"dropout": 1.0}, "dropout")],
+)
+def test_configs_reject_options_out_of_range(options, named):
+    """In the configuration, as PEFT's own configs do, not later inside ``get_peft_model``."""
+    from tinyattn.inject import TinyAttnConfig
+
+    with pytest.raises(ValueError, match=f"TinyAttentionConfig: {named}"):
+        TinyAttentionConfig(**options)
+    with pytest.raises(ValueError, match=f"TinyAttnConfig: {named}"):
+        TinyAttnConfig(**options)
+
+
 # -------------------------------------------------------------------------------------- round trip
 @pytest.mark.parametrize("kind", ARCHS)
 def test_round_trip_gives_identical_logits(kind, tmp_path):

@@ -566,3 +566,27 @@ def test_tinyattn_modules_import_each_other_one_way():
     assert {"profiles", "records", "experiment"} <= graph["runner"] | graph["tuning"]
     assert "tuning" not in graph["profiles"] and "runner" not in graph["tuning"]
     assert not import_cycles(graph)
+
+
+def test_a_profile_with_an_invalid_method_option_is_refused_when_it_loads(tmp_path, capsys):
+    """Not at the start of each run: the file, the method's label and the option are named, and the
+    dry run stops with one line."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "seeds: [1]\ntasks: {sst2: {epochs: 1}}\n"
+        "methods: {wide: {method: tinyattn, method_options: {experts: -3}}}\n"
+    )
+    with pytest.raises(ValueError, match=rf"profile {bad}: method 'wide' \(sst2\): .*experts"):
+        load_profile(str(bad))
+    assert cli(["study", "--profile", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "experts must be a positive integer" in err
+    bad.write_text(
+        "seeds: [1]\ntasks: {sst2: {methods: {e: {method_options: {combine: max}}}}}\n"
+        "methods: {e: {method: tinyattn}}\n"
+    )
+    with pytest.raises(ValueError, match=r"method 'e' \(sst2\): .*combine 'max'"):
+        load_profile(str(bad))
+    bad.write_text("seeds: [1]\ntasks: {sst2: {}}\nmethods: {x: {method: nope}}\n")
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        load_profile(str(bad))

@@ -48,14 +48,22 @@ class Method:
     defaults: dict = field(default_factory=dict)
     source: str = ""  # where the default hyper-parameters come from
     description: str = ""
+    check: Callable[[dict], object] | None = None  # raises ValueError on an option out of range
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, *, defaults: dict | None = None, source: str = "", description: str = ""):
+def register(
+    name: str,
+    *,
+    defaults: dict | None = None,
+    source: str = "",
+    description: str = "",
+    check: Callable[[dict], object] | None = None,
+):
     def wrap(apply):
-        METHODS[name] = Method(name, apply, dict(defaults or {}), source, description)
+        METHODS[name] = Method(name, apply, dict(defaults or {}), source, description, check)
         return apply
 
     return wrap
@@ -76,7 +84,8 @@ RETIRED_OPTIONS = {"tinyattn": {"init_from": None, "init_noise_std": 1e-6}}
 
 
 def method_options(name: str, options: dict | None = None) -> dict:
-    """The method's defaults overridden by ``options``; an option the method does not take is an error.
+    """The method's defaults overridden by ``options``; an option the method does not take, or one out
+    of its range (the method's ``check``), is an error.
 
     A retired option (``RETIRED_OPTIONS``) at its retired value is dropped."""
     method = get_method(name)
@@ -93,7 +102,10 @@ def method_options(name: str, options: dict | None = None) -> dict:
         raise ValueError(
             f"method {name!r} takes no option(s) {sorted(unknown)}; it takes {sorted(method.defaults)}"
         )
-    return {**copy.deepcopy(method.defaults), **options}
+    merged = {**copy.deepcopy(method.defaults), **options}
+    if method.check is not None:
+        method.check(merged)
+    return merged
 
 
 def build_model(
@@ -135,6 +147,7 @@ def frozen_backbone(model: EncoderClassifier) -> None:
     defaults=TinyAttnConfig().to_dict(),
     source="Zhao, Tan & Mei (2022) and their released code: d=1, dropout 0.1, placement m0, x0.01 init",
     description="tiny-attention adapter (ours): attention with head dimension d in every layer",
+    check=TinyAttnConfig.from_dict,
 )
 def _tinyattn(model: EncoderClassifier, opts: dict) -> None:
     add_tiny_attention(model, TinyAttnConfig.from_dict(opts))

@@ -37,13 +37,14 @@ from peft.utils import PeftType
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
-from tinyattn.adapter import COMBINES, CONTEXTS
+from tinyattn.adapter import COMBINES, CONTEXTS, check_options
 from tinyattn.inject import (
     PLACEMENTS,
     PREFIX,
     SUPPORTED_ARCHITECTURES,
     attention_sublayers,
     new_adapter,
+    option_values,
 )
 
 #: PEFT's name of the method (``adapter_config.json`` says ``"peft_type": "TINY_ATTENTION"``).
@@ -133,13 +134,11 @@ class TinyAttentionConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = TINY_ATTENTION
-        for name, value, choices in (
-            ("placement", self.placement, PLACEMENTS),
-            ("context", self.context, CONTEXTS),
-            ("combine", self.combine, COMBINES),
-        ):
-            if value not in choices:
-                raise ValueError(f"TinyAttentionConfig: unknown {name} {value!r}; one of {choices}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(
+                f"TinyAttentionConfig: unknown placement {self.placement!r}; one of {PLACEMENTS}"
+            )
+        check_options("TinyAttentionConfig", **option_values(self))
 
 
 def padding_mask(attention_mask, batch: int, length: int) -> torch.Tensor | None:

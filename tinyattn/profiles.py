@@ -20,6 +20,7 @@ import yaml
 
 from tinyattn.data import get_task
 from tinyattn.experiment import RunParams
+from tinyattn.methods import method_options
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO / "profiles"
@@ -123,6 +124,22 @@ def validate(profile: object, path: str | Path = "<profile>") -> None:
         raise ValueError(
             f"profile {path}: a profile is either pinned ('code') or 'frozen', not both"
         )
+    _check_methods(profile, path)
+
+
+def _check_methods(profile: dict, path) -> None:
+    """Each method's name and options, as every task merges them: a ``ValueError`` naming the file,
+    the method's label and the option, when the profile loads rather than when its runs start."""
+    for label, settings in profile["methods"].items():
+        if settings is not None and not isinstance(settings, dict):
+            raise ValueError(f"profile {path}: method {label!r} must be a mapping of settings")
+        for task, task_settings in profile["tasks"].items():
+            override = ((task_settings or {}).get("methods") or {}).get(label) or {}
+            merged = {**(settings or {}), **override}
+            try:
+                method_options(merged.get("method", label), merged.get("method_options"))
+            except ValueError as err:
+                raise ValueError(f"profile {path}: method {label!r} ({task}): {err}") from None
 
 
 def as_profile(profile: str | Path | dict) -> dict:
