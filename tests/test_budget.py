@@ -15,7 +15,7 @@ import papermill
 import pytest
 from conftest import fake_record
 
-from tinyattn import budget
+from tinyattn import budget, budget_report, decidability
 from tinyattn.plots import budget_curves_figure
 from tinyattn.profiles import load_profile
 from tinyattn.records import write_json_atomic
@@ -154,13 +154,13 @@ def test_no_pair_at_all_gives_no_verdict_and_the_sentence_says_how_many_runs_are
     assert set(table["outcome"]) == {"too few pairs"}
     assert budget.c1_verdict(table[table["budget"] == "long"]) == "no verdict"
     study = _study(pairs)
-    text = budget.headline(study, table)
+    text = budget_report.headline(study, table)
     assert text.startswith("With 2 of 24 runs done") and "cannot yet say" in text
     assert "`full_ft` on mrpc" in text  # 81.0 against 80.6 (seed 13) and 80.0 (seed 42)
     assert "by +0.7 points on average (from +0.4 to +1.0)" in text
     assert ". " not in text and text.endswith(".")  # one sentence
     nothing = budget.pair_budgets(plan, pd.DataFrame(), short)
-    text = budget.headline(_study(nothing), budget.compare(nothing, "tinyattn_e1", FAMILY))
+    text = budget_report.headline(_study(nothing), budget.compare(nothing, "tinyattn_e1", FAMILY))
     assert text.startswith("With 0 of 24 runs done") and text.endswith(
         "finished at both budgets yet."
     )
@@ -188,12 +188,15 @@ def test_the_change_sentence_gives_each_methods_move_per_task_reference_first():
         return _gap({})(task, method, seed) + moved[method]
 
     pairs = budget.pair_budgets(plan, _runs(plan, long_score, suffix="long", epochs=10), short)
-    text = budget.change_sentence(_study(pairs))
+    text = budget_report.change_sentence(_study(pairs))
     assert text.startswith("Measured with 10 epochs instead of the `cpu` budget")
     assert "on mrpc, `tinyattn_e1` +1.0 (3 seeds), `ia3` -2.0 (3 seeds), `houlsby` +0.5" in text
     assert "`full_ft` -1.0 (2 seeds)." in text and "stsb" not in text
     none = budget.pair_budgets(plan, _runs(plan, lambda *a: None, suffix="long", epochs=10), short)
-    assert budget.change_sentence(_study(none)) == "No run of the longer budget has finished yet."
+    assert (
+        budget_report.change_sentence(_study(none))
+        == "No run of the longer budget has finished yet."
+    )
 
 
 @pytest.mark.parametrize("flip", [True, False])
@@ -212,13 +215,13 @@ def test_the_c1_verdict_changes_with_the_budget_only_when_the_data_do(flip):
     assert change["changed"] is flip
     assert set(change["methods"]) == (set(FAMILY) if flip else set())
     study = _study(pairs)
-    shown = budget.comparison_table(table, budget.budget_labels(study))
+    shown = budget_report.comparison_table(table, budget_report.budget_labels(study))
     row = shown.loc[("ia3", "10 epochs")]
     assert row["won–lost"] == ("9–0" if flip else "0–9") and row["pairs"] == 9
     assert row["difference"] == ("+2.00 (+2.00, +2.00)" if flip else "-2.00 (-2.00, -2.00)")
     assert row["sign p / Holm"] == "0.004 / 0.012"  # 2 / 2^9, times 3
     assert list(shown.index.get_level_values(0))[:2] == ["ia3", "ia3"]  # both budgets together
-    text = budget.headline(study, table)
+    text = budget_report.headline(study, table)
     assert text.startswith("With all 36 runs done")
     if flip:
         assert (
@@ -232,7 +235,7 @@ def test_the_c1_verdict_changes_with_the_budget_only_when_the_data_do(flip):
     # the same grid with only seed 13 finished at 10 epochs: three pairs cannot be resolved yet
     partial = budget.pair_budgets(plan, long[long["seed"] == 13], short)
     table = budget.compare(partial, "tinyattn_e1", FAMILY)
-    text = budget.headline(_study(partial), table)
+    text = budget_report.headline(_study(partial), table)
     assert text.startswith(
         "With 12 of 36 runs done, provisionally, C1's verdict is *not established*"
     )
@@ -240,10 +243,10 @@ def test_the_c1_verdict_changes_with_the_budget_only_when_the_data_do(flip):
 
 
 def test_six_pairs_cannot_be_resolved_under_holm_over_three_and_the_sentence_says_so():
-    assert budget.smallest_holm_p(6, 3) == pytest.approx(3 * 2 / 2**6)
-    assert budget.smallest_holm_p(0, 3) == 1.0
-    assert budget.pairs_needed(3) == 7  # 3 x 2 / 2^7 = 0.047
-    assert budget.pairs_needed(1) == 6
+    assert decidability.sign_floor(6, 3)[1] == pytest.approx(3 * 2 / 2**6)
+    assert decidability.sign_floor(0, 3) == (1.0, 1.0)
+    assert decidability.pairs_needed(3) == 7  # 3 x 2 / 2^7 = 0.047
+    assert decidability.pairs_needed(1) == 6
     plan = _plan()
     short = _runs(plan, _gap({m: 2.0 for m in FAMILY}), suffix="short", epochs=3)
     long = _runs(plan, _gap({m: -5.0 for m in FAMILY}), suffix="long", epochs=10)
@@ -251,7 +254,7 @@ def test_six_pairs_cannot_be_resolved_under_holm_over_three_and_the_sentence_say
     table = budget.compare(pairs, "tinyattn_e1", FAMILY)
     assert (table.loc[table["budget"] == "long", "wins"] == 6).all()  # every pair won, yet
     assert set(table["outcome"]) == {"not resolved"}
-    text = budget.headline(_study(pairs), table)
+    text = budget_report.headline(_study(pairs), table)
     assert "C1's verdict is *not established* at both budgets" in text
     assert (
         "no comparison of this grid can be resolved: even 6 pairs of 6 won give a Holm p of 0.094"
@@ -269,7 +272,7 @@ def test_score_table_shows_each_seed_short_to_long_and_the_mean_change():
         suffix="long",
         epochs=10,
     )
-    table = budget.score_table(budget.pair_budgets(plan, long, short))
+    table = budget_report.score_table(budget.pair_budgets(plan, long, short))
     assert list(table.columns) == ["epochs", "seed 13", "seed 42", "seed 87", "mean change"]
     row = table.loc[("mrpc", "ia3")]
     assert row["seed 13"] == "80.6 → 90.0" and row["seed 87"] == "80.3 → …"
@@ -324,11 +327,11 @@ def test_load_budget_reads_both_profiles_from_records(records):
     assert set(zip(done["task"], done["seed"])) == {("mrpc", 13)}
     assert done["change"].tolist() == pytest.approx([10.0] * 4)
     assert set(done["short_epochs"]) == {3.0} and set(done["long_epochs"]) == {10}
-    labels = budget.budget_labels(study)
+    labels = budget_report.budget_labels(study)
     assert labels == {"short": "2–3 epochs", "long": "10 epochs"}
     table = budget.compare(study.pairs, study.reference, study.family)
     assert (table["pairs"] == 1).all()
-    text = budget.headline(study, table)
+    text = budget_report.headline(study, table)
     assert text.startswith("With 4 of 24 runs done, the budget study cannot yet say")
     assert "no comparison has more than 1 pair finished at both budgets" in text
     assert "winning 0 of 1 pairs" in text  # every method scores alike here: a tie
@@ -375,7 +378,7 @@ def test_curves_of_the_long_runs_every_half_epoch(records):
 def test_load_budget_refuses_a_reference_the_profile_lacks(records):
     with pytest.raises(ValueError, match="no method 'tinyattn_e4'"):
         budget.load_budget(str(records), reference="tinyattn_e4")
-    assert not math.isnan(budget.smallest_holm_p(7, 3))
+    assert not math.isnan(decidability.sign_floor(7, 3)[1])
 
 
 def _run_chapter(runs_dir: Path, tmp_path: Path) -> tuple[list[dict], dict[str, str]]:

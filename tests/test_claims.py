@@ -6,7 +6,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from tinyattn import claims, stats, verdicts
+from tinyattn import claims, decidability, stats, verdicts
 from tinyattn.aggregate import paired_comparison
 
 matplotlib.use("Agg")
@@ -154,10 +154,10 @@ def test_wrapped_lets_long_cells_wrap_and_keeps_the_table():
 
 
 def test_sign_test_floor():
-    assert claims.sign_test_floor(6, 3) == pytest.approx((2 / 64, 6 / 64))
-    assert claims.sign_test_floor(1, 2) == (1.0, 1.0)
+    assert decidability.sign_floor(6, 3) == pytest.approx((2 / 64, 6 / 64))
+    assert decidability.sign_floor(1, 2) == (1.0, 1.0)
     all_won = stats.sign_test([1.0] * 6)["sign_p"]
-    assert all_won == pytest.approx(claims.sign_test_floor(6, 1)[0])
+    assert all_won == pytest.approx(decidability.sign_floor(6, 1)[0])
 
 
 def test_forest_plot_draws_one_panel_per_method():

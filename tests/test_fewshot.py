@@ -329,7 +329,7 @@ def test_the_chapter_follows_the_heads_chapter_and_hides_its_plumbing():
         if cell.cell_type == "code":
             assert {"hide-input", "remove-cell"} & set(cell.metadata.get("tags", [])), cell.source
         assert not cell.get("outputs"), "chapters are stored without outputs"
-    assert "verdicts.c4(" in "".join(c.source for c in chapter.cells)
+    assert "fewshot.c4(" in "".join(c.source for c in chapter.cells)
 
 
 def test_the_colab_notebook_has_a_well_formed_parameters_cell():

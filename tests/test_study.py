@@ -3,7 +3,6 @@ a study's status; bad input named; the package's imports flow one way."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import signal
@@ -519,53 +518,6 @@ def test_either_executor_records_a_run_that_died_before_recording(toy, executor,
         "failed": 0,
         "skipped": 0,
     }  # a failed run is not retried without --retry-failed
-
-
-def tinyattn_imports(path: Path) -> set[str]:
-    """The ``tinyattn`` modules a module imports, anywhere in it (inside functions too)."""
-    package = {p.stem for p in path.parent.glob("*.py")}
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "tinyattn" and len(parts) > 1 and parts[1] in package:
-                found.add(parts[1])
-    return found - {path.stem}
-
-
-def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """The cycles a depth-first walk of the import graph meets (empty when it has none)."""
-    cycles, state = [], {}
-
-    def walk(module: str, trail: list[str]) -> None:
-        state[module] = "open"
-        for other in sorted(graph.get(module, ())):
-            if state.get(other) == "open":
-                cycles.append(trail[trail.index(other) :] + [other])
-            elif other not in state:
-                walk(other, trail + [other])
-        state[module] = "closed"
-
-    for module in sorted(graph):
-        if module not in state:
-            walk(module, [module])
-    return cycles
-
-
-def test_tinyattn_modules_import_each_other_one_way():
-    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
-    assert import_cycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
-    package = Path(runner.__file__).parent
-    graph = {path.stem: tinyattn_imports(path) for path in package.glob("*.py")}
-    assert {"profiles", "records", "experiment"} <= graph["runner"] | graph["tuning"]
-    assert "tuning" not in graph["profiles"] and "runner" not in graph["tuning"]
-    assert not import_cycles(graph)
 
 
 def test_a_profile_with_an_invalid_method_option_is_refused_when_it_loads(tmp_path, capsys):

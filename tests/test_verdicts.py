@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tinyattn import stats, verdicts
+from tinyattn import fewshot, stats, verdicts
 from tinyattn.aggregate import paired_comparison, task_standing
 from tinyattn.experts import deployment_comparison
 
@@ -351,41 +351,41 @@ C4_REFS = {"fewrte": {"GPT-3": 69.0, "PET": 69.8}, "fewcb": {"GPT-3": 63.8, "PET
 
 def test_c4_without_cloze_runs_cannot_decide_and_names_the_deciding_run():
     offline = _few_runs({"fewrte": [50.0, 46.0, 55.0], "fewcb": [30.0, 10.0]})
-    text = verdicts.c4(offline, C4_BASELINES, C4_REFS, cloze=None)
+    text = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=None)
     assert text.startswith("**C4 cannot be decided here.**")
     assert "fewrte 50.3 ± 4.5 against a majority class of 47.3 (above it on 2 of 3 seeds)" in text
     assert "fewcb 20.0 ± 14.1 against a majority class of 20.0 (above it on 1 of 2 seeds)" in text
     assert "`tinyattn study --profile fewglue` on a GPU with Hub access" in text
-    assert "no finished run yet" in verdicts.c4(offline.iloc[:0], C4_BASELINES, C4_REFS)
-    unfinished = verdicts.c4(offline, C4_BASELINES, C4_REFS, complete=False)
+    assert "no finished run yet" in fewshot.c4(offline.iloc[:0], C4_BASELINES, C4_REFS)
+    unfinished = fewshot.c4(offline, C4_BASELINES, C4_REFS, complete=False)
     assert unfinished == text  # without cloze runs, nothing the grid adds could decide it
 
 
 def test_c4_with_cloze_runs_judges_each_task_against_the_lower_reference():
     offline = _few_runs({"fewrte": [50.0]})
     close = _few_runs({"fewrte": [66.0, 65.0], "fewcb": [60.0, 59.0]})  # bars 69.0 and 63.8
-    text = verdicts.c4(offline, C4_BASELINES, C4_REFS, cloze=close)
+    text = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=close)
     assert text.startswith("**C4 is supported**")
     assert "fewrte 65.5 ± 0.7 (GPT-3 69.0, PET 69.8)" in text and "crosses splits" in text
     edge = _few_runs({"fewrte": [64.0], "fewcb": [58.8]})  # exactly 5 points below: still close
-    assert verdicts.c4(offline, C4_BASELINES, C4_REFS, cloze=edge).startswith("**C4 is supported")
+    assert fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=edge).startswith("**C4 is supported")
     low = _few_runs({"fewrte": [63.9], "fewcb": [70.0]})
-    text = verdicts.c4(offline, C4_BASELINES, C4_REFS, cloze=low)
+    text = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=low)
     assert text.startswith("**C4 is not supported**") and "on fewrte 63.9" in text
-    partial = verdicts.c4(offline, C4_BASELINES, C4_REFS, cloze=low, complete=False)
+    partial = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=low, complete=False)
     assert partial == f"{verdicts.PROVISIONAL} {text}"
     assert "fewcb" not in text.split("below the lower")[1].split(". ")[0]
     one_task = _few_runs({"fewrte": [70.0]})
-    text = verdicts.c4(offline, C4_BASELINES, C4_REFS, cloze=one_task)
+    text = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=one_task)
     assert text.startswith("**C4 cannot be decided yet**") and "on fewcb." in text
     other_method = _few_runs({"fewrte": [70.0], "fewcb": [70.0]}, method="lora")
-    assert "cannot be decided yet" in verdicts.c4(offline, C4_BASELINES, C4_REFS, other_method)
+    assert "cannot be decided yet" in fewshot.c4(offline, C4_BASELINES, C4_REFS, other_method)
 
 
 def test_c4_judges_nothing_against_unchecked_published_rows():
     offline = _few_runs({"fewrte": [50.0]})
     close = _few_runs({"fewrte": [66.0], "fewcb": [60.0]})  # would be "supported" against C4_REFS
-    text = verdicts.c4(offline, C4_BASELINES, {}, cloze=close)
+    text = fewshot.c4(offline, C4_BASELINES, {}, cloze=close)
     assert text.startswith("**C4 cannot be decided yet**") and "not yet checked" in text
 
 

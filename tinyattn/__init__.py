@@ -28,6 +28,7 @@ A study
     ``profiles``      study grids: load, validate, expand into runs, cost estimates (pure).
     ``tuning``        learning rates chosen on held-out data, on top of profiles.
     ``runner``        running a grid: locks, executors, scheduler, resume, analyses.
+    ``rows``          finished runs as a table, one row per record (what studies and chapters read).
     ``study``         a profile's status and finished runs, for chapters and notebooks.
     ``reproduce``     rerun a profile's recorded runs into a fresh folder and compare with the records.
 
@@ -38,8 +39,9 @@ Results
     ``decidability``  what a design can decide: a rule's verdicts simulated over true effects.
     ``confirm``       the confirmatory round's plan (C2, C3), its design and its verdicts.
     ``verdicts``      the rules that turn comparisons into verdicts on the paper's claims.
-    ``fewshot``       the few-shot chapter's numbers (claim C4) from the records.
-    ``budget``        the budget study: 10-epoch runs paired with the ``cpu`` study's, C1 at both.
+    ``fewshot``       the few-shot chapter's numbers (claim C4) from the records, and C4's verdict.
+    ``budget``        the budget study: 10-epoch runs paired with the ``cpu`` study's, C1 at both;
+                      ``budget_report`` the chapter's tables and sentences of it.
     ``report``        the tables and sentences the chapters show; ``claims`` those of the claim
                       chapters' declared comparisons; ``bench_report`` the numbers of a benchmark.
     ``datasets_summary`` split sizes and majority-class scores, recorded for the book.

@@ -9,96 +9,12 @@ import numpy as np
 import pandas as pd
 
 from tinyattn import stats
-from tinyattn.records import read_records
-
-SCORE_SCALE = 100.0  # GLUE convention: scores in points
-
-
-def _done_records(runs_dir: str | Path, run_ids: set[str] | None = None) -> list[dict]:
-    """Every finished run's record (``status == done``), optionally only the given run ids."""
-    return read_records(runs_dir, run_ids=run_ids)
-
-
-def load_records(
-    runs_dir: str | Path = "results/runs", run_ids: set[str] | None = None
-) -> pd.DataFrame:
-    """One row per finished run (``status == done``), optionally only the given run ids."""
-    frame = pd.DataFrame([_row(record) for record in _done_records(runs_dir, run_ids)])
-    if frame.empty:
-        return frame
-    # A two-stage run's compute includes its E = 1 twin's when it started from the twin's adapter.
-    walls = {r["run_id"]: r.get("wall_seconds", 0.0) for r in read_records(runs_dir, status=None)}
-    frame["compute_seconds"] = frame["wall_seconds"] + frame["stage_one_run_id"].map(
-        lambda rid: walls.get(rid, 0.0) if isinstance(rid, str) else 0.0
-    )
-    return frame
-
-
-def _row(record: dict) -> dict:
-    params, counts = record["params"], record["params_count"]
-    metric = record["select_metric"]
-    row = {
-        "run_id": record["run_id"],
-        "task": record["task"],
-        "method": params.get("label") or record["method"],
-        "library_method": record["method"],
-        "seed": record["seed"],
-        "backbone": params["backbone"],
-        "metric": metric,
-        "score": SCORE_SCALE * record["best"]["metrics"][metric],
-        "final_score": SCORE_SCALE * record["final"]["metrics"][metric],
-        "best_step": record["best"]["step"],
-        "steps": record["steps"],
-        "epochs": record["epochs_run"],
-        "train_examples": record["train_examples"],
-        "eval_examples": record["eval_examples"],
-        "learning_rate": params["learning_rate"],
-        "adapter_params": counts.get("deployed_adapter_params", counts["adapter_params"]),
-        "adapter_params_training": counts["adapter_params"],
-        "head_params": counts["head_params"],
-        "backbone_params": counts["backbone_params"],
-        "train_seconds": record["train_seconds"],
-        "eval_seconds": record["eval_seconds"],
-        "wall_seconds": record["wall_seconds"],
-        "tokens_per_second": record["tokens_per_second"],
-        "stage_one_run_id": _reused_stage_one(record),
-        "commit": record.get("provenance", {}).get("git", {}).get("commit"),
-        "machine": record.get("provenance", {}).get("machine", {}).get("processor"),
-        "device": _device(record),
-        "torch_threads": record.get("provenance", {}).get("machine", {}).get("torch_threads"),
-    }
-    unaveraged = record.get("final_unaveraged")  # experts: the last step's weights, not averaged
-    row["final_unaveraged_score"] = (
-        SCORE_SCALE * unaveraged["metrics"][metric] if unaveraged else float("nan")
-    )
-    row["adapter_plus_head_params"] = row["adapter_params"] + row["head_params"]
-    row["adapter_percent"] = 100.0 * row["adapter_params"] / row["backbone_params"]
-    for name, value in record["best"]["metrics"].items():
-        row[f"best_{name}"] = SCORE_SCALE * value
-    return row
-
-
-def _device(record: dict) -> str:
-    """Where the run trained: ``cpu``, or the GPU's name."""
-    device = str(record.get("device", "cpu"))
-    if device.startswith("cuda"):
-        return record.get("provenance", {}).get("machine", {}).get("gpu") or device
-    return device
-
-
-def evaluation_rows(record: dict) -> list[dict]:
-    """One row per evaluation of a run: epoch, step, its selection metric (x100) and training loss."""
-    metric = record["select_metric"]
-    return [
-        {
-            "epoch": e["epoch"],
-            "step": e["step"],
-            "score": SCORE_SCALE * e["metrics"][metric],
-            "train_loss": e["train_loss"],
-            "metric": metric,
-        }
-        for e in record["evaluations"]
-    ]
+from tinyattn.rows import (  # noqa: F401  (load_records, evaluation_rows: re-exported for the notebooks)
+    SCORE_SCALE,
+    done_records,
+    evaluation_rows,
+    load_records,
+)
 
 
 def learning_curves(
@@ -113,7 +29,7 @@ def learning_curves(
             "seed": record["seed"],
             **row,
         }
-        for record in _done_records(runs_dir, run_ids)
+        for record in done_records(runs_dir, run_ids)
         for row in evaluation_rows(record)
     ]
     return pd.DataFrame(rows)
@@ -134,11 +50,6 @@ def late_gain(curves: pd.DataFrame) -> pd.DataFrame:
     per_run["from_best"] = per_run["last"] - per_run["best"]
     table = per_run.groupby(["task", "method"], sort=False)[["gain", "from_best"]].mean()
     return table.reset_index()
-
-
-def _reused_stage_one(record: dict) -> str | None:
-    stage = record.get("stage_one")
-    return stage["run_id"] if stage and stage.get("source", "").startswith("saved") else None
 
 
 # The two selection protocols a run record supports (both columns of ``load_records``):

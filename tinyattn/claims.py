@@ -234,13 +234,6 @@ def c2_rules_table(earlier: dict[str, str], current: str) -> pd.DataFrame:
     return pd.DataFrame(rules)
 
 
-def sign_test_floor(pairs: int, family: int) -> tuple[float, float]:
-    """The smallest two-sided exact sign-test p over ``pairs`` pairs (all won: 2 / 2^pairs), and the
-    smallest Holm-adjusted p it can become in a family of ``family`` comparisons."""
-    floor = min(1.0, 2.0 / 2**pairs)
-    return floor, min(1.0, family * floor)
-
-
 def c2_change(earlier: dict[str, str], current: str) -> str:
     """Whether C2's verdict moved with its rules, on the same records, as a sentence."""
     verdicts_by_rule = [*earlier.values(), verdicts.headline(current)]

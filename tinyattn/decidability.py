@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from tinyattn.margin import OUTCOMES
+from tinyattn.stats import ALPHA, holm, sign_test
 
 #: True effects, in points, at which every design is simulated.
 EFFECTS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
@@ -66,3 +67,21 @@ def decides(table: pd.DataFrame, power: float = POWER) -> float:
 def ever_decides(table: pd.DataFrame) -> bool:
     """Whether the rule reaches a decided outcome (ahead, behind or equivalent) at any effect."""
     return bool((table["undecided"] < 1.0).any())
+
+
+def sign_floor(pairs: int, family: int) -> tuple[float, float]:
+    """The smallest two-sided exact sign-test p over ``pairs`` pairs (every pair won), and the smallest
+    Holm-adjusted p it can become in a family of ``family`` comparisons (all of them as clear): below
+    ``ALPHA`` or not, whatever the scores."""
+    if pairs < 1:
+        return 1.0, 1.0
+    p = sign_test(np.ones(pairs))["sign_p"]
+    return float(p), float(holm([p] * family)[0])
+
+
+def pairs_needed(family: int, limit: int = 64) -> int:
+    """The fewest pairs with which the sign test can reach ``ALPHA`` after Holm over ``family``."""
+    for n in range(1, limit + 1):
+        if sign_floor(n, family)[1] < ALPHA:
+            return n
+    raise ValueError(f"no comparison of up to {limit} pairs can be decided")

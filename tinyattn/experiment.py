@@ -11,7 +11,6 @@ a run's starting model and evaluation data exactly as the run had them (the expe
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 import traceback
 import typing
@@ -32,7 +31,14 @@ from tinyattn.data import (
 from tinyattn.inject import PREFIX, experts_averaged
 from tinyattn.methods import RETIRED_OPTIONS, build_model, method_options
 from tinyattn.model import DEFAULT_BACKBONE, count_parameters, load_tokenizer, set_seed
-from tinyattn.records import RECORD_VERSION, adapter_dir, provenance, run_id, write_json_atomic
+from tinyattn.records import (
+    RECORD_VERSION,
+    adapter_dir,
+    check_out_dir,
+    provenance,
+    run_id,
+    write_json_atomic,
+)
 from tinyattn.train import TrainConfig, train
 
 # Parameters that say where things are or what a run is called, not what it is: not in the run id.
@@ -244,19 +250,6 @@ def _split(params: RunParams, folder, train_rows: list | None = None):
 def _train_rows(params: RunParams, folder) -> list:
     rows = load_glue_task(params.spec.name, "train", folder)
     return subsample(rows, params.max_train_samples, params.seed)
-
-
-def check_out_dir(folder: str | Path) -> None:
-    """Fail now, before any training, unless run records can be written to ``folder`` (created)."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise ValueError(
-            f"cannot write run records to the folder {str(folder)!r}: {err.strerror or err}"
-        ) from err
 
 
 def run(params: RunParams, *, write: bool = True) -> tuple[dict, object]:

@@ -7,7 +7,8 @@
 * ``floor_sentence``: how many methods clear the floors, per task;
 * ``comparison`` and ``comparison_sentence``: tiny attention against the other methods of the
   substitute, under the book's declared analysis (``tinyattn.stats``);
-* ``figure`` and ``opening``: the chapter's figure and first sentence.
+* ``figure`` and ``opening``: the chapter's figure and first sentence;
+* ``c4``: the verdict on C4, by ``C4_MARGIN`` against the published rows.
 
 A few-shot task of the study (``fewrte``, ``fewcb``) is the FewGLUE task ``rte`` / ``cb`` of
 ``tinyattn.fewglue``; scores are on the main metric (RTE accuracy, CB the mean of accuracy and macro-F1).
@@ -15,7 +16,7 @@ A few-shot task of the study (``fewrte``, ``fewcb``) is the FewGLUE task ``rte``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
@@ -24,6 +25,7 @@ from tinyattn.fewglue import PUBLISHED, published_scores
 from tinyattn.records import read_records
 from tinyattn.study import ProfileRuns
 from tinyattn.tasks import FEWSHOT_TASKS
+from tinyattn.verdicts import PROVISIONAL
 
 SCALE = 100.0
 #: Tiny attention's own E = 4 twin: whether it adds to E = 1 is C2's question, not a competitor's.
@@ -217,3 +219,94 @@ def opening(
         f"**{headline}**: the authors' cloze protocol needs a masked-LM backbone that this offline "
         f"machine lacks; {offline}, a different protocol that cannot be set against GPT-3 or PET."
     )
+
+
+# ----------------------------------------------------------------------------- C4 (few-shot)
+#: C4's "comparable": tiny attention's mean over seeds no more than this many points below the lower of
+#: GPT-3's and PET's published score on a task (fixed before any cloze run exists).
+C4_MARGIN = 5.0
+C4_DECIDING_RUN = (
+    "the `fewglue` profile (ALBERT-xxlarge-v2 with its masked-LM head, the authors' cloze recipe; "
+    "`tinyattn study --profile fewglue` on a GPU with Hub access, or notebooks/fewglue_colab.ipynb "
+    "in Colab)"
+)
+
+
+def _spread(scores: pd.Series) -> str:
+    return f"{scores.mean():.1f} ± {scores.std(ddof=1) if len(scores) > 1 else 0.0:.1f}"
+
+
+def c4(
+    offline: pd.DataFrame,
+    baselines: Mapping[str, Mapping[str, float]],
+    references: Mapping[str, Mapping[str, float]],
+    cloze: pd.DataFrame | None = None,
+    complete: bool = True,
+    method: str = "tinyattn_e1",
+) -> str:
+    """The verdict on C4 (on FewGLUE, tiny attention is comparable to GPT-3 and PET).
+
+    ``offline``: the substitute's runs (columns task, method, seed, score: the reported val score x100);
+    ``baselines``: task -> {"majority": ..., "random": ...} on the same scale; ``references``: task ->
+    {"GPT-3": ..., "PET": ..., ...}, the published scores (their *test* set; empty while they are
+    unchecked, and then nothing is judged); ``cloze``: runs of the authors' protocol on a masked LM (same columns; ``method`` there is tiny attention's label).
+    Without cloze runs the claim cannot be decided: the substitute is another protocol on another
+    model. With them, each task is judged by ``C4_MARGIN`` against the lower of GPT-3 and PET, and
+    ``complete`` says whether the cloze grid is finished (else the verdict is provisional); without
+    them the verdict does not depend on how far the substitute has run.
+    """
+    prefix = "" if complete else PROVISIONAL + " "
+    if cloze is None or cloze.empty:
+        parts = []
+        for task, rows in offline[offline["method"] == method].groupby("task", sort=True):
+            floor = baselines[task]["majority"]
+            above = int((rows["score"] > floor).sum())
+            parts.append(
+                f"{task} {_spread(rows['score'])} against a majority class of {floor:.1f} "
+                f"(above it on {above} of {len(rows)} seeds)"
+            )
+        seen = "gives tiny attention " + "; ".join(parts) if parts else "has no finished run yet"
+        return (
+            "**C4 cannot be decided here.** The claim is about the PET-style cloze protocol on "
+            "a large masked LM (the authors: ALBERT-xxlarge-v2), compared with GPT-3 and PET; no run "
+            "of that protocol is in the records, because the offline backbone has no masked-LM head "
+            "and no hub can be reached. The offline substitute (a classification head on MiniLM-L6, "
+            f"the same 32 examples) {seen}: a different protocol on a "
+            "22 M-parameter encoder, which cannot say whether tiny attention matches GPT-3 or PET. "
+            f"The run that decides it: {C4_DECIDING_RUN}."
+        )
+    if not references:
+        return (
+            f"{prefix}**C4 cannot be decided yet**: the published GPT-3 and PET rows it is judged "
+            "against (Schick & Schütze 2021, Table 1) are transcribed but not yet checked against the "
+            "paper, and this study decides nothing against an unchecked number."
+        )
+    missing = [t for t in sorted(references) if not _has_runs(cloze, t, method)]
+    if missing:
+        return (
+            f"{prefix}**C4 cannot be decided yet**: no run of the cloze protocol on "
+            f"{', '.join(missing)}. The run that decides it: {C4_DECIDING_RUN}."
+        )
+    close, below = [], []
+    for task, ref in sorted(references.items()):
+        rows = cloze[(cloze["task"] == task) & (cloze["method"] == method)]
+        bar = min(ref["GPT-3"], ref["PET"])
+        text = f"{task} {_spread(rows['score'])} (GPT-3 {ref['GPT-3']:.1f}, PET {ref['PET']:.1f})"
+        (close if rows["score"].mean() >= bar - C4_MARGIN else below).append(text)
+    caveat = (
+        " These scores are on the SuperGLUE val set, the published ones on its hidden test set "
+        "(Schick & Schütze 2021): the comparison crosses splits."
+    )
+    if not below:
+        return (
+            f"{prefix}**C4 is supported**: within {C4_MARGIN:g} points of the lower of GPT-3 and "
+            f"PET on every task: {'; '.join(close)}.{caveat}"
+        )
+    return (
+        f"{prefix}**C4 is not supported**: more than {C4_MARGIN:g} points below the lower of GPT-3 "
+        f"and PET on {'; '.join(below)}.{caveat}"
+    )
+
+
+def _has_runs(runs: pd.DataFrame, task: str, method: str) -> bool:
+    return bool(((runs["task"] == task) & (runs["method"] == method)).any())

@@ -212,3 +212,16 @@ def read_run(run_id: str, runs_dir: str | Path = "results/runs") -> dict:
     if record["status"] != "done":
         raise ValueError(f"run {run_id} is not finished (status {record['status']!r})")
     return record
+
+
+def check_out_dir(folder: str | Path) -> None:
+    """Fail now, before any training, unless run records can be written to ``folder`` (created)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"cannot write run records to the folder {str(folder)!r}: {err.strerror or err}"
+        ) from err

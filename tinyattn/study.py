@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from tinyattn.aggregate import load_records
 from tinyattn.experiment import RunParams
 from tinyattn.profiles import (
     as_profile,
@@ -25,6 +24,7 @@ from tinyattn.profiles import (
     shard,
 )
 from tinyattn.records import record_status
+from tinyattn.rows import load_records
 from tinyattn.tuning import TuningIncompleteError, learning_rates
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from tinyattn.aggregate import SCORE_SCALE, evaluation_rows
 from tinyattn.experiment import RunParams
 from tinyattn.profiles import as_profile, expand, load_profile, placeholder_rates
 from tinyattn.records import read_records, record_status
+from tinyattn.rows import SCORE_SCALE, evaluation_rows
 
 
 class TuningIncompleteError(ValueError):

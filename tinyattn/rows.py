@@ -1,0 +1,107 @@
+"""Finished runs as a table: one row per record, the columns every study and chapter reads.
+
+The study's layer (``study``, ``tuning``) and the analysis (``aggregate`` and the chapters) both read
+runs through ``load_records``; it sits below both, on the records folder alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tinyattn.records import read_records
+
+SCORE_SCALE = 100.0  # GLUE convention: scores in points
+
+
+def done_records(runs_dir: str | Path, run_ids: set[str] | None = None) -> list[dict]:
+    """Every finished run's record (``status == done``), optionally only the given run ids."""
+    return read_records(runs_dir, run_ids=run_ids)
+
+
+def load_records(
+    runs_dir: str | Path = "results/runs", run_ids: set[str] | None = None
+) -> pd.DataFrame:
+    """One row per finished run (``status == done``), optionally only the given run ids."""
+    frame = pd.DataFrame([_row(record) for record in done_records(runs_dir, run_ids)])
+    if frame.empty:
+        return frame
+    # A two-stage run's compute includes its E = 1 twin's when it started from the twin's adapter.
+    walls = {r["run_id"]: r.get("wall_seconds", 0.0) for r in read_records(runs_dir, status=None)}
+    frame["compute_seconds"] = frame["wall_seconds"] + frame["stage_one_run_id"].map(
+        lambda rid: walls.get(rid, 0.0) if isinstance(rid, str) else 0.0
+    )
+    return frame
+
+
+def _row(record: dict) -> dict:
+    params, counts = record["params"], record["params_count"]
+    metric = record["select_metric"]
+    row = {
+        "run_id": record["run_id"],
+        "task": record["task"],
+        "method": params.get("label") or record["method"],
+        "library_method": record["method"],
+        "seed": record["seed"],
+        "backbone": params["backbone"],
+        "metric": metric,
+        "score": SCORE_SCALE * record["best"]["metrics"][metric],
+        "final_score": SCORE_SCALE * record["final"]["metrics"][metric],
+        "best_step": record["best"]["step"],
+        "steps": record["steps"],
+        "epochs": record["epochs_run"],
+        "train_examples": record["train_examples"],
+        "eval_examples": record["eval_examples"],
+        "learning_rate": params["learning_rate"],
+        "adapter_params": counts.get("deployed_adapter_params", counts["adapter_params"]),
+        "adapter_params_training": counts["adapter_params"],
+        "head_params": counts["head_params"],
+        "backbone_params": counts["backbone_params"],
+        "train_seconds": record["train_seconds"],
+        "eval_seconds": record["eval_seconds"],
+        "wall_seconds": record["wall_seconds"],
+        "tokens_per_second": record["tokens_per_second"],
+        "stage_one_run_id": _reused_stage_one(record),
+        "commit": record.get("provenance", {}).get("git", {}).get("commit"),
+        "machine": record.get("provenance", {}).get("machine", {}).get("processor"),
+        "device": _device(record),
+        "torch_threads": record.get("provenance", {}).get("machine", {}).get("torch_threads"),
+    }
+    unaveraged = record.get("final_unaveraged")  # experts: the last step's weights, not averaged
+    row["final_unaveraged_score"] = (
+        SCORE_SCALE * unaveraged["metrics"][metric] if unaveraged else float("nan")
+    )
+    row["adapter_plus_head_params"] = row["adapter_params"] + row["head_params"]
+    row["adapter_percent"] = 100.0 * row["adapter_params"] / row["backbone_params"]
+    for name, value in record["best"]["metrics"].items():
+        row[f"best_{name}"] = SCORE_SCALE * value
+    return row
+
+
+def _device(record: dict) -> str:
+    """Where the run trained: ``cpu``, or the GPU's name."""
+    device = str(record.get("device", "cpu"))
+    if device.startswith("cuda"):
+        return record.get("provenance", {}).get("machine", {}).get("gpu") or device
+    return device
+
+
+def evaluation_rows(record: dict) -> list[dict]:
+    """One row per evaluation of a run: epoch, step, its selection metric (x100) and training loss."""
+    metric = record["select_metric"]
+    return [
+        {
+            "epoch": e["epoch"],
+            "step": e["step"],
+            "score": SCORE_SCALE * e["metrics"][metric],
+            "train_loss": e["train_loss"],
+            "metric": metric,
+        }
+        for e in record["evaluations"]
+    ]
+
+
+def _reused_stage_one(record: dict) -> str | None:
+    stage = record.get("stage_one")
+    return stage["run_id"] if stage and stage.get("source", "").startswith("saved") else None
