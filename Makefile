@@ -60,17 +60,17 @@ book: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
 	$(VENV)/bin/jupyter-book build . --all --warningiserror --keep-going --quiet
 
-# The core library on the newest transformers 5 and peft, without the `adapters` extra (which pins
-# transformers 4.57): the adapter, its PEFT route, data, metrics, training, the FewGLUE cloze protocol
+# The core install (no extras: no notebooks, figures or `adapters`, tests/test_install.py checks it)
+# on the newest transformers 5 and peft (the `adapters` extra pins transformers 4.57): the adapter, its PEFT route, data, metrics, training, the FewGLUE cloze protocol
 # and the methods that come from peft or this library. Its own environment, .venv-tf5.
 CORE_VENV ?= .venv-tf5
 CORE_TESTS := tests/test_adapter.py tests/test_inject.py tests/test_peft.py tests/test_methods.py \
 	tests/test_checkpoint.py tests/test_data.py tests/test_metrics.py tests/test_train.py \
-	tests/test_stats.py tests/test_fewglue.py tests/test_cloze.py
+	tests/test_stats.py tests/test_fewglue.py tests/test_cloze.py tests/test_install.py
 test-core:
 	python3 -m venv $(CORE_VENV)
 	$(CORE_VENV)/bin/python -m pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(CORE_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)")
 	$(CORE_VENV)/bin/python -m pip install -q -e ".[dev]" "transformers>=5" "peft>=0.18"
 	$(CORE_VENV)/bin/python -c "import transformers, peft; print('core env: transformers', transformers.__version__, '| peft', peft.__version__)"
-	$(CORE_VENV)/bin/python -m pytest -q -m "not slow" $(CORE_TESTS)
+	TINYATTN_CORE_ENV=1 $(CORE_VENV)/bin/python -m pytest -q -m "not slow" $(CORE_TESTS)

@@ -155,6 +155,8 @@ def cmd_study(args) -> int:
         return 0
     if not args.any_code:
         _refuse_other_code(args)
+    if args.executor == "notebook":
+        _require("papermill", "nbformat", "ipykernel")
     outcome = run_study(
         args.profile,
         out_dir=args.out,
@@ -216,6 +218,8 @@ def cmd_reproduce(args) -> int:
 
 def cmd_analyse(args) -> int:
     from tinyattn.runner import run_analyses
+
+    _require("papermill", "nbformat", "ipykernel", "matplotlib")
 
     done = run_analyses(
         args.profile, out_dir=args.out, analysis_dir=args.analysis, force=args.force
@@ -404,11 +408,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _require(*modules: str) -> None:
+    """Before any work starts: a ``ModuleNotFoundError`` for the first of ``modules`` not installed
+    (``main`` turns it into the line that names the extra)."""
+    import importlib.util
+
+    for name in modules:
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+#: What the ``study`` extra adds to the core install (pyproject.toml): a command that imports one of
+#: these without it says which extra to install.
+STUDY_EXTRA = ("papermill", "nbformat", "ipykernel", "matplotlib", "seaborn", "adapters")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except ModuleNotFoundError as err:
+        if err.name not in STUDY_EXTRA:
+            raise
+        print(
+            f"tinyattn {args.command}: error: this command needs the study's packages ({err.name} is "
+            "not installed): pip install 'tinyattn[study]'",
+            file=sys.stderr,
+        )
+        return 2
     except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as err:
         # TuningIncompleteError is a ValueError: a study whose learning rates are not chosen yet
         print(f"tinyattn {args.command}: error: {err}", file=sys.stderr)
