@@ -366,7 +366,7 @@ def test_c4_with_cloze_runs_judges_each_task_against_the_lower_reference():
     close = _few_runs({"fewrte": [66.0, 65.0], "fewcb": [60.0, 59.0]})  # bars 69.0 and 63.8
     text = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=close)
     assert text.startswith("**C4 is supported**")
-    assert "fewrte 65.5 ± 0.7 (GPT-3 69.0, PET 69.8)" in text and "crosses splits" in text
+    assert "fewrte 65.5 ± 0.7 (GPT-3 69.0, PET 69.8)" in text and "validation set" in text
     edge = _few_runs({"fewrte": [64.0], "fewcb": [58.8]})  # exactly 5 points below: still close
     assert fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=edge).startswith("**C4 is supported")
     low = _few_runs({"fewrte": [63.9], "fewcb": [70.0]})
