@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/data/glue),)
 export TINYATTN_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install test test-core lint study reproduce cpu-study book datasets-summary clean
+.PHONY: install test test-fast test-core lint study reproduce cpu-study book datasets-summary clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -19,8 +19,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip check
 	touch $@
 
+# The full suite, on every core (pytest-xdist; one test file per worker, since a file's tests share
+# its fixtures); the 20 slowest tests are listed at the end.
+PYTEST_WORKERS ?= auto
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=20
+
+# The edit loop: the unit tests only (no end-to-end runs, no book, no chapter executions).
+test-fast: install
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" \
+		--ignore=tests/test_book.py --ignore=tests/test_chapters.py
 
 lint: install
 	$(VENV)/bin/ruff check .
