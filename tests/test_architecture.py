@@ -40,6 +40,7 @@ LIBRARY = {
     "records",
     "measure",
     "repository",
+    "registry",
 }
 STUDY = {"profiles", "tuning", "runner", "rows", "study", "reproduce", "bench"}
 ANALYSIS = {

@@ -385,3 +385,30 @@ def test_adapters_methods_name_the_extra_to_install_when_it_is_missing(encoders,
         with pytest.raises(ValueError, match=rf"'{method}'.*pip install 'tinyattn\[adapters\]'"):
             _build(method, encoders, "bert")
     assert _build("lora", encoders, "bert") is not None  # peft's methods do not need it
+
+
+def test_each_methods_facts_live_in_its_registry_entry():
+    """Planning speed, FLOPs formula and retired options come from the entry, not from lists kept
+    elsewhere: a method registered without a speed plans at the default, and the benchmark's FLOPs
+    are the entry's formula."""
+    from tinyattn import bench
+    from tinyattn.experiment import RunParams
+    from tinyattn.profiles import DEFAULT_TRAIN_TOKENS_PER_SECOND, estimate_seconds
+    from tinyattn.registry import METHODS, register
+
+    assert all(m.train_tokens_per_second for m in METHODS.values())
+    assert all(METHODS[s.method].flops for s in bench.SETUPS.values())
+    params = RunParams(task="rte", method="lora", seed=1, epochs=1)
+    fast = estimate_seconds(params)
+    try:
+        register("slowpoke", defaults=METHODS["lora"].defaults)(METHODS["lora"].apply)
+        slow = estimate_seconds(RunParams(task="rte", method="slowpoke", seed=1, epochs=1))
+    finally:
+        METHODS.pop("slowpoke")
+    assert slow > fast and DEFAULT_TRAIN_TOKENS_PER_SECOND < METHODS["lora"].train_tokens_per_second
+    tiny = bench.Setup("tinyattn", {"experts": 4})
+    opts = method_options("tinyattn", {"experts": 4})
+    per_expert = 2 * 3 * 384 + 4 * 64 + 2 * 384
+    assert bench._adapter_flops(tiny, opts, 384, 64) == 4 * per_expert
+    averaged = bench.Setup("tinyattn", {"experts": 4}, form="averaged")
+    assert bench._adapter_flops(averaged, opts, 384, 64) == per_expert

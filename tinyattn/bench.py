@@ -30,7 +30,7 @@ from tinyattn.measure import (
     timed,
     training_memory_mb,
 )
-from tinyattn.methods import build_model, method_options
+from tinyattn.methods import build_model, get_method, method_options
 from tinyattn.model import DEFAULT_BACKBONE, load_encoder
 from tinyattn.records import machine, versions
 
@@ -135,21 +135,11 @@ def flops_per_token(
 
 
 def _adapter_flops(setup: Setup, opts: dict, D: int, n: int) -> int:
-    """One layer's FLOPs per token added by the method, in its form."""
-    if setup.method in ("head_only", "full_ft") or setup.form == "merged":
-        return 0
-    if setup.method == "lora":  # down (D -> r) and up (r -> D) beside each target projection
-        return len(opts["target_modules"]) * 2 * (2 * D * opts["r"])
-    if setup.method in ("houlsby", "pfeiffer"):  # bottleneck D -> D/f -> D: two per layer, or one
-        per_adapter = 2 * (2 * D * (D // opts["reduction_factor"]))
-        return (2 if setup.method == "houlsby" else 1) * per_adapter
-    if setup.method == "prefix":  # every query scores and mixes prefix_length more keys and values
-        return 4 * opts["prefix_length"] * D
-    if setup.method == "tinyattn":  # per expert: q/k/v, scores and mixing, output
-        d = opts["head_dim"]
-        experts = 1 if setup.form == "averaged" else opts["experts"]
-        return experts * (2 * 3 * D * d + 4 * n * d + 2 * d * D)
-    raise ValueError(f"no FLOPs formula for method {setup.method!r}")
+    """One layer's FLOPs per token added by the method, in its form (the registry's formula)."""
+    formula = get_method(setup.method).flops
+    if formula is None:
+        raise ValueError(f"no FLOPs formula for method {setup.method!r}")
+    return formula(opts, D, n, setup.form)
 
 
 def _time_training(base, device: str, batch: dict, labels, warmup: int, repeats: int) -> dict:

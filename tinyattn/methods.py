@@ -30,82 +30,18 @@ Library notes:
 
 from __future__ import annotations
 
-import copy
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel
 
 from tinyattn.inject import TinyAttnConfig, add_tiny_attention
 from tinyattn.model import EncoderClassifier, backbone_identity, load_encoder
 
+# The registry's machinery (``Method``, ``register``, ``method_options``) is ``tinyattn.registry``;
+# importing this module registers every method of the study there.
+from tinyattn.registry import METHODS, Method, get_method, method_options, register
 
-@dataclass(frozen=True)
-class Method:
-    name: str
-    apply: Callable[[EncoderClassifier, dict], None]
-    defaults: dict = field(default_factory=dict)
-    source: str = ""  # where the default hyper-parameters come from
-    description: str = ""
-    check: Callable[[dict], object] | None = None  # raises ValueError on an option out of range
-
-
-METHODS: dict[str, Method] = {}
-
-
-def register(
-    name: str,
-    *,
-    defaults: dict | None = None,
-    source: str = "",
-    description: str = "",
-    check: Callable[[dict], object] | None = None,
-):
-    def wrap(apply):
-        METHODS[name] = Method(name, apply, dict(defaults or {}), source, description, check)
-        return apply
-
-    return wrap
-
-
-def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
-
-
-#: Options a method took in earlier versions, at the value that every run record and saved adapter
-#: written since carries: tinyattn's two-stage start was an option (``init_from``, a folder, and
-#: ``init_noise_std``) before it became a step of the run (``RunParams.two_stage``, which calls
-#: ``checkpoint.start_experts_from``). ``method_options`` drops them at these values, and
-#: ``RunParams.identity`` adds them back, so that the run ids of all records stay what they were.
-RETIRED_OPTIONS = {"tinyattn": {"init_from": None, "init_noise_std": 1e-6}}
-
-
-def method_options(name: str, options: dict | None = None) -> dict:
-    """The method's defaults overridden by ``options``; an option the method does not take, or one out
-    of its range (the method's ``check``), is an error.
-
-    A retired option (``RETIRED_OPTIONS``) at its retired value is dropped."""
-    method = get_method(name)
-    retired = RETIRED_OPTIONS.get(name, {})
-    for key, value in (options or {}).items():
-        if key in retired and value != retired[key]:
-            raise ValueError(
-                f"method {name!r}: {key} is no longer an option; to start E experts from the trained "
-                "one-expert twin, use the run parameter two_stage (tinyattn train --two-stage)"
-            )
-    options = {k: v for k, v in (options or {}).items() if v is not None and k not in retired}
-    unknown = set(options) - set(method.defaults)
-    if unknown:
-        raise ValueError(
-            f"method {name!r} takes no option(s) {sorted(unknown)}; it takes {sorted(method.defaults)}"
-        )
-    merged = {**copy.deepcopy(method.defaults), **options}
-    if method.check is not None:
-        method.check(merged)
-    return merged
+__all__ = ["METHODS", "Method", "RETIRED_OPTIONS", "build_model", "get_method", "method_options"]
 
 
 def build_model(
@@ -144,6 +80,12 @@ def frozen_backbone(model: EncoderClassifier) -> None:
 # ----------------------------------------------------------------------------- methods
 @register(
     "tinyattn",
+    retired={"init_from": None, "init_noise_std": 1e-6},  # the two-stage start, once an option
+    train_tokens_per_second=760.0,
+    flops=lambda o, D, n, form: (
+        (1 if form == "averaged" else o["experts"])
+        * (2 * 3 * D * o["head_dim"] + 4 * n * o["head_dim"] + 2 * o["head_dim"] * D)
+    ),
     defaults=TinyAttnConfig().to_dict(),
     source="Zhao, Tan & Mei (2022) and their released code: d=1, dropout 0.1, placement m0, x0.01 init",
     description="tiny-attention adapter (ours): attention with head dimension d in every layer",
@@ -155,6 +97,8 @@ def _tinyattn(model: EncoderClassifier, opts: dict) -> None:
 
 @register(
     "full_ft",
+    train_tokens_per_second=420.0,
+    flops=lambda o, D, n, form: 0,
     defaults={},
     source="Devlin et al. (2019); LoRA paper Table 2 full fine-tuning rows",
     description="full fine-tuning: every encoder parameter and the head train",
@@ -167,6 +111,8 @@ def _full_ft(model: EncoderClassifier, opts: dict) -> None:
 
 @register(
     "head_only",
+    train_tokens_per_second=1700.0,
+    flops=lambda o, D, n, form: 0,
     defaults={},
     source="linear probe on the frozen encoder: the floor every method must clear",
     description="only the classification head trains",
@@ -193,6 +139,7 @@ BITFIT_BIAS_TERMS = {
 
 @register(
     "bitfit",
+    train_tokens_per_second=860.0,
     # all bias terms of the encoder (LayerNorm biases included), as the BitFit paper's main results
     defaults={"bias_terms": ["all"]},
     source="Ben Zaken, Goldberg & Ravfogel (2022), BitFit; their code's --bias-terms all",
@@ -221,6 +168,11 @@ def _bitfit(model: EncoderClassifier, opts: dict) -> None:
 # ----------------------------------------------------------------------------- peft: LoRA, (IA)^3
 @register(
     "lora",
+    train_tokens_per_second=840.0,
+    # down (D -> r) and up (r -> D) beside each target projection; nothing once merged
+    flops=lambda o, D, n, form: (
+        0 if form == "merged" else len(o["target_modules"]) * 4 * D * o["r"]
+    ),
     # r = 8 and alpha = 16 on W_q and W_v, no LoRA dropout: microsoft/LoRA examples/NLU
     # roberta_base_*.sh (--lora_r 8 --lora_alpha 16; their loralib layers get no dropout).
     defaults={"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["query", "value"]},
@@ -266,6 +218,7 @@ IA3_TARGETS = {
 
 @register(
     "ia3",
+    train_tokens_per_second=990.0,
     # None: the architecture's entry in IA3_TARGETS (k, v and the FFN's second linear layer)
     defaults={"target_modules": None, "feedforward_modules": None, "exclude_modules": None},
     source="Liu et al. (2022), (IA)^3: l_k, l_v, l_ff, initialised to ones; peft IA3Config with "
@@ -346,6 +299,8 @@ def _add_library_adapter(model: EncoderClassifier, name: str, config) -> None:
 
 @register(
     "prefix",
+    train_tokens_per_second=620.0,
+    flops=lambda o, D, n, form: 4 * o["prefix_length"] * D,  # prefix_length more keys and values
     # adapters' PrefixTuningConfig defaults: 30 prefix vectors per layer for keys and values,
     # reparameterised (flat=False) by Li & Liang's MLP (embedding -> 512 -> tanh -> 2 x layers x D)
     defaults={"prefix_length": 30, "bottleneck_size": 512, "flat": False},
@@ -365,6 +320,8 @@ def _prefix(model: EncoderClassifier, opts: dict) -> None:
 
 @register(
     "houlsby",
+    train_tokens_per_second=750.0,
+    flops=lambda o, D, n, form: 2 * 2 * (2 * D * (D // o["reduction_factor"])),  # two D -> D/f -> D
     # adapters' DoubleSeqBnConfig defaults: bottleneck adapters after the attention and the FFN
     # sub-layers, D/16 wide, swish; Houlsby et al. tuned the width in {8, 64, 256}
     defaults={"reduction_factor": 16, "non_linearity": "swish"},
@@ -379,6 +336,8 @@ def _houlsby(model: EncoderClassifier, opts: dict) -> None:
 
 @register(
     "pfeiffer",
+    train_tokens_per_second=740.0,
+    flops=lambda o, D, n, form: 2 * (2 * D * (D // o["reduction_factor"])),  # one D -> D/f -> D
     # adapters' SeqBnConfig defaults: one bottleneck adapter after the FFN, D/16 wide, relu
     defaults={"reduction_factor": 16, "non_linearity": "relu"},
     source="Pfeiffer et al. (2021), AdapterFusion; adapters library SeqBnConfig (seq_bn) defaults: "
@@ -393,6 +352,7 @@ def _pfeiffer(model: EncoderClassifier, opts: dict) -> None:
 
 @register(
     "parallel",
+    train_tokens_per_second=860.0,
     # adapters' ParBnConfig defaults: a bottleneck adapter parallel to the FFN, D/2 wide, relu,
     # output scaled by 4, up-projection initialised to zero (He et al.'s "mam_adapter" init)
     defaults={"reduction_factor": 2, "non_linearity": "relu", "scaling": 4.0},
@@ -417,3 +377,7 @@ def library_adapter_params(model: EncoderClassifier) -> int | None:
         rows = encoder.adapter_summary(as_dict=True)
         return sum(row["#param"] for row in rows if row["name"] != "Full model")
     return None
+
+
+#: Every method's retired options (``Method.retired``), by name: what ``RunParams.identity`` adds back.
+RETIRED_OPTIONS = {name: dict(m.retired) for name, m in METHODS.items() if m.retired}

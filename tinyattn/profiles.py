@@ -20,7 +20,7 @@ import yaml
 
 from tinyattn.data import get_task
 from tinyattn.experiment import RunParams
-from tinyattn.methods import method_options
+from tinyattn.methods import get_method, method_options
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO / "profiles"
@@ -40,22 +40,10 @@ TASK_SIZES = {  # task: (train examples, dev examples, mean train tokens, mean d
     "fewrte": (32, 277, 73.2, 68.2),
     "fewcb": (32, 56, 87.2, 93.3),
 }
-# Training throughput in real tokens per second, per method (forward + backward + optimiser step), as
-# the study runs: one core per run, two runs at a time (`--jobs 2`). Calibrated on the `tune` and `cpu`
-# records (the median, per method, of measured over estimated time); a first calibration on an idle
-# machine with both cores per run was 2.1-2.9 times too fast for that. CPU time = wall time x threads.
-TRAIN_TOKENS_PER_SECOND = {
-    "head_only": 1700.0,
-    "full_ft": 420.0,
-    "bitfit": 860.0,
-    "lora": 840.0,
-    "ia3": 990.0,
-    "prefix": 620.0,
-    "houlsby": 750.0,
-    "pfeiffer": 740.0,
-    "parallel": 860.0,
-    "tinyattn": 760.0,
-}
+# Training throughput: each method's registry entry (``Method.train_tokens_per_second``: real tokens
+# a second, one core per run, two runs at a time, calibrated on the `tune` and `cpu` records; a first
+# calibration on an idle machine with both cores per run was 2.1-2.9 times too fast for that); this
+# for a method without one. CPU time = wall time x threads.
 DEFAULT_TRAIN_TOKENS_PER_SECOND = 800.0
 EVAL_TOKENS_PER_SECOND = 1700.0
 RUN_OVERHEAD_SECONDS = 20.0  # kernel start, imports, model and data loading
@@ -247,7 +235,7 @@ def estimate_seconds(params: RunParams) -> float:
     n_dev = min(n_dev, params.max_eval_samples or n_dev)
     steps = params.max_steps or math.ceil(params.epochs * n_train / params.batch_size)
     tokens = steps * params.batch_size * train_len
-    speed = TRAIN_TOKENS_PER_SECOND.get(params.method, DEFAULT_TRAIN_TOKENS_PER_SECOND)
+    speed = get_method(params.method).train_tokens_per_second or DEFAULT_TRAIN_TOKENS_PER_SECOND
     experts = params.method_options.get("experts", 1) if params.method == "tinyattn" else 1
     speed /= 1.0 + 0.05 * (experts - 1)
     evals = math.ceil(
