@@ -12,7 +12,8 @@ The method
 
 Models, data, metrics
     ``model``         backbones (the packaged MiniLM-L6 offline) and ``EncoderClassifier``.
-    ``methods``       the method registry: tiny attention and the baselines (peft, adapters).
+    ``registry``      one entry per method: defaults, checks, retired options, speed, FLOPs.
+    ``methods``       every method registered: tiny attention and the baselines (peft, adapters).
     ``checkpoint``    adapter-only save and load, refusing another backbone.
     ``tasks``         task specs (GLUE, and FewGLUE RTE / CB as few-shot classification tasks).
     ``data``          GLUE loading (local folder or Hub); ``batching`` encodes and batches.
