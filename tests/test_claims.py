@@ -153,6 +153,15 @@ def test_wrapped_lets_long_cells_wrap_and_keeps_the_table():
     assert "white-space: normal" in html and "a long sentence that must wrap" in html
 
 
+def test_the_sign_test_floor_in_a_family_counts_the_comparisons_that_cannot_go_first():
+    """Two 6-pair comparisons beside one of 15 pairs: the clearer 15-pair one can take Holm's first
+    step, so the 6-pair ones reach 2 x 2/64 = 0.0625 at best, not 3 x 2/64 = 0.094."""
+    assert decidability.family_sign_floor(6, [6, 6, 15]) == pytest.approx(2 * 2 / 64)
+    assert decidability.family_sign_floor(6, [6, 6, 6]) == pytest.approx(3 * 2 / 64)
+    assert decidability.family_sign_floor(15, [6, 6, 15]) == pytest.approx(3 * 2 / 2**15)  # first
+    assert decidability.family_sign_floor(1, [1, 3]) == 1.0
+
+
 def test_sign_test_floor():
     assert decidability.sign_floor(6, 3) == pytest.approx((2 / 64, 6 / 64))
     assert decidability.sign_floor(1, 2) == (1.0, 1.0)

@@ -79,6 +79,16 @@ def sign_floor(pairs: int, family: int) -> tuple[float, float]:
     return float(p), float(holm([p] * family)[0])
 
 
+def family_sign_floor(pairs: int, family_pairs: Sequence[int]) -> float:
+    """The smallest Holm-adjusted sign-test p that a comparison of ``pairs`` pairs can reach in a family
+    whose comparisons have ``family_pairs`` pairs (itself included). Comparisons with more pairs can be
+    clearer and come first in Holm's order; those with as few pairs or fewer cannot, so the floor is
+    the all-won p times their number."""
+    p = sign_floor(pairs, 1)[0]
+    behind = sum(1 for n in family_pairs if n <= pairs)
+    return float(min(1.0, p * max(1, behind)))
+
+
 def pairs_needed(family: int, limit: int = 64) -> int:
     """The fewest pairs with which the sign test can reach ``ALPHA`` after Holm over ``family``."""
     for n in range(1, limit + 1):
