@@ -309,6 +309,21 @@ def test_results_table_and_bimodal_cells_show_medians():
     shown = score_table(summary, cells=cells)
     assert shown.loc["m", "rte"] == "60.0 ‡"
     assert shown.loc["head_only", "rte"] == "54.5 ± 0.7"
+    # the average over tasks averages what the cells show: the bimodal cell's median, marked
+    assert shown.loc["m", "avg"] == "60.0 ‡" and shown.loc["head_only", "avg"] == "54.5"
+    two = _cells(
+        [
+            (t, "m", s, 0.0, v)
+            for t, vals in (("rte", (53.0, 60.0, 61.0)), ("mrpc", (70.0, 72.0, 74.0)))
+            for s, v in enumerate(vals, 1)
+        ]
+    )
+    majority = {"rte": 52.7, "mrpc": 68.4}
+    table = score_table(
+        summarise(two.assign(n=1, compute_seconds=1.0), "final_score"),
+        cells=cell_summary(two, majority, "final_score"),
+    )
+    assert table.loc["m", "avg"] == f"{(60.0 + 72.0) / 2:.1f} ‡"  # the mean of the means: 65.0
 
 
 def test_per_task_table_puts_each_task_interval_in_a_cell():

@@ -83,8 +83,9 @@ def score_table(
     summary: pd.DataFrame, method_order: list[str] | None = None, cells: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Methods x tasks of "mean ± std" ("mean" alone for one seed; "—" where a run is missing), the
-    number of seeds, and the average over tasks of the means (only for methods run on every task).
-    ``cells`` (``stats.cell_summary`` of the same score): a bimodal cell shows its median, marked ‡."""
+    number of seeds, and the average over tasks of the values the cells show (only for methods run on
+    every task). ``cells`` (``stats.cell_summary`` of the same score): a bimodal cell shows its median,
+    marked ‡, and so does an average that includes one."""
     tasks = list(dict.fromkeys(summary["task"]))
     bimodal = {} if cells is None else cells.set_index(["task", "method"])
 
@@ -96,12 +97,24 @@ def score_table(
 
     cells = summary.assign(cell=summary.apply(cell, axis=1))
     table = cells.pivot(index="method", columns="task", values="cell")[tasks].fillna("—")
-    means = summary.pivot(index="method", columns="task", values="mean")[tasks]
-    table["avg"] = (
-        means.mean(axis=1)
-        .where(means.notna().all(axis=1))
-        .map(lambda v: "—" if pd.isna(v) else f"{v:.1f}")
+
+    def shown(row) -> float:  # the value the cell shows: the median of a bimodal cell
+        key = (row["task"], row["method"])
+        if key in getattr(bimodal, "index", ()) and bimodal.loc[key, "bimodal"]:
+            return bimodal.loc[key, "median"]
+        return row["mean"]
+
+    values = summary.assign(
+        shown=summary.apply(shown, axis=1), median=summary.apply(shown, axis=1) != summary["mean"]
     )
+    means = values.pivot(index="method", columns="task", values="shown")[tasks]
+    marked = values.pivot(index="method", columns="task", values="median")[tasks].fillna(False)
+    table["avg"] = [
+        "—" if pd.isna(v) else f"{v:.1f}" + (" ‡" if mark else "")
+        for v, mark in zip(
+            means.mean(axis=1).where(means.notna().all(axis=1)), marked.any(axis=1).astype(bool)
+        )
+    ]
     per_method = summary.groupby("method")
     params = per_method.agg(  # the head is largest for classification (STS-B's has one output)
         adapter_params=("adapter_params", "first"),
