@@ -255,12 +255,10 @@ def test_six_pairs_cannot_be_resolved_under_holm_over_three_and_the_sentence_say
     assert (table.loc[table["budget"] == "long", "wins"] == 6).all()  # every pair won, yet
     assert set(table["outcome"]) == {"not resolved"}
     text = budget_report.headline(_study(pairs), table)
-    assert "C1's verdict is *not established* at both budgets" in text
-    assert (
-        "no comparison of this grid can be resolved: even 6 pairs of 6 won give a Holm p of 0.094"
-        in text
-    )
-    assert "it needs 7 pairs" in text
+    # the design cannot reach a verdict, so the sentence gives none: it gives the estimates
+    assert "the budget grid cannot decide C1 at either budget" in text
+    assert "even 6 of 6 won give a Holm p of 0.094 (7 pairs are the fewest that can)" in text
+    assert "not established" not in text and "6 of 6 pairs won" in text
 
 
 def test_score_table_shows_each_seed_short_to_long_and_the_mean_change():
@@ -332,9 +330,9 @@ def test_load_budget_reads_both_profiles_from_records(records):
     table = budget.compare(study.pairs, study.reference, study.family)
     assert (table["pairs"] == 1).all()
     text = budget_report.headline(study, table)
-    assert text.startswith("With 4 of 24 runs done, the budget study cannot yet say")
-    assert "no comparison has more than 1 pair finished at both budgets" in text
-    assert "winning 0 of 1 pairs" in text  # every method scores alike here: a tie
+    assert text.startswith("With 4 of 24 runs done, the budget grid cannot decide C1")
+    assert "on the pairs finished at both budgets" in text
+    assert text.count("+0.00, 0 of 1 pairs won") == 6  # every method scores alike here: a tie
 
 
 def test_a_loaded_study_pairs_its_runs_again_on_another_score(records):
@@ -434,9 +432,15 @@ def test_the_chapter_on_the_finished_grid_states_its_answer(tmp_path):
             write_json_atomic(out / f"{p.run_id}.json", _record(p, score, evals_per_epoch=2))
     _, glued = _run_chapter(out, tmp_path)
     headline = glued["budget_headline"]
-    assert headline.startswith("With all 24 runs done, C1's verdict is *not established* at both")
-    assert "provisionally" not in headline
-    assert "even 6 pairs of 6 won give a Holm p of 0.094" in headline
+    # no verdict the design could never reach: the estimates, every method, at both budgets
+    assert headline.startswith("With all 24 runs done, the budget grid cannot decide C1 at either")
+    assert "provisionally" not in headline and "not established" not in headline
+    assert "even 6 of 6 won give a Holm p of 0.094 (7 pairs are the fewest that can)" in headline
+    for method in ("ia3", "houlsby", "full_ft"):
+        assert headline.count(f"`{method}` -") == 2  # behind at both budgets
+    assert headline.count("0 of 6 pairs won") == 6
+    assert glued["budget_intro"].startswith("'no verdict (its design cannot reach one); tiny attention")
+    assert "0 of 6 pairs won" in glued["budget_best_estimates_long"]
     assert glued["budget_done"] == glued["budget_planned"] == "24"
     assert glued["budget_remaining"] == "0" and glued["budget_pairs_now"] == "6"
     assert (

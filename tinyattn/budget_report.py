@@ -136,6 +136,46 @@ def change_sentence(study: BudgetStudy) -> str:
     )
 
 
+def decidable(study: BudgetStudy) -> bool:
+    """Whether the finished grid could resolve a comparison under the declared rule at all (all
+    pairs won must give a Holm p below the level): six pairs in a family of three cannot."""
+    full = study.planned // (len(study.family) + 1)  # the pairs of a finished comparison
+    return sign_floor(full, len(study.family))[1] < stats.ALPHA
+
+
+def estimates(comparison: pd.DataFrame, budget: str) -> str:
+    """Tiny attention minus each method at one budget, as estimates: the mean difference with its
+    95 % interval and the pairs won, every method of the family in its order."""
+    rows = comparison[(comparison["budget"] == budget) & (comparison["pairs"] > 0)]
+    if rows.empty:
+        return "no pair finished at both budgets yet"
+    parts = []
+    for row in rows.itertuples():
+        interval = "" if pd.isna(row.ci_low) else f" ({row.ci_low:+.2f}, {row.ci_high:+.2f})"
+        parts.append(
+            f"`{row.method}` {row.mean_difference:+.2f}{interval}, {int(row.wins)} of "
+            f"{int(row.pairs)} pairs won"
+        )
+    return "; ".join(parts)
+
+
+def intro_phrase(study: BudgetStudy, comparison: pd.DataFrame) -> str:
+    """What the intro's claims table says of the budget grid (plain text): no verdict where its design
+    cannot reach one, and the estimates at the longer budget against its own reference."""
+    long_phrase = f"{_epochs(study.pairs['long_epochs'])} epochs"
+    rows = comparison[(comparison["budget"] == "long") & (comparison["pairs"] > 0)]
+    gaps = ", ".join(f"{r.method} {r.mean_difference:+.1f}" for r in rows.itertuples())
+    said = (
+        "no verdict (its design cannot reach one)"
+        if not decidable(study)
+        else verdict_change(comparison)["long"]
+    )
+    measured = f"{gaps} points" if gaps else "no pair yet"
+    return (
+        f"{said}; tiny attention ({study.reference}) minus each method at {long_phrase}: {measured}"
+    )
+
+
 def headline(study: BudgetStudy, comparison: pd.DataFrame) -> str:
     """The chapter's first sentence: what the budget study says so far, with its strongest number and
     how many runs it rests on."""
@@ -155,6 +195,18 @@ def headline(study: BudgetStudy, comparison: pd.DataFrame) -> str:
             + (_so_far(study.pairs, long_phrase) or ".")
         )
     most = int(comparison["pairs"].max())
+    if not decidable(study):
+        full = study.planned // (len(study.family) + 1)
+        family = len(study.family)
+        return (
+            f"{status}, the budget grid cannot decide C1 at either budget: a comparison has at most "
+            f"{full} pairs, and under the declared rule even {full} of {full} won give a Holm p of "
+            f"{sign_floor(full, family)[1]:.3f} ({pairs_needed(family)} pairs are the fewest that "
+            f"can). What it measures, tiny attention minus each method on the pairs finished at both "
+            f"budgets: at {labels['long']}, {estimates(comparison, 'long')}; at the "
+            f"`{study.short.profile['name']}` budget ({labels['short']}), "
+            f"{estimates(comparison, 'short')}."
+        )
     gap = (
         f"; the largest move is tiny attention's gap to `{move['method']}`, from "
         f"{move['short']:+.2f} to {move['mean_difference']:+.2f} points, tiny attention winning "
@@ -174,15 +226,8 @@ def headline(study: BudgetStudy, comparison: pd.DataFrame) -> str:
     else:
         said = f"C1's verdict is *{change['long']}* at both budgets"
     family = int((comparison["budget"] == "long").sum())
-    full = study.planned // (len(study.family) + 1)  # the pairs of a finished comparison
     limit = ""
-    if sign_floor(full, family)[1] >= stats.ALPHA:
-        limit = (
-            f" (under the declared rule no comparison of this grid can be resolved: even {full} "
-            f"pairs of {full} won give a Holm p of {sign_floor(full, family)[1]:.3f}; it needs "
-            f"{pairs_needed(family)} pairs)"
-        )
-    elif sign_floor(most, family)[1] >= stats.ALPHA:
+    if sign_floor(most, family)[1] >= stats.ALPHA:
         limit = (
             f" (no comparison of {most} pairs can be resolved yet; it needs {pairs_needed(family)})"
         )
