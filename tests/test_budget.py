@@ -439,7 +439,9 @@ def test_the_chapter_on_the_finished_grid_states_its_answer(tmp_path):
     for method in ("ia3", "houlsby", "full_ft"):
         assert headline.count(f"`{method}` -") == 2  # behind at both budgets
     assert headline.count("0 of 6 pairs won") == 6
-    assert glued["budget_intro"].startswith("'no verdict (its design cannot reach one); tiny attention")
+    assert glued["budget_intro"].startswith(
+        "'no verdict (its design cannot reach one); tiny attention"
+    )
     assert "0 of 6 pairs won" in glued["budget_best_estimates_long"]
     assert glued["budget_done"] == glued["budget_planned"] == "24"
     assert glued["budget_remaining"] == "0" and glued["budget_pairs_now"] == "6"
