@@ -19,10 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip check
 	touch $@
 
-# The full suite, on every core (pytest-xdist; one test file per worker, since a file's tests share
+# Lint, then the full suite on every core (pytest-xdist; one test file per worker, since a file's tests share
 # its fixtures); the 20 slowest tests are listed at the end.
 PYTEST_WORKERS ?= auto
-test: install
+test: install lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=20
 
 # The edit loop: the unit tests only (no end-to-end runs, no book, no chapter executions).
