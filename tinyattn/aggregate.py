@@ -89,24 +89,24 @@ def score_table(
     tasks = list(dict.fromkeys(summary["task"]))
     bimodal = {} if cells is None else cells.set_index(["task", "method"])
 
-    def cell(row) -> str:
+    def is_bimodal(row) -> bool:
         key = (row["task"], row["method"])
-        if key in getattr(bimodal, "index", ()) and bimodal.loc[key, "bimodal"]:
-            return f"{bimodal.loc[key, 'median']:.1f} ‡"
+        return key in getattr(bimodal, "index", ()) and bool(bimodal.loc[key, "bimodal"])
+
+    flagged = summary.apply(is_bimodal, axis=1).astype(bool)
+    medians = [
+        bimodal.loc[(t, m), "median"] if f else np.nan
+        for t, m, f in zip(summary["task"], summary["method"], flagged)
+    ]
+    values = summary.assign(median=flagged, shown=summary["mean"].where(~flagged, medians))
+
+    def cell(row) -> str:  # a bimodal cell shows its median, marked
+        if row["median"]:
+            return f"{row['shown']:.1f} ‡"
         return f"{row['mean']:.1f}" + (f" ± {row['std']:.1f}" if row["n_seeds"] > 1 else "")
 
-    cells = summary.assign(cell=summary.apply(cell, axis=1))
+    cells = values.assign(cell=values.apply(cell, axis=1))
     table = cells.pivot(index="method", columns="task", values="cell")[tasks].fillna("—")
-
-    def shown(row) -> float:  # the value the cell shows: the median of a bimodal cell
-        key = (row["task"], row["method"])
-        if key in getattr(bimodal, "index", ()) and bimodal.loc[key, "bimodal"]:
-            return bimodal.loc[key, "median"]
-        return row["mean"]
-
-    values = summary.assign(
-        shown=summary.apply(shown, axis=1), median=summary.apply(shown, axis=1) != summary["mean"]
-    )
     means = values.pivot(index="method", columns="task", values="shown")[tasks]
     marked = values.pivot(index="method", columns="task", values="median")[tasks].fillna(False)
     table["avg"] = [
