@@ -60,7 +60,7 @@ cpu-study: install
 # What the book quotes from the GLUE files (split sizes, majority-class scores), counted into
 # results/summary/datasets.json, so that the book builds from results/ alone, without the data.
 datasets-summary: install
-	$(PY) -m tinyattn.datasets_summary
+	$(PY) -m tinyattn.analysis.datasets_summary
 
 # The book from the committed results: every page rebuilt (--all: the analysis notebooks read
 # results/runs, which Sphinx does not track) and executed offline; any warning fails the build.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tinyattn.aggregate import (
+from tinyattn.analysis.aggregate import (
     below_probe,
     compute_table,
     difference_to,
@@ -128,7 +128,7 @@ def synthetic_runs(shift: float, noise: float, seeds=range(5), tasks=("rte", "ss
 
 
 def test_paired_comparison_finds_a_real_difference_and_not_a_spurious_one():
-    from tinyattn.aggregate import paired_comparison
+    from tinyattn.analysis.aggregate import paired_comparison
 
     (clear,) = paired_comparison(synthetic_runs(2.0, 0.3), "ref").to_dict("records")
     assert clear["pairs"] == 10 and clear["reference_wins"] == 1.0
@@ -143,7 +143,7 @@ def test_paired_comparison_finds_a_real_difference_and_not_a_spurious_one():
 
 
 def test_task_average_counts_only_seeds_that_finished_every_task():
-    from tinyattn.aggregate import summarise, task_average
+    from tinyattn.analysis.aggregate import summarise, task_average
 
     runs = synthetic_runs(2.0, 0.0, seeds=range(3))
     runs = runs[~((runs["method"] == "other") & (runs["task"] == "rte") & (runs["seed"] == 2))]
@@ -264,13 +264,13 @@ def test_stage_one_selection_marks_starts_chosen_on_the_dev_set(tmp_path):
 
 
 def test_paired_comparison_adds_the_sign_test_and_drops_flagged_pairs():
-    from tinyattn.aggregate import paired_comparison
+    from tinyattn.analysis.aggregate import paired_comparison
 
     runs = synthetic_runs(2.0, 0.3)
     (row,) = paired_comparison(runs, "ref").to_dict("records")
     assert (row["wins"], row["losses"], row["ties"]) == (10, 0, 0)
     assert row["sign_p"] == pytest.approx(2 / 2**10)
-    assert "holm_p" not in row  # Holm belongs to a claim's family (tinyattn.verdicts)
+    assert "holm_p" not in row  # Holm belongs to a claim's family (tinyattn.analysis.verdicts)
     flagged = (runs["method"] == "other") & (runs["seed"] < 3)  # 3 of 5 seeds, on both tasks
     (fewer,) = paired_comparison(runs, "ref", exclude=flagged).to_dict("records")
     assert fewer["pairs"] == 4 and fewer["wins"] == 4
@@ -285,7 +285,7 @@ def _cells(rows):
 
 
 def test_results_table_and_bimodal_cells_show_medians():
-    from tinyattn.aggregate import results_table
+    from tinyattn.analysis.aggregate import results_table
 
     runs = _cells(
         [
@@ -303,7 +303,7 @@ def test_results_table_and_bimodal_cells_show_medians():
     assert m["best_dev_mean"] == pytest.approx(61.667, abs=1e-3)
     assert not table.loc[("rte", "head_only"), "bimodal"]
     summary = summarise(runs.assign(n=1, compute_seconds=1.0), "final_score")
-    from tinyattn.stats import cell_summary
+    from tinyattn.analysis.stats import cell_summary
 
     cells = cell_summary(runs, {"rte": 52.7}, "final_score")
     shown = score_table(summary, cells=cells)
@@ -329,7 +329,7 @@ def test_results_table_and_bimodal_cells_show_medians():
 def test_per_task_table_puts_each_task_interval_in_a_cell():
     import pandas as pd
 
-    from tinyattn.aggregate import per_task_table
+    from tinyattn.analysis.aggregate import per_task_table
 
     per_task = pd.DataFrame(
         {

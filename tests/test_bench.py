@@ -11,7 +11,12 @@ from conftest import tiny_batch, tiny_encoder
 from torch import nn
 
 from tinyattn.adapter import TinyAttention
-from tinyattn.bench import (
+from tinyattn.cli import main as cli
+from tinyattn.inject import PREFIX
+from tinyattn.measure import paired_ratio, quartiles, rotated, summary, training_memory_mb
+from tinyattn.methods import METHODS, build_model
+from tinyattn.model import DEFAULT_BACKBONE, load_encoder
+from tinyattn.study.bench import (
     INFER_METHODS,
     SETUPS,
     TRAIN_METHODS,
@@ -20,11 +25,6 @@ from tinyattn.bench import (
     random_batch,
     runs_table,
 )
-from tinyattn.cli import main as cli
-from tinyattn.inject import PREFIX
-from tinyattn.measure import paired_ratio, quartiles, rotated, summary, training_memory_mb
-from tinyattn.methods import METHODS, build_model
-from tinyattn.model import DEFAULT_BACKBONE, load_encoder
 
 
 def test_quick_benchmark_emits_the_promised_json(capsys, tmp_path):

@@ -1,4 +1,4 @@
-"""The budget study (``tinyattn.budget``): runs paired across budgets, partial grids, the C1 verdict
+"""The budget study (``tinyattn.analysis.budget``): runs paired across budgets, partial grids, the C1 verdict
 at each budget, and the long runs' learning curves, on synthetic records."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import papermill
 import pytest
 from conftest import fake_record
 
-from tinyattn import budget, budget_report, decidability
-from tinyattn.plots import budget_curves_figure
-from tinyattn.profiles import load_profile
+from tinyattn.analysis import budget, budget_report, decidability
+from tinyattn.analysis.plots import budget_curves_figure
 from tinyattn.records import write_json_atomic
-from tinyattn.tuning import planned_runs
+from tinyattn.study.profiles import load_profile
+from tinyattn.study.tuning import planned_runs
 
 matplotlib.use("Agg")
 FAMILY = ["ia3", "houlsby", "full_ft"]

@@ -1,6 +1,6 @@
 """The book's chapters: the study chapters render a finished study (fake records for every planned
 run, then the chapter notebooks executed on them; the real records arrive over several sessions), and
-the tables and sentences they show (``tinyattn.report``) come out as computed by hand."""
+the tables and sentences they show (``tinyattn.analysis.report``) come out as computed by hand."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import pytest
 import yaml
 from conftest import fake_record, tiny_encoder
 
-from tinyattn import report
 from tinyattn.adapter import param_count
-from tinyattn.profiles import estimate_seconds, expand, load_profile
+from tinyattn.analysis import report
 from tinyattn.records import write_json_atomic
-from tinyattn.study import ProfileRuns
-from tinyattn.tuning import planned_runs
+from tinyattn.study.profiles import estimate_seconds, expand, load_profile
+from tinyattn.study.status import ProfileRuns
+from tinyattn.study.tuning import planned_runs
 
 BOOK = Path(__file__).resolve().parent.parent / "book"
 
@@ -155,7 +155,7 @@ def test_reference_chapters_glue_their_numbers(chapter, glued, tmp_path):
 
 
 def test_tuning_selection_waits_for_every_task_of_a_method(tmp_path):
-    from tinyattn.tuning import TuningIncompleteError, select_learning_rates, selection_table
+    from tinyattn.study.tuning import TuningIncompleteError, select_learning_rates, selection_table
 
     # a two-task grid: the first tuning grid as planned (RTE and SST-2, three rates per method)
     profile = load_profile("tune_rte")
@@ -177,7 +177,7 @@ def test_tuning_selection_waits_for_every_task_of_a_method(tmp_path):
         select_learning_rates(str(grid), str(tmp_path))
 
 
-# --------------------------------------------------------------------------- tinyattn.report
+# --------------------------------------------------------------------------- tinyattn.analysis.report
 
 QUICK = expand(load_profile("quick"))  # 2 tasks x 6 methods x 1 seed, no tuning
 

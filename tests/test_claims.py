@@ -1,4 +1,4 @@
-"""The claim chapters' tables and sentences (``tinyattn.claims``), on comparisons made from scores."""
+"""The claim chapters' tables and sentences (``tinyattn.analysis.claims``), on comparisons made from scores."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from tinyattn import claims, decidability, stats, verdicts
-from tinyattn.aggregate import paired_comparison
+from tinyattn.analysis import claims, decidability, stats, verdicts
+from tinyattn.analysis.aggregate import paired_comparison
 
 matplotlib.use("Agg")
 
@@ -170,7 +170,7 @@ def test_sign_test_floor():
 
 
 def test_forest_plot_draws_one_panel_per_method():
-    from tinyattn.plots import forest_plot
+    from tinyattn.analysis.plots import forest_plot
 
     data = runs(a=AHEAD, b=DIVERGED)
     per_task = stats.per_task_differences(data, "ref")

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from tinyattn import confirm
-from tinyattn.decidability import decidability, decides, ever_decides
-from tinyattn.margin import MarginRule, SignRule, compare, family_verdicts
-from tinyattn.profiles import load_profile
+from tinyattn.analysis import confirm
+from tinyattn.analysis.decidability import decidability, decides, ever_decides
+from tinyattn.analysis.margin import MarginRule, SignRule, compare, family_verdicts
 from tinyattn.records import read_records
+from tinyattn.study.profiles import load_profile
 
 RUNS = REPO / "results" / "runs"
 RULE = MarginRule(margin=0.5, alpha=0.05)
@@ -144,7 +144,7 @@ def test_the_experts_start_from_the_reference_run():
 
 
 def confirm_status():
-    from tinyattn.study import profile_runs
+    from tinyattn.study.status import profile_runs
 
     return profile_runs("confirm", str(RUNS))
 

@@ -10,7 +10,7 @@ import papermill
 import pytest
 import yaml
 
-from tinyattn import datasets_summary as ds
+from tinyattn.analysis import datasets_summary as ds
 from tinyattn.data import DATA_DIR_ENV
 from tinyattn.metrics import majority_score
 
@@ -91,7 +91,9 @@ def test_summary_counts_splits_and_the_majority_class_score(tmp_path):
 
 
 def test_a_missing_or_foreign_summary_is_an_error_that_says_how_to_write_it(tmp_path):
-    with pytest.raises(ds.SummaryMissingError, match="python -m tinyattn.datasets_summary"):
+    with pytest.raises(
+        ds.SummaryMissingError, match="python -m tinyattn.analysis.datasets_summary"
+    ):
         ds.load_summary(tmp_path / "absent.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
@@ -118,7 +120,7 @@ def test_no_chapter_reads_the_data_at_build_time():
     }
     readers = {name: found for name, found in readers.items() if found}
     assert not readers, (
-        f"chapters the book executes read the data (use tinyattn.datasets_summary): {readers}"
+        f"chapters the book executes read the data (use tinyattn.analysis.datasets_summary): {readers}"
     )
 
 

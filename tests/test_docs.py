@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import tinyattn
-from tinyattn.profiles import load_profile
+from tinyattn.study.profiles import load_profile
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = ("README.md", "CONTRIBUTING.md")

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_batch, tiny_encoder
 
-from tinyattn import deployment, expert_stats, experts
 from tinyattn.adapter import TinyAttention
+from tinyattn.analysis import deployment, expert_stats, experts
 from tinyattn.checkpoint import trainable_state
 from tinyattn.inject import average_experts
 from tinyattn.methods import build_model
@@ -327,8 +327,8 @@ def test_notebook_end_to_end_on_toy_runs(tmp_path, data_dir, monkeypatch):
     import yaml
 
     from tinyattn.experiment import run
-    from tinyattn.profiles import REPO, expand, load_profile
-    from tinyattn.runner import run_analyses
+    from tinyattn.study.profiles import REPO, expand, load_profile
+    from tinyattn.study.runner import run_analyses
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TINYATTN_DATA_DIR", str(data_dir))

@@ -17,13 +17,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from tinyattn import data, fewshot, tasks
+from tinyattn import data, tasks
+from tinyattn.analysis import fewshot
 from tinyattn.experiment import RunParams, run
 from tinyattn.fewglue import PUBLISHED, fewglue_metrics, published_scores
 from tinyattn.metrics import compute_metrics
-from tinyattn.profiles import load_profile
+from tinyattn.study.profiles import load_profile
+from tinyattn.study.tuning import planned_runs
 from tinyattn.train import TrainConfig
-from tinyattn.tuning import planned_runs
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("TINYATTN_DATA_DIR", REPO.parent / "shared" / "data"))

@@ -59,7 +59,7 @@ with torch.no_grad():
     after = again(input_ids=ids).logits
 assert torch.equal(before, after), (before, after)
 study = [m for m in sys.modules if m.split(".")[0] in {STUDY_EXTRA!r} or m in (
-    "tinyattn.runner", "tinyattn.study", "tinyattn.aggregate", "tinyattn.plots")]
+    "tinyattn.study.runner", "tinyattn.study.status", "tinyattn.analysis.aggregate", "tinyattn.analysis.plots")]
 assert not study, study
 print("ok")
 """

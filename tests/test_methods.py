@@ -391,10 +391,10 @@ def test_each_methods_facts_live_in_its_registry_entry():
     """Planning speed, FLOPs formula and retired options come from the entry, not from lists kept
     elsewhere: a method registered without a speed plans at the default, and the benchmark's FLOPs
     are the entry's formula."""
-    from tinyattn import bench
     from tinyattn.experiment import RunParams
-    from tinyattn.profiles import DEFAULT_TRAIN_TOKENS_PER_SECOND, estimate_seconds
     from tinyattn.registry import METHODS, register
+    from tinyattn.study.profiles import DEFAULT_TRAIN_TOKENS_PER_SECOND, estimate_seconds
+    from tinyattn.study import bench
 
     assert all(m.train_tokens_per_second for m in METHODS.values())
     assert all(METHODS[s.method].flops for s in bench.SETUPS.values())

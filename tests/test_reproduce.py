@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinyattn import reproduce as rp
 from tinyattn.cli import main as cli
-from tinyattn.profiles import load_profile, validate
 from tinyattn.records import record_path
+from tinyattn.study.profiles import load_profile, validate
+from tinyattn.study import reproduce as rp
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -177,7 +177,11 @@ def test_training_paths_follow_the_imports_of_a_run():
     for path in ("tinyattn/experiment.py", "tinyattn/adapter.py", "tinyattn/fastpath.py"):
         assert path in paths
     assert "notebooks/train.ipynb" in paths
-    for path in ("tinyattn/aggregate.py", "tinyattn/verdicts.py", "tinyattn/records.py"):
+    for path in (
+        "tinyattn/analysis/aggregate.py",
+        "tinyattn/analysis/verdicts.py",
+        "tinyattn/records.py",
+    ):
         assert path not in paths
 
 
@@ -189,7 +193,7 @@ def git(root: Path, *args: str) -> str:
 
 @pytest.fixture
 def toy_repo(tmp_path):
-    """A git repository whose run imports tinyattn.adapter but not tinyattn.aggregate."""
+    """A git repository whose run imports tinyattn.adapter but not tinyattn.analysis.aggregate."""
     if shutil.which("git") is None:
         pytest.skip("no git")
     (tmp_path / "tinyattn").mkdir()

@@ -12,15 +12,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tinyattn.aggregate import results_table, summarise
+from tinyattn.analysis.aggregate import results_table, summarise
+from tinyattn.analysis.datasets_summary import majority_scores
 from tinyattn.data import load_glue_task
-from tinyattn.datasets_summary import majority_scores
 from tinyattn.experiment import RunParams
 from tinyattn.metrics import majority_baseline
-from tinyattn.profiles import estimate_seconds, expand, load_profile
 from tinyattn.records import read_record, read_records
-from tinyattn.study import profile_runs
-from tinyattn.tuning import planned_runs
+from tinyattn.study.profiles import estimate_seconds, expand, load_profile
+from tinyattn.study.status import profile_runs
+from tinyattn.study.tuning import planned_runs
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 RUNS = RESULTS / "runs"

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from tinyattn.plots import score_against_parameters  # noqa: E402
+from tinyattn.analysis.plots import score_against_parameters  # noqa: E402
 
 
 def _runs() -> pd.DataFrame:
@@ -60,7 +60,7 @@ def test_one_panel_per_task_and_a_clear_error_for_other_input():
 
 
 def test_cost_figure_draws_each_ratio_with_its_quartiles_and_refuses_an_old_file():
-    from tinyattn.plots import cost_ratio_figure
+    from tinyattn.analysis.plots import cost_ratio_figure
 
     def quartiles(median):
         return {"q1": median - 0.1, "median": median, "q3": median + 0.2}

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tinyattn import stats
+from tinyattn.analysis import stats
 
 
 def _runs(scores: dict[str, list[float]], tasks=("a", "b", "c"), seeds=(1, 2, 3)) -> pd.DataFrame:

@@ -16,9 +16,10 @@ import pytest
 import yaml
 from conftest import fake_record
 
-from tinyattn import runner
 from tinyattn.cli import main as cli
-from tinyattn.profiles import (
+from tinyattn.records import record_status, write_json_atomic
+from tinyattn.study import runner
+from tinyattn.study.profiles import (
     PROFILES_DIR,
     TASK_SIZES,
     as_profile,
@@ -29,11 +30,10 @@ from tinyattn.profiles import (
     placeholder_rates,
     shard,
 )
-from tinyattn.records import record_status, write_json_atomic
-from tinyattn.runner import TRAIN_NOTEBOOK, run_study
-from tinyattn.study import plan, profile_runs
+from tinyattn.study.runner import TRAIN_NOTEBOOK, run_study
+from tinyattn.study.status import plan, profile_runs
+from tinyattn.study.tuning import planned_runs
 from tinyattn.tasks import FEWSHOT_TASKS, GLUE_TASKS
-from tinyattn.tuning import planned_runs
 
 TOY = {
     "name": "toy",
@@ -285,7 +285,7 @@ def test_training_notebook_declares_every_run_parameter():
 
 def test_tuning_grid_on_heldout_data_then_a_tuned_profile(tmp_path, data_dir, monkeypatch):
     """A learning-rate grid scored on held-out training data; a study then takes the chosen rate."""
-    from tinyattn.tuning import TuningIncompleteError, select_learning_rates, selection_table
+    from tinyattn.study.tuning import TuningIncompleteError, select_learning_rates, selection_table
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TINYATTN_DATA_DIR", str(data_dir))
@@ -320,7 +320,7 @@ def test_tuning_grid_on_heldout_data_then_a_tuned_profile(tmp_path, data_dir, mo
 
 
 def test_work_units_keep_two_stage_runs_after_their_twin_and_nothing_else_together():
-    from tinyattn.runner import work_units
+    from tinyattn.study.runner import work_units
 
     runs = planned_runs("ablations", untuned_ok=True)
     units = work_units(runs)
@@ -343,7 +343,7 @@ def test_work_units_keep_two_stage_runs_after_their_twin_and_nothing_else_togeth
 
 
 def test_portable_notebook_drops_the_checkouts_location(tmp_path):
-    from tinyattn.runner import REPO, installed_packages_dirs, portable_notebook
+    from tinyattn.study.runner import REPO, installed_packages_dirs, portable_notebook
 
     root = str(REPO.resolve())
     elsewhere = tmp_path / "env" / "site-packages"  # a virtual environment outside the checkout

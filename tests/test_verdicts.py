@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tinyattn import fewshot, stats, verdicts
-from tinyattn.aggregate import paired_comparison, task_standing
-from tinyattn.experts import deployment_comparison
+from tinyattn.analysis import fewshot, stats, verdicts
+from tinyattn.analysis.aggregate import paired_comparison, task_standing
+from tinyattn.analysis.experts import deployment_comparison
 
 
 def comparison(reference: str = "ref", **offsets: list[float]) -> pd.DataFrame:

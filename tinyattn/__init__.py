@@ -1,16 +1,15 @@
 """tinyattn: a reproducible study of tiny-attention adapters (Zhao, Tan & Mei, EMNLP 2022).
 
-A map of the package, one job per module. Data flows one way:
-*profile -> planned runs -> runner -> records -> aggregate / analysis -> chapters*; the modules have no
-import cycle, counting imports inside functions (``tests/test_study.py`` checks it).
+Three layers, each importing only the ones above it in this list (``tests/test_architecture.py``):
+the **method library** (this folder: what ``pip install tinyattn`` is for), the **study**
+(``tinyattn/study/``: grids of runs) and the **analysis** the book reads (``tinyattn/analysis/``).
+Data flows one way: *profile -> planned runs -> runner -> records -> analysis -> chapters*.
 
-The method
+The method library (``tinyattn.*``)
     ``adapter``       ``TinyAttention``: the plain definition of one layer's adapter (E experts).
     ``fastpath``      the same function in fewer passes (folded weights, CPU tricks), tested against it.
     ``inject``        placing adapters in BERT / RoBERTa / ALBERT encoders; averaging; two-stage start.
     ``peft``          tiny attention as a PEFT method (``get_peft_model``); ``peft_convert`` between routes.
-
-Models, data, metrics
     ``model``         backbones (the packaged MiniLM-L6 offline) and ``EncoderClassifier``.
     ``registry``      one entry per method: defaults, checks, retired options, speed, FLOPs.
     ``methods``       every method registered: tiny attention and the baselines (peft, adapters).
@@ -19,21 +18,22 @@ Models, data, metrics
     ``data``          GLUE loading (local folder or Hub); ``batching`` encodes and batches.
     ``fewglue``       FewGLUE / SuperGLUE data and the cloze pattern; ``cloze`` the PET-style protocol.
     ``metrics``       GLUE metrics and majority-class baselines.
-
-One run
     ``train``         the training loop (Accelerate): evaluation, best / last weights.
     ``experiment``    one run's parameters -> trained model and its record.
     ``records``       the runs folder: record files, adapter folders, one reader, provenance.
+    ``measure``       timing and memory helpers.
+    ``repository``    the repository's address: one setting (``_config.yml``), written into notebooks.
 
-A study
+The study (``tinyattn.study.*``)
     ``profiles``      study grids: load, validate, expand into runs, cost estimates (pure).
     ``tuning``        learning rates chosen on held-out data, on top of profiles.
     ``runner``        running a grid: locks, executors, scheduler, resume, analyses.
     ``rows``          finished runs as a table, one row per record (what studies and chapters read).
-    ``study``         a profile's status and finished runs, for chapters and notebooks.
+    ``status``        a profile's status and finished runs, for chapters and notebooks.
     ``reproduce``     rerun a profile's recorded runs into a fresh folder and compare with the records.
+    ``bench``         the cost benchmark.
 
-Results
+The analysis (``tinyattn.analysis.*``)
     ``aggregate``     records -> tables, curves, paired comparisons.
     ``stats``         the declared statistics: intervals, sign test, Holm, collapsed runs.
     ``margin``        the confirmatory rule: task-blocked t, equivalence margin, four outcomes.
@@ -47,8 +47,12 @@ Results
                       chapters' declared comparisons; ``bench_report`` the numbers of a benchmark.
     ``datasets_summary`` split sizes and majority-class scores, recorded for the book.
     ``experts``       the heads-as-experts analysis of one run (``expert_stats``: its maths;
-                      ``deployment``: deployment variants).
-    ``measure``       timing and memory helpers; ``bench`` the cost benchmark; ``plots`` figures.
-    ``cli``           the ``tinyattn`` command.
-    ``repository``    the repository's address: one setting (``_config.yml``), written into notebooks.
+                      ``deployment``: deployment variants); ``plots`` figures.
+
+``cli`` (the ``tinyattn`` command) sits on top. The old flat paths (``tinyattn.aggregate``, ...) still
+import, with a deprecation warning (``_moved``).
 """
+
+from tinyattn import _moved
+
+_moved.install()

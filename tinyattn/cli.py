@@ -138,8 +138,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from tinyattn.runner import run_study
-    from tinyattn.study import plan
+    from tinyattn.study.runner import run_study
+    from tinyattn.study.status import plan
 
     if args.dry_run:
         result = plan(args.profile, args.out, args.shard)
@@ -173,9 +173,9 @@ def cmd_study(args) -> int:
 def _refuse_other_code(args) -> None:
     """A pinned profile's pending runs are made from a checkout of its commit: a ``PinnedCodeError``
     when this checkout's training code differs from it (runs already recorded are not a reason)."""
-    from tinyattn.profiles import load_profile
-    from tinyattn.reproduce import PinnedCodeError, pin_problem
-    from tinyattn.study import plan
+    from tinyattn.study.profiles import load_profile
+    from tinyattn.study.reproduce import PinnedCodeError, pin_problem
+    from tinyattn.study.status import plan
 
     profile = load_profile(args.profile)
     if not profile.get("code"):
@@ -197,7 +197,7 @@ def _refuse_other_code(args) -> None:
 def cmd_reproduce(args) -> int:
     import tempfile
 
-    from tinyattn.reproduce import DEFAULT_TOLERANCE, format_summary, reproduce, write_summary
+    from tinyattn.study.reproduce import DEFAULT_TOLERANCE, format_summary, reproduce, write_summary
 
     into = args.into or tempfile.mkdtemp(prefix=f"tinyattn-reproduce-{args.profile}-")
     summary = reproduce(
@@ -217,7 +217,7 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_analyse(args) -> int:
-    from tinyattn.runner import run_analyses
+    from tinyattn.study.runner import run_analyses
 
     _require("papermill", "nbformat", "ipykernel", "matplotlib")
 
@@ -229,8 +229,8 @@ def cmd_analyse(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from tinyattn.bench import run_benchmark
     from tinyattn.records import git_commit, write_json_atomic
+    from tinyattn.study.bench import run_benchmark
 
     if args.quick:
         settings = {"batch_size": 2, "lengths": (16,), "warmup": 1, "repeats": 2}

@@ -134,7 +134,7 @@ FEWGLUE_TASKS: dict[str, FewGlueTask] = {
 #: separately (the tiny-attention authors' few-shot script reports CB's accuracy only) and, as
 #: ``combined``, their mean, this project's CB metric.
 #: ``checked`` says when and against what the values were read; while it is empty the book withholds
-#: them and decides nothing against them (``tinyattn.fewshot.published``).
+#: them and decides nothing against them (``tinyattn.analysis.fewshot.published``).
 PUBLISHED = {
     "citation": "Schick & Schütze (2021), Table 1",
     "checked": (

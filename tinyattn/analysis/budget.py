@@ -5,7 +5,7 @@ Each planned run of the long budget is paired with the short study's run of the 
 seed): same code, data, learning rate and seed, only the number of epochs differs. Scores are at the
 **end of training** (``final_score``: nothing selected on the dev set), in points.
 
-C1 at each budget is the declared analysis of ``tinyattn.stats``: tiny attention (``tinyattn_e1``)
+C1 at each budget is the declared analysis of ``tinyattn.analysis.stats``: tiny attention (``tinyattn_e1``)
 minus each other method of the profile, paired on (task, seed), bootstrap interval, exact sign test,
 Holm over the family, resolved only when both agree. To compare the budgets on the same evidence, both
 are judged only on the runs **finished at both budgets**: a comparison counts a (task, seed) pair when
@@ -21,10 +21,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from tinyattn import stats
-from tinyattn.aggregate import late_gain, learning_curves
-from tinyattn.profiles import estimate_seconds
-from tinyattn.study import ProfileRuns, profile_runs
+from tinyattn.analysis import stats
+from tinyattn.analysis.aggregate import late_gain, learning_curves
+from tinyattn.study.profiles import estimate_seconds
+from tinyattn.study.status import ProfileRuns, profile_runs
 
 LONG, SHORT, REFERENCE = "budget", "cpu", "tinyattn_e1"
 #: The code the long budget runs from: the short study's, so that a difference is the budget's alone.

@@ -20,11 +20,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tinyattn.aggregate import paired_comparison
+from tinyattn.analysis.aggregate import paired_comparison
+from tinyattn.analysis.expert_stats import adapters_of, similarity_summary
 from tinyattn.checkpoint import CONFIG_FILE, load_adapter
 from tinyattn.data import EncodedDataset, get_task
 from tinyattn.experiment import RunParams, eval_data, initial_model
-from tinyattn.expert_stats import adapters_of, similarity_summary
 from tinyattn.model import EncoderClassifier
 from tinyattn.records import adapter_dir, read_records, read_run, write_json_atomic
 

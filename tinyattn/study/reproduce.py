@@ -37,10 +37,10 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tinyattn.profiles import REPO, as_profile
 from tinyattn.records import read_records, record_path, record_status, write_json_atomic
-from tinyattn.runner import execute, work_units
-from tinyattn.study import profile_runs
+from tinyattn.study.profiles import REPO, as_profile
+from tinyattn.study.runner import execute, work_units
+from tinyattn.study.status import profile_runs
 
 # Largest difference allowed between a rerun's metric and its record's, in the metric's own units
 # (accuracy, correlation: 1e-4 is 0.01 points). A rerun with the same code, versions and thread count

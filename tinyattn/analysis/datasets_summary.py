@@ -3,7 +3,7 @@
 The chapters quote each task's split sizes and judge collapsed runs against its majority-class score
 (the score of always predicting the most frequent training label, or the training mean for STS-B).
 Both come from the data files, which a reader of the repository may not have: so they are counted
-once, by ``write_summary`` (``python -m tinyattn.datasets_summary``, or ``make datasets-summary``),
+once, by ``write_summary`` (``python -m tinyattn.analysis.datasets_summary``, or ``make datasets-summary``),
 into ``results/summary/datasets.json``, and the chapters read that file (``load_summary``,
 ``majority_scores``, ``split_sizes``). The book then builds from ``results/`` alone, offline.
 
@@ -26,7 +26,7 @@ from tinyattn.data import GLUE_TASKS, HUB_DATASET, get_task, load_glue_task, res
 from tinyattn.metrics import main_metric, majority_baseline
 from tinyattn.records import git_commit, versions, write_json_atomic
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SUMMARY_FILE = REPO / "results" / "summary" / "datasets.json"
 SPLITS = ("train", "validation")
 FORMAT = 1  # the file's layout version
@@ -106,7 +106,7 @@ def load_summary(path: str | Path = SUMMARY_FILE) -> dict:
     import json
 
     path = Path(path)
-    fix = "write it with `python -m tinyattn.datasets_summary` (needs the GLUE data)"
+    fix = "write it with `python -m tinyattn.analysis.datasets_summary` (needs the GLUE data)"
     if not path.is_file():
         raise SummaryMissingError(f"no datasets summary at {path}: {fix}")
     try:
@@ -177,7 +177,7 @@ def check_summary(data_dir: str | Path | None = None, path: str | Path = SUMMARY
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tinyattn.datasets_summary",
+        prog="python -m tinyattn.analysis.datasets_summary",
         description="Count the GLUE splits and majority-class scores the book quotes, into "
         "results/summary/datasets.json.",
     )

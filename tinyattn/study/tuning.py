@@ -6,7 +6,7 @@ the training set minus a stratified held-out slice and is evaluated on that slic
 that the study reports. The chosen rate of a method is the grid value with the highest held-out score at
 the **end of training**, averaged over the tuning tasks (a tie goes to the smaller rate). A study
 profile that names ``tuning: <profile>`` takes its learning rates from this choice: ``planned_runs``
-expands it with them (``tinyattn.profiles.expand`` given the chosen rates).
+expands it with them (``tinyattn.study.profiles.expand`` given the chosen rates).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from tinyattn.experiment import RunParams
-from tinyattn.profiles import as_profile, expand, load_profile, placeholder_rates
 from tinyattn.records import read_records, record_status
-from tinyattn.rows import SCORE_SCALE, evaluation_rows
+from tinyattn.study.profiles import as_profile, expand, load_profile, placeholder_rates
+from tinyattn.study.rows import SCORE_SCALE, evaluation_rows
 
 
 class TuningIncompleteError(ValueError):

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from tinyattn.margin import OUTCOMES
-from tinyattn.stats import ALPHA, holm, sign_test
+from tinyattn.analysis.margin import OUTCOMES
+from tinyattn.analysis.stats import ALPHA, holm, sign_test
 
 #: True effects, in points, at which every design is simulated.
 EFFECTS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)

@@ -22,7 +22,7 @@ from tinyattn.data import get_task
 from tinyattn.experiment import RunParams
 from tinyattn.methods import get_method, method_options
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO / "profiles"
 
 # Planning figures for the packaged MiniLM-L6 on a 2-core CPU (measured here; see the book's protocol).
@@ -143,7 +143,7 @@ def expand(
     A method may give ``learning_rates: [...]`` (a tuning grid: one run per value). A profile that
     names ``tuning: <profile>`` takes each method's learning rate from ``rates`` (label -> rate, the
     tuning grid's choice; ``tuned_as: <label>`` borrows another method's); without ``rates`` such a
-    profile raises ``ValueError`` (``tinyattn.tuning.planned_runs`` supplies them)."""
+    profile raises ``ValueError`` (``tinyattn.study.tuning.planned_runs`` supplies them)."""
     runs = []
     defaults = dict(profile.get("defaults") or {})
     if "backbone" in profile:
@@ -187,7 +187,7 @@ def _tuned_rate(profile: dict, rates: dict[str, float] | None, label: str, sourc
     if rates is None:
         raise ValueError(
             f"profile {profile['name']!r} takes its learning rates from tuning profile "
-            f"{profile['tuning']!r}: pass them as rates (tinyattn.tuning.planned_runs does)"
+            f"{profile['tuning']!r}: pass them as rates (tinyattn.study.tuning.planned_runs does)"
         )
     if source not in rates:
         raise ValueError(

@@ -1,7 +1,7 @@
 """The claim chapters' declared comparisons as the reader sees them: narrow tables, each chapter's
 opening sentence (its verdict and strongest number), and what a change of rule changed.
 
-The statistics are ``tinyattn.stats``'s, the rules ``tinyattn.verdicts``'s; this module only words
+The statistics are ``tinyattn.analysis.stats``'s, the rules ``tinyattn.analysis.verdicts``'s; this module only words
 and shapes their results for ``book/glue.ipynb`` (C1) and ``book/heads.ipynb`` (C2).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tinyattn import stats, verdicts
+from tinyattn.analysis import stats, verdicts
 
 # --------------------------------------------------------------------------- any claim
 

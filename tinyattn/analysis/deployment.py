@@ -28,8 +28,8 @@ import pandas as pd
 import torch
 
 from tinyattn.adapter import TinyAttention
+from tinyattn.analysis.expert_stats import adapters_of
 from tinyattn.data import EncodedDataset, TaskSpec, make_dataloader
-from tinyattn.expert_stats import adapters_of
 from tinyattn.inject import layers_installed
 from tinyattn.measure import rotated, summary, synchronizer, timed
 from tinyattn.metrics import compute_metrics, main_metric

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from tinyattn.experiment import RunParams
-from tinyattn.profiles import (
+from tinyattn.records import record_status
+from tinyattn.study.profiles import (
     as_profile,
     estimate_seconds,
     expand,
@@ -23,9 +24,8 @@ from tinyattn.profiles import (
     placeholder_rates,
     shard,
 )
-from tinyattn.records import record_status
-from tinyattn.rows import load_records
-from tinyattn.tuning import TuningIncompleteError, learning_rates
+from tinyattn.study.rows import load_records
+from tinyattn.study.tuning import TuningIncompleteError, learning_rates
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The numbers the efficiency chapter quotes from ``tinyattn bench`` files, with the verdict on each
-cost target (``tinyattn.verdicts``): one benchmark's ratios, the benchmark at each stage of
+cost target (``tinyattn.analysis.verdicts``): one benchmark's ratios, the benchmark at each stage of
 optimising the adapter, and the GPU processes before and after its GPU-specific changes."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tinyattn import verdicts
+from tinyattn.analysis import verdicts
 
 
 def _ratio_text(ratio: dict) -> str:
@@ -18,7 +18,7 @@ def _ratio_text(ratio: dict) -> str:
 
 def bench_numbers(bench: dict) -> dict:
     """The numbers the efficiency chapter quotes from one ``tinyattn bench`` file, with the verdict
-    on each target (``tinyattn.verdicts``)."""
+    on each target (``tinyattn.analysis.verdicts``)."""
     paired, share = bench["paired_inference_ratio"], bench["share_inference_ratio"]
     train, memory = bench["paired_train_step_ratio"], bench["peak_memory_mb"]
     kept, recomputed = train["tinyattn_e4_stored"], train["tinyattn_e4"]

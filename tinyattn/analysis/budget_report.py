@@ -1,4 +1,4 @@
-"""What the budget chapter shows of the budget study (``tinyattn.budget``): its tables and sentences.
+"""What the budget chapter shows of the budget study (``tinyattn.analysis.budget``): its tables and sentences.
 
 ``budget_labels`` names the two budgets by their epochs; ``score_table`` and ``comparison_table`` are
 the chapter's tables; ``change_sentence`` (glued in the GLUE chapter too) and ``headline`` its sentences.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tinyattn import stats
-from tinyattn.budget import BUDGETS, SHORT, BudgetStudy, verdict_change
-from tinyattn.decidability import pairs_needed, sign_floor
+from tinyattn.analysis import stats
+from tinyattn.analysis.budget import BUDGETS, SHORT, BudgetStudy, verdict_change
+from tinyattn.analysis.decidability import pairs_needed, sign_floor
 
 
 def _epochs(values) -> str:

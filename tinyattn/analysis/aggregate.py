@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from tinyattn import stats
-from tinyattn.rows import (  # noqa: F401  (load_records, evaluation_rows: re-exported for the notebooks)
+from tinyattn.analysis import stats
+from tinyattn.study.rows import (  # noqa: F401  (load_records, evaluation_rows: re-exported for the notebooks)
     SCORE_SCALE,
     done_records,
     evaluation_rows,
@@ -190,13 +190,13 @@ def paired_comparison(
     seed: int = 0,
 ) -> pd.DataFrame:
     """The reference method minus each other method, paired on (task, seed): the declared analysis
-    (``tinyattn.stats``) pooled over the pairs.
+    (``tinyattn.analysis.stats``) pooled over the pairs.
 
     For each other method: the number of (task, seed) pairs both finished, the mean and median
     difference in points, a percentile bootstrap interval of the mean (pairs resampled with
     replacement), the share of pairs the reference wins, and the exact sign test (``wins``,
     ``losses``, ``ties``, ``sign_p``). Positive: the reference scored higher. Holm's correction
-    belongs to a claim's family of comparisons, so ``tinyattn.verdicts`` adds it (``stats.within_family``).
+    belongs to a claim's family of comparisons, so ``tinyattn.analysis.verdicts`` adds it (``stats.within_family``).
     ``exclude`` (booleans aligned with ``runs``, e.g. ``stats.collapsed``) drops every pair that
     holds a flagged run.
     """

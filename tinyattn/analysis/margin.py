@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from tinyattn.stats import ALPHA, holm, sign_test
+from tinyattn.analysis.stats import ALPHA, holm, sign_test
 
 OUTCOMES = ("ahead", "behind", "equivalent", "undecided")
 

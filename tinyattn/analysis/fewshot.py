@@ -7,7 +7,7 @@
   SuperGLUE validation set this project scores), per few-shot task;
 * ``floor_sentence``: how many methods clear the floors, per task;
 * ``comparison`` and ``comparison_sentence``: tiny attention against the other methods of the
-  substitute, under the book's declared analysis (``tinyattn.stats``);
+  substitute, under the book's declared analysis (``tinyattn.analysis.stats``);
 * ``figure`` and ``opening``: the chapter's figure and first sentence;
 * ``c4``: the verdict on C4, by ``C4_MARGIN`` against the published rows.
 
@@ -21,12 +21,12 @@ from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
-from tinyattn import stats
+from tinyattn.analysis import stats
+from tinyattn.analysis.verdicts import PROVISIONAL
 from tinyattn.fewglue import PUBLISHED, published_scores
 from tinyattn.records import read_records
-from tinyattn.study import ProfileRuns
+from tinyattn.study.status import ProfileRuns
 from tinyattn.tasks import FEWSHOT_TASKS
-from tinyattn.verdicts import PROVISIONAL
 
 SCALE = 100.0
 #: Tiny attention's own E = 4 twin: whether it adds to E = 1 is C2's question, not a competitor's.

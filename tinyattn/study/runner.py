@@ -28,7 +28,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tinyattn.experiment import RunParams
-from tinyattn.profiles import REPO, estimate_seconds, parse_shard, shard
 from tinyattn.records import (
     CorruptRecordError,
     adapter_dir,
@@ -38,7 +37,8 @@ from tinyattn.records import (
     write_json_atomic,
     write_text_atomic,
 )
-from tinyattn.tuning import planned_runs
+from tinyattn.study.profiles import REPO, estimate_seconds, parse_shard, shard
+from tinyattn.study.tuning import planned_runs
 
 TRAIN_NOTEBOOK = REPO / "notebooks" / "train.ipynb"
 EXPERTS_NOTEBOOK = REPO / "notebooks" / "experts.ipynb"

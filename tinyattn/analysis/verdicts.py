@@ -3,7 +3,7 @@
 The paper's claims C1, C2 and C3 are judged on paired comparisons; the efficiency targets on a
 benchmark's per-round ratios. Each rule is written once here and tested on every outcome it can give,
 so that the book's chapters only display what it returns. Every comparison is a ``paired_comparison``
-table (``tinyattn.aggregate``): the reference minus each other method, paired on (task, seed), with a
+table (``tinyattn.analysis.aggregate``): the reference minus each other method, paired on (task, seed), with a
 95 % bootstrap interval and an exact sign test. Each claim judges its own family of comparisons:
 Holm's correction runs over that family (``stats.within_family``), and a difference counts as
 resolved only under the declared rule (``stats.outcome``): its interval excludes zero *and* its
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from tinyattn import stats
+from tinyattn.analysis import stats
 
 #: Averaging the experts "keeps" their accuracy when the whole 95 % interval of the loss (trained form
 #: minus averaged, in points) lies below this margin: a loss of under half a point, resolved as such.
@@ -350,7 +350,7 @@ def standing(table: pd.DataFrame) -> str:
     """Where tiny attention wins and fails, task by task, in one sentence: every task at its best and
     at its worst rank, and its widest gap to the best method.
 
-    ``table``: ``tinyattn.aggregate.task_standing`` indexed by task (``rank``, ``methods``, ``best``,
+    ``table``: ``tinyattn.analysis.aggregate.task_standing`` indexed by task (``rank``, ``methods``, ``best``,
     ``gap_to_best``).
     """
     if table.empty:
@@ -370,7 +370,7 @@ def standing(table: pd.DataFrame) -> str:
 
 
 # Efficiency targets. A benchmark gives each ratio between two methods as the median and quartiles of
-# its per-round ratios (``tinyattn.bench``), e.g. ``{"median": 1.02, "q1": 1.0, "q3": 1.04}``.
+# its per-round ratios (``tinyattn.study.bench``), e.g. ``{"median": 1.02, "q1": 1.0, "q3": 1.04}``.
 
 
 def ratio_target(ratio: Mapping, target: float) -> str:

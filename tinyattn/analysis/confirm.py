@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from tinyattn.decidability import POWER, decidability, decides
-from tinyattn.margin import MarginRule, family_verdicts
+from tinyattn.analysis.decidability import POWER, decidability, decides
+from tinyattn.analysis.margin import MarginRule, family_verdicts
 from tinyattn.metrics import main_metric
-from tinyattn.profiles import load_profile
+from tinyattn.study.profiles import load_profile
 
 PROFILE = "confirm"
 #: The exploratory grids whose spreads size the design (their seeds are not reused).
@@ -115,7 +115,7 @@ def pair_table(runs: pd.DataFrame, comparison: Comparison) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- the design
 def pilot_runs(runs_dir: str = "results/runs") -> pd.DataFrame:
     """The finished runs of the pilot grids (the exploratory ``cpu`` and ``ablations`` studies)."""
-    from tinyattn.study import profile_runs
+    from tinyattn.study.status import profile_runs
 
     frames = [profile_runs(name, runs_dir).runs.assign(grid=name) for name in PILOT_PROFILES]
     return pd.concat(frames, ignore_index=True)

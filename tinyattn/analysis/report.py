@@ -1,8 +1,8 @@
 """Tables and sentences the chapters show, computed from aggregated runs.
 
 One function per table, paragraph of numbers or sentence of a chapter in ``book/``, so that a chapter
-only calls, displays and glues. Inputs: a profile's ``ProfileRuns`` (``tinyattn.study.profile_runs``),
-analysis reports, benchmark files. The verdicts and their rules are in ``tinyattn.verdicts``.
+only calls, displays and glues. Inputs: a profile's ``ProfileRuns`` (``tinyattn.study.status.profile_runs``),
+analysis reports, benchmark files. The verdicts and their rules are in ``tinyattn.analysis.verdicts``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from pathlib import Path
 import pandas as pd
 
 from tinyattn.adapter import paper_param_count, param_count
-from tinyattn.aggregate import compute_table
-from tinyattn.bench_report import bench_numbers, bench_stages, gpu_numbers  # noqa: F401 (chapters)
+from tinyattn.analysis.aggregate import compute_table
+from tinyattn.analysis.bench_report import bench_numbers, bench_stages, gpu_numbers  # noqa: F401 (chapters)
 from tinyattn.data import get_task
 from tinyattn.inject import experts_averaged
 from tinyattn.methods import METHODS, build_model, library_adapter_params
 from tinyattn.model import count_parameters
-from tinyattn.profiles import TASK_SIZES, estimate_seconds
-from tinyattn.study import profile_runs
+from tinyattn.study.profiles import TASK_SIZES, estimate_seconds
+from tinyattn.study.status import profile_runs
 
 # --------------------------------------------------------------------------- any study chapter
 
