@@ -452,6 +452,39 @@ def test_selection_keeps_the_best_epoch_and_checks_its_set(tokenizers_):
     assert record["kept_weights"] == "best dev32 epoch" and record["steps"] == 6
 
 
+def test_training_runs_through_the_shared_loop_and_accelerate(tokenizers_, monkeypatch):
+    """``train_cloze`` has no loop of its own: it trains through ``train.fit``, whose Accelerator
+    prepares the model, the optimiser and the schedule, and back-propagates and clips every step."""
+    from accelerate import Accelerator
+    from torch.optim.lr_scheduler import LRScheduler
+
+    calls, prepared = collections.Counter(), []
+
+    def spy(name):
+        original = getattr(Accelerator, name)
+
+        def counted(self, *args, **kwargs):
+            calls[name] += 1
+            if name == "prepare":
+                prepared.extend(args)
+            return original(self, *args, **kwargs)
+
+        return counted
+
+    for name in ("prepare", "backward", "clip_grad_norm_"):
+        monkeypatch.setattr(Accelerator, name, spy(name))
+    tokenizer = tokenizers_["bert"]
+    pattern = ClozePattern("rte", tokenizer, max_length=64)
+    examples = toy_examples(4)
+    model = build_cloze_model("tinyattn", tiny_mlm("bert", len(tokenizer)), pattern)
+    config = ClozeTrainConfig(epochs=2, batch_size=2, decay_all=False)
+    record = train_cloze(model, pattern, examples, {"toy": examples}, config)
+    assert record["steps"] == 4 and calls["backward"] == calls["clip_grad_norm_"] == 4
+    assert calls["prepare"] == 1 and prepared[0] is model
+    assert isinstance(prepared[1], torch.optim.AdamW) and isinstance(prepared[2], LRScheduler)
+    assert len(prepared[1].param_groups) == 2  # decay_all=False: train.decay_groups' two groups
+
+
 def test_run_cloze_end_to_end_on_the_real_files(fewglue_data, tokenizers_):
     if fewglue_data is None:
         pytest.skip("no local FewGLUE data (set TINYATTN_DATA_DIR)")

@@ -21,15 +21,15 @@ scores the vocabulary at the mask and the prediction is the verbalizer with the 
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
-from transformers import AutoConfig, AutoModelForMaskedLM, PreTrainedModel, get_scheduler
+from transformers import AutoConfig, AutoModelForMaskedLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from tinyattn.fewglue import ClozePattern, baseline_metrics, fewglue_metrics, load_fewglue
@@ -41,6 +41,7 @@ from tinyattn.model import (
     resolve_backbone,
     set_seed,
 )
+from tinyattn.train import EvalPoint, Loop, decay_groups, fit
 
 #: model type -> (attribute of the masked LM holding its MLM head, the decoder inside that head)
 MLM_HEADS = {
@@ -316,13 +317,16 @@ def train_cloze(
     config: ClozeTrainConfig | None = None,
 ) -> dict:
     """Train ``model``'s trainable parameters on the cloze task; evaluate every eval set after each
-    epoch (or only at the end); return the record (every evaluation, the final and the kept one)."""
+    epoch (or only at the end); return the record (every evaluation, the final and the kept one).
+
+    Trains through the project's one loop (``train.fit``, with Accelerate); what is the cloze
+    protocol's own is given to it: the batches (a fresh ``config.seed``-seeded order every epoch, on
+    one process: they are not sharded), the loss, the evaluation of every eval set, the selection."""
     config = config or ClozeTrainConfig()
     if config.select_on is not None and config.select_on not in eval_sets:
         raise ValueError(
             f"select_on={config.select_on!r} is not one of the eval sets {list(eval_sets)}"
         )
-    device = model.head.weight.device
     train_rows = [pattern.encode(example) for example in train_examples]
     eval_rows = {
         name: [pattern.encode(e) for e in examples] for name, examples in eval_sets.items()
@@ -330,81 +334,68 @@ def train_cloze(
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": trainable, "weight_decay": config.weight_decay}]
     if not config.decay_all:
-        from tinyattn.train import decay_groups  # imports accelerate: only when needed
-
         groups = decay_groups(model, config.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
     steps_per_epoch = -(-len(train_rows) // config.batch_size)
-    scheduler = get_scheduler(
-        "constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
-        optimizer,
-        num_warmup_steps=config.warmup_steps,
-        num_training_steps=config.epochs * steps_per_epoch,
-    )
+    accelerator = Accelerator()
     generator = torch.Generator().manual_seed(config.seed)
-    main = pattern.task.main_metric
-    evaluations: list[dict] = []
-    best, best_state = None, None
-    train_seconds = eval_seconds = 0.0
-    for epoch in range(1, config.epochs + 1):
-        tick = time.perf_counter()
-        model.train()
+
+    def batches(epoch: int):  # the next order from the one generator, whatever the epoch
         order = torch.randperm(len(train_rows), generator=generator).tolist()
-        losses = []
         for start in range(0, len(order), config.batch_size):
             rows = [train_rows[i] for i in order[start : start + config.batch_size]]
-            batch = {k: v.to(device) for k, v in collate(rows, pattern.pad_token_id).items()}
-            vocab = model(batch["input_ids"], batch["attention_mask"], batch["mask_index"])
-            loss = cloze_loss(vocab, batch["labels"], model.label_token_ids, config.loss)
-            loss.backward()
-            if config.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        train_seconds += time.perf_counter() - tick
-        if not (config.evaluate_every_epoch or epoch == config.epochs):
-            continue
-        tick = time.perf_counter()
+            batch = collate(rows, pattern.pad_token_id)
+            yield {k: v.to(accelerator.device) for k, v in batch.items()}
+
+    def loss(net, batch: dict) -> torch.Tensor:  # net: the model as Accelerate prepared it
+        vocab = net(batch["input_ids"], batch["attention_mask"], batch["mask_index"])
+        return cloze_loss(vocab, batch["labels"], model.label_token_ids, config.loss)
+
+    def evaluation(net, point: EvalPoint) -> dict:
         metrics = {
             name: evaluate_cloze(model, pattern, rows, config.eval_batch_size)
             for name, rows in eval_rows.items()
         }
-        eval_seconds += time.perf_counter() - tick
-        entry = {
-            "epoch": epoch,
-            "step": epoch * steps_per_epoch,
+        losses = point.losses[-steps_per_epoch:]  # the epoch's, when not every epoch is evaluated
+        return {
+            "epoch": point.step // steps_per_epoch,
+            "step": point.step,
             "train_loss": sum(losses) / len(losses),
             "metrics": metrics,
         }
-        evaluations.append(entry)
-        if config.select_on and (
-            best is None
-            or metrics[config.select_on][main] > best["metrics"][config.select_on][main]
-        ):
-            best = entry
-            best_state = {
-                n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad
-            }
-    if best_state is not None and best is not evaluations[-1]:
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in best_state.items():
-                params[name].copy_(value)
+
+    main, select_on = pattern.task.main_metric, config.select_on
+    loop = Loop(
+        groups=groups,
+        learning_rate=config.learning_rate,
+        scheduler=config.scheduler,
+        warmup_steps=config.warmup_steps,
+        max_grad_norm=config.max_grad_norm,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=config.epochs * steps_per_epoch,
+        evals_per_epoch=1 if config.evaluate_every_epoch else 0,
+    )
+    fitted = fit(
+        model,
+        loop,
+        batches,
+        loss,
+        evaluation,
+        accelerator,
+        score=(lambda entry: entry["metrics"][select_on][main]) if select_on else None,
+    )
     return {
         "task": pattern.task.name,
         "loss": config.loss,
-        "kept_weights": f"best {config.select_on} epoch" if config.select_on else "last epoch",
-        "evaluations": evaluations,
-        "final": copy.deepcopy(evaluations[-1]),
-        "best": copy.deepcopy(best),
-        "steps": config.epochs * steps_per_epoch,
+        "kept_weights": f"best {select_on} epoch" if select_on else "last epoch",
+        "evaluations": fitted.evaluations,
+        "final": copy.deepcopy(fitted.final),
+        "best": copy.deepcopy(fitted.best),
+        "steps": fitted.steps,
         "train_examples": len(train_rows),
         "eval_examples": {name: len(rows) for name, rows in eval_rows.items()},
         "trainable": trainable_counts(model),
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
+        "train_seconds": fitted.train_seconds,
+        "eval_seconds": fitted.eval_seconds,
         "config": asdict(config),
     }
 
