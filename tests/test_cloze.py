@@ -558,7 +558,7 @@ def test_a_cloze_run_through_the_study_writes_an_ordinary_record(fewglue_data, t
     assert saved["baselines"]["majority"]["accuracy"] == pytest.approx(23 / 56)  # entailment
     assert saved["config"]["weight_decay"] == 0.02 and saved["config"]["loss"] == "mlm"
     json.dumps(saved)  # the record is plain JSON
-    from tinyattn.rows import load_records
+    from tinyattn.study.rows import load_records
 
     row = load_records(tmp_path / "runs").iloc[0]  # the tables read it like any other run
     assert row["score"] == pytest.approx(100 * saved["best"]["metrics"]["combined"])

@@ -393,8 +393,8 @@ def test_each_methods_facts_live_in_its_registry_entry():
     are the entry's formula."""
     from tinyattn.experiment import RunParams
     from tinyattn.registry import METHODS, register
-    from tinyattn.study.profiles import DEFAULT_TRAIN_TOKENS_PER_SECOND, estimate_seconds
     from tinyattn.study import bench
+    from tinyattn.study.profiles import DEFAULT_TRAIN_TOKENS_PER_SECOND, estimate_seconds
 
     assert all(m.train_tokens_per_second for m in METHODS.values())
     assert all(METHODS[s.method].flops for s in bench.SETUPS.values())

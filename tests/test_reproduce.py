@@ -14,8 +14,8 @@ import yaml
 
 from tinyattn.cli import main as cli
 from tinyattn.records import record_path
-from tinyattn.study.profiles import load_profile, validate
 from tinyattn.study import reproduce as rp
+from tinyattn.study.profiles import load_profile, validate
 
 REPO = Path(__file__).resolve().parent.parent
 
