@@ -182,9 +182,11 @@ def test_tuning_selection_waits_for_every_task_of_a_method(tmp_path):
 QUICK = expand(load_profile("quick"))  # 2 tasks x 6 methods x 1 seed, no tuning
 
 
-def study_of(runs: pd.DataFrame, planned: list, waiting: str | None = None) -> ProfileRuns:
+def study_of(
+    runs: pd.DataFrame, planned: list, waiting: str | None = None, roles: dict | None = None
+) -> ProfileRuns:
     """What ``profile_runs`` answers for the ``quick`` profile with these finished runs."""
-    return ProfileRuns.of({"name": "quick"}, planned, waiting, runs)
+    return ProfileRuns.of({"name": "quick", "roles": roles or {}}, planned, waiting, runs)
 
 
 def test_progress_counts_the_plan_and_says_why_the_rest_waits():
@@ -299,18 +301,28 @@ def test_expert_runs_and_the_reports_the_heads_chapter_reads():
         for label in ("tinyattn_e1", "tinyattn_e4", "lora", "tinyattn_e4_indep")
     ]
     runs = pd.DataFrame({"method": ["lora", "tinyattn_e4", "tinyattn_e1"], "score": [1, 2, 3]})
-    ablations = study_of(runs, planned)
+    # the labels come from the profile's roles, whatever they are called
+    roles = {"reference": "tinyattn_e1", "expert_counts": ["tinyattn_e4"]}
+    roles |= {"independent": "tinyattn_e4_indep", "sequential": "not_planned"}
+    ablations = study_of(runs, planned, roles=roles)
+    assert report.expert_labels(ablations.profile) == [
+        "tinyattn_e1",
+        "tinyattn_e4",
+        "tinyattn_e4_indep",
+        "not_planned",
+    ]
     expert, n_planned = report.expert_runs(ablations)
     assert list(expert["method"]) == ["tinyattn_e4", "tinyattn_e1"] and n_planned == 6
     glue_runs = [
         SimpleNamespace(label=m, run_id=f"cpu-{m}") for m in ("tinyattn_e4", "tinyattn_e1")
     ]
-    ids = report.analysed_run_ids(ablations, study_of(pd.DataFrame(), glue_runs))
+    glue = study_of(pd.DataFrame(), glue_runs, roles={"experts": "tinyattn_e4"})
+    ids = report.analysed_run_ids(ablations, glue)
     assert ids == {p.run_id for p in planned if p.label != "lora"} | {"cpu-tinyattn_e4"}
-    untuned = study_of(pd.DataFrame(), planned, waiting="tuning")
-    assert report.analysed_run_ids(untuned, study_of(pd.DataFrame(), glue_runs)) == {
-        "cpu-tinyattn_e4"
-    }
+    untuned = study_of(pd.DataFrame(), planned, waiting="tuning", roles=roles)
+    assert report.analysed_run_ids(untuned, glue) == {"cpu-tinyattn_e4"}
+    renamed = study_of(runs, planned, roles=roles | {"reference": "one_expert"})
+    assert list(report.expert_runs(renamed)[0]["method"]) == ["tinyattn_e4"]
 
 
 def test_deployment_table_and_how_much_faster_the_average_serves():

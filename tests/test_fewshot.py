@@ -306,11 +306,14 @@ def test_tiny_attention_is_compared_with_the_substitutes_methods_under_the_decla
             ]
     table = pd.DataFrame(rows)
     floors = {"fewrte": {"majority": 30.0}, "fewcb": {"majority": 30.0}}
-    full = fewshot.comparison(table, floors).set_index("method")
+    full = fewshot.comparison(table, floors, "tinyattn_e1", ["tinyattn_e4"]).set_index("method")
     assert list(full.index) == ["lora", "bitfit"]  # the E = 4 twin is C2's question
     assert full.loc["lora", "outcome"] == "better" and full.loc["lora", "pairs"] == 10
     assert full.loc["bitfit", "outcome"] == "not resolved"
-    clean = fewshot.comparison(table, floors, without_collapsed=True).set_index("method")
+    clean = fewshot.comparison(
+        table, floors, "tinyattn_e1", ["tinyattn_e4"], without_collapsed=True
+    )
+    clean = clean.set_index("method")
     assert clean.loc["bitfit", "pairs"] == 8 and clean.loc["lora", "pairs"] == 10
     text = fewshot.comparison_sentence(full.reset_index(), clean.reset_index(), 2, len(table))
     assert text.startswith(

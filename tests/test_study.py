@@ -542,3 +542,27 @@ def test_a_profile_with_an_invalid_method_option_is_refused_when_it_loads(tmp_pa
     bad.write_text("seeds: [1]\ntasks: {sst2: {}}\nmethods: {x: {method: nope}}\n")
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         load_profile(str(bad))
+
+
+def test_roles_name_the_profiles_own_labels_and_a_renamed_label_is_refused_at_load(tmp_path):
+    from tinyattn.study.profiles import ROLES, role
+
+    path = tmp_path / "roles.yaml"
+    path.write_text(yaml.safe_dump(TOY | {"roles": {"reference": "tinyattn_e1"}}))
+    assert role(load_profile(path), "reference") == "tinyattn_e1"
+    with pytest.raises(ValueError, match="gives no method the role 'experts'"):
+        role(load_profile(path), "experts")
+    renamed = dict(TOY["methods"])
+    renamed["one_expert"] = renamed.pop("tinyattn_e1")  # a label renamed, its role left behind
+    path.write_text(
+        yaml.safe_dump(TOY | {"methods": renamed, "roles": {"reference": "tinyattn_e1"}})
+    )
+    with pytest.raises(ValueError, match=r"role 'reference' names 'tinyattn_e1', which is not one"):
+        load_profile(path)
+    path.write_text(yaml.safe_dump(TOY | {"roles": {"referee": "tinyattn_e1"}}))
+    with pytest.raises(ValueError, match="unknown role 'referee'"):
+        load_profile(path)
+    # the committed studies give the roles the analysis reads
+    assert role("ablations", "expert_counts") == ["tinyattn_e2", "tinyattn_e4", "tinyattn_e8"]
+    assert {role(name, "reference") for name in ("cpu", "budget", "ablations")} == {"tinyattn_e1"}
+    assert set(load_profile("ablations")["roles"]) <= set(ROLES)

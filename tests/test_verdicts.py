@@ -346,46 +346,51 @@ def _few_runs(scores: dict[str, list[float]], method: str = "tinyattn_e1") -> pd
 
 
 C4_BASELINES = {"fewrte": {"majority": 47.3, "random": 50.0}, "fewcb": {"majority": 20.0}}
+E1 = "tinyattn_e1"  # the label the runs give tiny attention
 C4_REFS = {"fewrte": {"GPT-3": 69.0, "PET": 69.8}, "fewcb": {"GPT-3": 63.8, "PET": 72.25}}
 
 
 def test_c4_without_cloze_runs_cannot_decide_and_names_the_deciding_run():
     offline = _few_runs({"fewrte": [50.0, 46.0, 55.0], "fewcb": [30.0, 10.0]})
-    text = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=None)
+    text = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=None, method=E1)
     assert text.startswith("**C4 cannot be decided here.**")
     assert "fewrte 50.3 ± 4.5 against a majority class of 47.3 (above it on 2 of 3 seeds)" in text
     assert "fewcb 20.0 ± 14.1 against a majority class of 20.0 (above it on 1 of 2 seeds)" in text
     assert "`tinyattn study --profile fewglue` on a GPU with Hub access" in text
-    assert "no finished run yet" in fewshot.c4(offline.iloc[:0], C4_BASELINES, C4_REFS)
-    unfinished = fewshot.c4(offline, C4_BASELINES, C4_REFS, complete=False)
+    assert "no finished run yet" in fewshot.c4(offline.iloc[:0], C4_BASELINES, C4_REFS, method=E1)
+    unfinished = fewshot.c4(offline, C4_BASELINES, C4_REFS, complete=False, method=E1)
     assert unfinished == text  # without cloze runs, nothing the grid adds could decide it
 
 
 def test_c4_with_cloze_runs_judges_each_task_against_the_lower_reference():
     offline = _few_runs({"fewrte": [50.0]})
     close = _few_runs({"fewrte": [66.0, 65.0], "fewcb": [60.0, 59.0]})  # bars 69.0 and 63.8
-    text = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=close)
+    text = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=close, method=E1)
     assert text.startswith("**C4 is supported**")
     assert "fewrte 65.5 ± 0.7 (GPT-3 69.0, PET 69.8)" in text and "validation set" in text
     edge = _few_runs({"fewrte": [64.0], "fewcb": [58.8]})  # exactly 5 points below: still close
-    assert fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=edge).startswith("**C4 is supported")
+    assert fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=edge, method=E1).startswith(
+        "**C4 is supported"
+    )
     low = _few_runs({"fewrte": [63.9], "fewcb": [70.0]})
-    text = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=low)
+    text = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=low, method=E1)
     assert text.startswith("**C4 is not supported**") and "on fewrte 63.9" in text
-    partial = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=low, complete=False)
+    partial = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=low, complete=False, method=E1)
     assert partial == f"{verdicts.PROVISIONAL} {text}"
     assert "fewcb" not in text.split("below the lower")[1].split(". ")[0]
     one_task = _few_runs({"fewrte": [70.0]})
-    text = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=one_task)
+    text = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=one_task, method=E1)
     assert text.startswith("**C4 cannot be decided yet**") and "on fewcb." in text
     other_method = _few_runs({"fewrte": [70.0], "fewcb": [70.0]}, method="lora")
-    assert "cannot be decided yet" in fewshot.c4(offline, C4_BASELINES, C4_REFS, other_method)
+    assert "cannot be decided yet" in fewshot.c4(
+        offline, C4_BASELINES, C4_REFS, other_method, method=E1
+    )
 
 
 def test_c4_judges_nothing_against_unchecked_published_rows():
     offline = _few_runs({"fewrte": [50.0]})
     close = _few_runs({"fewrte": [66.0], "fewcb": [60.0]})  # would be "supported" against C4_REFS
-    text = fewshot.c4(offline, C4_BASELINES, {}, cloze=close)
+    text = fewshot.c4(offline, C4_BASELINES, {}, cloze=close, method=E1)
     assert text.startswith("**C4 cannot be decided yet**") and "not yet checked" in text
 
 

@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from tinyattn.records import RUNS_DIR
+
 # Method options that have their own flags; any other goes through --option KEY=VALUE.
 _TINYATTN_FLAGS = {
     "head_dim": int,
@@ -289,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--jobs", type=int, default=1, help="runs at once (each gets cores/jobs threads)"
     )
-    p.add_argument("--out", default="results/runs", help="folder of the run records")
+    p.add_argument("--out", default=RUNS_DIR, help="folder of the run records")
     p.add_argument(
         "--executor",
         choices=("notebook", "process"),
@@ -326,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="largest |difference| allowed per metric, in its units (default 1e-4: 0.01 points)",
     )
-    p.add_argument("--records", default="results/runs", help="folder of the committed records")
+    p.add_argument("--records", default=RUNS_DIR, help="folder of the committed records")
     p.add_argument("--jobs", type=int, default=1, help="runs at once")
     p.add_argument("--executor", choices=("notebook", "process"), default="notebook")
     p.add_argument(
@@ -346,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         "analyse", help="run the experts analysis notebook on a profile's trained 4-expert adapters"
     )
     p.add_argument("--profile", required=True, help="e.g. ablations")
-    p.add_argument("--out", default="results/runs", help="folder of the run records")
+    p.add_argument("--out", default=RUNS_DIR, help="folder of the run records")
     p.add_argument("--analysis", default="results/analysis", help="folder for the reports")
     p.add_argument("--force", action="store_true", help="redo runs analysed before")
     p.set_defaults(func=cmd_analyse)
@@ -396,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_dir",
         help="local GLUE folder (default: $TINYATTN_DATA_DIR, else the Hugging Face Hub)",
     )
-    p.add_argument("--out", default="results/runs", help="folder for the run record")
+    p.add_argument("--out", default=RUNS_DIR, help="folder for the run record")
     p.add_argument(
         "--save-adapter",
         dest="save_adapter",

@@ -33,6 +33,7 @@ from tinyattn.methods import RETIRED_OPTIONS, build_model, method_options
 from tinyattn.model import DEFAULT_BACKBONE, count_parameters, load_tokenizer, set_seed
 from tinyattn.records import (
     RECORD_VERSION,
+    RUNS_DIR,
     adapter_dir,
     check_out_dir,
     provenance,
@@ -83,7 +84,7 @@ class RunParams(TrainConfig):
     heldout_fraction: float | None = None
     label: str | None = None  # the method's name in a study profile, e.g. "tinyattn_e4"
     data_dir: str | None = None
-    out_dir: str = "results/runs"
+    out_dir: str = RUNS_DIR
     save_adapter: bool = False
 
     def __post_init__(self) -> None:

@@ -16,6 +16,9 @@ from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 
+#: Where a study's run records (and their adapter folders) live, relative to the repository.
+RUNS_DIR = "results/runs"
+
 RECORD_VERSION = 1
 _PACKAGES = ("tinyattn", "torch", "transformers", "peft", "adapters", "accelerate", "datasets")
 
@@ -154,17 +157,17 @@ def read_record(path: str | Path) -> dict:
 ADAPTERS_SUBDIR = "adapters"
 
 
-def record_path(run_id: str, runs_dir: str | Path = "results/runs") -> Path:
+def record_path(run_id: str, runs_dir: str | Path = RUNS_DIR) -> Path:
     """A run's record: ``<runs_dir>/<run_id>.json``."""
     return Path(runs_dir) / f"{run_id}.json"
 
 
-def adapter_dir(run_id: str, runs_dir: str | Path = "results/runs") -> Path:
+def adapter_dir(run_id: str, runs_dir: str | Path = RUNS_DIR) -> Path:
     """Where a run's trained adapter is saved (``--save-adapter``): ``<runs_dir>/adapters/<run_id>``."""
     return Path(runs_dir) / ADAPTERS_SUBDIR / run_id
 
 
-def record_status(run_id: str, runs_dir: str | Path = "results/runs") -> str:
+def record_status(run_id: str, runs_dir: str | Path = RUNS_DIR) -> str:
     """``done``, ``failed`` or ``pending`` (no record, one still running, or one that cannot be trusted)."""
     path = record_path(run_id, runs_dir)
     if not path.exists():
@@ -177,7 +180,7 @@ def record_status(run_id: str, runs_dir: str | Path = "results/runs") -> str:
 
 
 def read_records(
-    runs_dir: str | Path = "results/runs",
+    runs_dir: str | Path = RUNS_DIR,
     *,
     status: str | None = "done",
     run_ids: Iterable[str] | None = None,
@@ -203,7 +206,7 @@ def read_records(
     return found
 
 
-def read_run(run_id: str, runs_dir: str | Path = "results/runs") -> dict:
+def read_run(run_id: str, runs_dir: str | Path = RUNS_DIR) -> dict:
     """One finished run's record; an error naming the run if it has none or it is not finished."""
     path = record_path(run_id, runs_dir)
     if not path.is_file():

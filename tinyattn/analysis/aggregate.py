@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tinyattn.analysis import stats
+from tinyattn.records import RUNS_DIR
 from tinyattn.study.rows import (  # noqa: F401  (load_records, evaluation_rows: re-exported for the notebooks)
     SCORE_SCALE,
     done_records,
@@ -18,7 +19,7 @@ from tinyattn.study.rows import (  # noqa: F401  (load_records, evaluation_rows:
 
 
 def learning_curves(
-    runs_dir: str | Path = "results/runs", run_ids: set[str] | None = None
+    runs_dir: str | Path = RUNS_DIR, run_ids: set[str] | None = None
 ) -> pd.DataFrame:
     """Every evaluation of every finished run (optionally only the given run ids), one row each."""
     rows = [

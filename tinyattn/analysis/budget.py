@@ -23,12 +23,14 @@ import pandas as pd
 
 from tinyattn.analysis import stats
 from tinyattn.analysis.aggregate import late_gain, learning_curves
-from tinyattn.study.profiles import estimate_seconds
+from tinyattn.records import RUNS_DIR
+from tinyattn.study.profiles import estimate_seconds, load_profile, role
 from tinyattn.study.status import ProfileRuns, profile_runs
 
-LONG, SHORT, REFERENCE = "budget", "cpu", "tinyattn_e1"
-#: The code the long budget runs from: the short study's, so that a difference is the budget's alone.
-PINNED_COMMIT = "47152b3"
+LONG, SHORT = "budget", "cpu"  # the profiles: the long budget, and the study it pairs with
+#: The code the long budget runs from (its YAML's ``code``): the short study's, so that a difference
+#: is the budget's alone.
+PINNED_COMMIT = load_profile(LONG)["code"]
 COMMAND = "tinyattn study --profile budget --jobs 2"
 BUDGETS = ("short", "long")
 PAIR_COLUMNS = [
@@ -136,14 +138,16 @@ class BudgetStudy:
 
 
 def load_budget(
-    runs_dir: str = "results/runs",
+    runs_dir: str = RUNS_DIR,
     long: str = LONG,
     short: str = SHORT,
-    reference: str = REFERENCE,
+    reference: str | None = None,
 ) -> BudgetStudy:
     """Both profiles' finished runs, paired on the end of training (``pair_budgets``; another score:
-    ``BudgetStudy.scored_by``); the family is every other method of the long profile."""
+    ``BudgetStudy.scored_by``); the family is every other method of the long profile; the reference
+    is the long profile's ``reference`` role unless given."""
     long_runs, short_runs = profile_runs(long, runs_dir), profile_runs(short, runs_dir)
+    reference = reference or role(long_runs.profile, "reference")
     methods = list(long_runs.profile["methods"])
     if reference not in methods:
         raise ValueError(f"the {long!r} profile has no method {reference!r}")
@@ -222,7 +226,7 @@ def verdict_change(comparison: pd.DataFrame) -> dict:
     return {**verdict, "changed": verdict["short"] != verdict["long"], "methods": moved}
 
 
-def long_curves(study: BudgetStudy, runs_dir: str = "results/runs") -> pd.DataFrame:
+def long_curves(study: BudgetStudy, runs_dir: str = RUNS_DIR) -> pd.DataFrame:
     """Every evaluation (twice per epoch) of the long budget's finished runs, one row each."""
     done = set(study.pairs.loc[study.pairs["long_score"].notna(), "long_run_id"])
     return learning_curves(runs_dir, run_ids=done) if done else pd.DataFrame()

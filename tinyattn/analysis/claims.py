@@ -10,6 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from tinyattn.analysis import stats, verdicts
+from tinyattn.study.profiles import role
 
 # --------------------------------------------------------------------------- any claim
 
@@ -139,9 +140,10 @@ def disagreements(family: pd.DataFrame) -> str:
 
 def combine_forms(ablations) -> dict[str, set[str]]:
     """The ablations' four-expert runs by how the experts were combined while training: ``"mean"``
-    (``tinyattn_e4``, every C2 run before) and ``"sequential"`` (``tinyattn_e4_seq``, the authors'
+    (role ``experts``, every C2 run before) and ``"sequential"`` (role ``sequential``, the authors'
     form), as run ids."""
-    labels = {"mean": "tinyattn_e4", "sequential": "tinyattn_e4_seq"}
+    roles = {"mean": "experts", "sequential": "sequential"}
+    labels = {form: role(ablations.profile, name) for form, name in roles.items()}
     return {
         form: {p.run_id for p in ablations.planned if p.label == label}
         for form, label in labels.items()

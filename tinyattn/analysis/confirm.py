@@ -22,16 +22,19 @@ import pandas as pd
 from tinyattn.analysis.decidability import POWER, decidability, decides
 from tinyattn.analysis.margin import MarginRule, family_verdicts
 from tinyattn.metrics import main_metric
-from tinyattn.study.profiles import load_profile
+from tinyattn.records import RUNS_DIR
+from tinyattn.study.profiles import load_profile, role
 
 PROFILE = "confirm"
 #: The exploratory grids whose spreads size the design (their seeds are not reused).
 PILOT_PROFILES = ("cpu", "ablations")
-#: The pilot's reference, against which its paired spreads are measured.
-PILOT_REFERENCE = "tinyattn_e1"
-#: Pilot methods left out of the spreads: started from the reference's own adapter (their pairs
-#: share its training, so they understate the spread of independently trained variants).
-TWO_STAGE_PILOTS = ("tinyattn_e2", "tinyattn_e4", "tinyattn_e8", "tinyattn_e4_seq")
+
+
+def two_stage(profile: dict) -> list[str]:
+    """A profile's methods that start from the reference's own adapter (``two_stage``): left out of
+    the pilot's spreads, since their pairs share its training and so understate the spread of
+    independently trained variants."""
+    return [label for label, v in profile["methods"].items() if (v or {}).get("two_stage")]
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def pair_table(runs: pd.DataFrame, comparison: Comparison) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- the design
-def pilot_runs(runs_dir: str = "results/runs") -> pd.DataFrame:
+def pilot_runs(runs_dir: str = RUNS_DIR) -> pd.DataFrame:
     """The finished runs of the pilot grids (the exploratory ``cpu`` and ``ablations`` studies)."""
     from tinyattn.study.status import profile_runs
 
@@ -121,17 +124,25 @@ def pilot_runs(runs_dir: str = "results/runs") -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _pilot_sides(grid: str) -> tuple[str, list[str]]:
+    """A pilot grid's reference (its ``reference`` role, against which the paired spreads are
+    measured) and its two-stage methods (left out)."""
+    profile = load_profile(grid)
+    return role(profile, "reference"), two_stage(profile)
+
+
 def task_spreads(pilot: pd.DataFrame) -> pd.Series:
     """Per task: the median, over every independently trained method of the pilot grids, of the
     standard deviation of its paired differences with the pilot's tiny attention (E = 1) at the end of
     training. The median keeps one collapsed method from setting a task's spread."""
     sds = []
-    for _, grid in pilot.groupby("grid"):
+    for name, grid in pilot.groupby("grid"):
         scores = grid.pivot_table(index=["task", "seed"], columns="method", values="final_score")
-        if PILOT_REFERENCE not in scores:
+        reference, left_out = _pilot_sides(name)
+        if reference not in scores:
             continue
-        others = [m for m in scores.columns if m not in (PILOT_REFERENCE, *TWO_STAGE_PILOTS)]
-        diffs = scores[others].rsub(scores[PILOT_REFERENCE], axis=0)
+        others = [m for m in scores.columns if m not in (reference, *left_out)]
+        diffs = scores[others].rsub(scores[reference], axis=0)
         sds.append(diffs.groupby(level="task").std().stack())
     return pd.concat(sds).groupby(level=0).median()
 

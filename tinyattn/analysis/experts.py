@@ -26,7 +26,7 @@ from tinyattn.checkpoint import CONFIG_FILE, load_adapter
 from tinyattn.data import EncodedDataset, get_task
 from tinyattn.experiment import RunParams, eval_data, initial_model
 from tinyattn.model import EncoderClassifier
-from tinyattn.records import adapter_dir, read_records, read_run, write_json_atomic
+from tinyattn.records import RUNS_DIR, adapter_dir, read_records, read_run, write_json_atomic
 
 
 # ----------------------------------------------------------------------------- loading a run
@@ -62,9 +62,7 @@ def _is_expert_run(record: dict) -> bool:
     return params.get("method") == "tinyattn" and experts > 1
 
 
-def find_expert_runs(
-    runs_dir: str | Path = "results/runs", task: str | None = None
-) -> pd.DataFrame:
+def find_expert_runs(runs_dir: str | Path = RUNS_DIR, task: str | None = None) -> pd.DataFrame:
     """Finished tiny-attention runs with E > 1 in ``runs_dir``, and whether their adapter was saved."""
     name = None if task is None else get_task(task).name
     records = read_records(
@@ -86,7 +84,7 @@ def find_expert_runs(
     return pd.DataFrame(rows, columns=columns)
 
 
-def choose_run(candidates: pd.DataFrame, task: str, runs_dir: str | Path = "results/runs") -> str:
+def choose_run(candidates: pd.DataFrame, task: str, runs_dir: str | Path = RUNS_DIR) -> str:
     """The first two-stage run with a saved adapter among ``find_expert_runs``' ``candidates``."""
     usable = candidates[candidates["adapter_saved"] & candidates["two_stage"]]
     if usable.empty:
@@ -97,7 +95,7 @@ def choose_run(candidates: pd.DataFrame, task: str, runs_dir: str | Path = "resu
     return str(usable["run_id"].iloc[0])
 
 
-def load_trained(record: dict, runs_dir: str | Path = "results/runs") -> EncoderClassifier:
+def load_trained(record: dict, runs_dir: str | Path = RUNS_DIR) -> EncoderClassifier:
     """The trained model of an E > 1 tiny-attention run, rebuilt from its saved adapter."""
     folder = adapter_dir(record["run_id"], runs_dir)
     if not (folder / CONFIG_FILE).is_file():
@@ -112,7 +110,7 @@ def load_trained(record: dict, runs_dir: str | Path = "results/runs") -> Encoder
     return model.eval()
 
 
-def load_initial(record: dict, runs_dir: str | Path = "results/runs") -> EncoderClassifier:
+def load_initial(record: dict, runs_dir: str | Path = RUNS_DIR) -> EncoderClassifier:
     """The run's model as training started (``experiment.initial_model``), the E = 1 twin's saved
     adapter read from ``runs_dir`` for a two-stage run."""
     return initial_model(RunParams.from_dict(record["params"]), runs_dir).eval()
@@ -120,7 +118,7 @@ def load_initial(record: dict, runs_dir: str | Path = "results/runs") -> Encoder
 
 def load_run(
     run_id: str,
-    runs_dir: str | Path = "results/runs",
+    runs_dir: str | Path = RUNS_DIR,
     *,
     task: str | None = None,
     initial: bool = True,
@@ -137,7 +135,7 @@ def load_run(
     return ExpertRun(record, model, start)
 
 
-def load_beside(run_id: str, main: ExpertRun, runs_dir: str | Path = "results/runs") -> ExpertRun:
+def load_beside(run_id: str, main: ExpertRun, runs_dir: str | Path = RUNS_DIR) -> ExpertRun:
     """Another run to compare with ``main`` on the same data: an error unless its task, backbone and
     maximum length are ``main``'s."""
     other = load_run(run_id, runs_dir)

@@ -17,7 +17,7 @@ A few-shot task of the study (``fewrte``, ``fewcb``) is the FewGLUE task ``rte``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -29,8 +29,6 @@ from tinyattn.study.status import ProfileRuns
 from tinyattn.tasks import FEWSHOT_TASKS
 
 SCALE = 100.0
-#: Tiny attention's own E = 4 twin: whether it adds to E = 1 is C2's question, not a competitor's.
-TWINS = ("tinyattn_e4",)
 
 
 def scores(study: ProfileRuns) -> pd.DataFrame:
@@ -126,15 +124,18 @@ def floor_sentence(table: pd.DataFrame, task_floors: dict[str, dict[str, float]]
 def comparison(
     table: pd.DataFrame,
     task_floors: dict[str, dict[str, float]],
-    method: str = "tinyattn_e1",
+    method: str,
+    twins: Sequence[str] = (),
     without_collapsed: bool = False,
 ) -> pd.DataFrame:
-    """``method`` minus every other method of the substitute (its twins aside), paired on (task, seed)
-    and pooled, under the declared analysis: bootstrap interval, sign test, Holm over this family.
-    ``without_collapsed`` drops every pair that holds a run that collapsed (``stats.collapsed``)."""
+    """``method`` minus every other method of the substitute, paired on (task, seed) and pooled,
+    under the declared analysis: bootstrap interval, sign test, Holm over this family. ``twins``
+    (tiny attention's own E = 4 twin: whether it adds to E = 1 is C2's question, not a competitor's)
+    are left out; ``without_collapsed`` drops every pair that holds a run that collapsed
+    (``stats.collapsed``)."""
     if table.empty:
         return pd.DataFrame()
-    family = [m for m in dict.fromkeys(table["method"]) if m != method and m not in TWINS]
+    family = [m for m in dict.fromkeys(table["method"]) if m != method and m not in twins]
     exclude = None
     if without_collapsed:
         majority = {task: floor["majority"] for task, floor in task_floors.items()}
@@ -250,7 +251,8 @@ def c4(
     references: Mapping[str, Mapping[str, float]],
     cloze: pd.DataFrame | None = None,
     complete: bool = True,
-    method: str = "tinyattn_e1",
+    *,
+    method: str,
 ) -> str:
     """The verdict on C4 (on FewGLUE, tiny attention is comparable to GPT-3 and PET).
 

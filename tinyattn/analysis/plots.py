@@ -83,7 +83,7 @@ def score_against_parameters(
     runs: pd.DataFrame,
     *,
     score: str = "final_score",
-    highlight: tuple[str, ...] = ("tinyattn_e1", "tinyattn_e4"),
+    highlight: tuple[str, ...] = (),
     per_task: bool = False,
     claim: str | None = None,
     title: str = "",

@@ -20,7 +20,7 @@ from tinyattn.data import get_task
 from tinyattn.inject import experts_averaged
 from tinyattn.methods import METHODS, build_model, library_adapter_params
 from tinyattn.model import count_parameters
-from tinyattn.study.profiles import TASK_SIZES, estimate_seconds
+from tinyattn.study.profiles import TASK_SIZES, as_profile, estimate_seconds, role
 from tinyattn.study.status import profile_runs
 
 # --------------------------------------------------------------------------- any study chapter
@@ -134,25 +134,38 @@ def budget_numbers(study) -> dict:
 
 # --------------------------------------------------------------------------- heads chapter (C2)
 
-#: The runs of the ``ablations`` profile that vary the experts, in the order the tables show them.
-EXPERT_RUNS = ("tinyattn_e1", "tinyattn_e1_2x", "tinyattn_e2", "tinyattn_e4", "tinyattn_e8")
-EXPERT_RUNS += ("tinyattn_e4_indep",)  # four experts, initialised independently
-EXPERT_RUNS += ("tinyattn_e4_seq",)  # four experts applied one after another, as the authors' code
+#: The roles of the ``ablations`` profile's runs that vary the experts, in the tables' order: one
+#: expert, one trained as long, 2 / 4 / 8 experts, four initialised independently, four applied one
+#: after another (as the authors' code).
+EXPERT_ROLES = ("reference", "compute_control", "expert_counts", "independent", "sequential")
+
+
+def expert_labels(profile) -> list[str]:
+    """The labels a profile gives its ``EXPERT_ROLES``, in that order (roles it lacks left out)."""
+    given = as_profile(profile).get("roles") or {}
+    labels = []
+    for name in EXPERT_ROLES:
+        if name in given:
+            found = role(profile, name)
+            labels += found if isinstance(found, list) else [found]
+    return list(dict.fromkeys(labels))
 
 
 def expert_runs(study) -> tuple[pd.DataFrame, int]:
-    """A profile's finished runs that vary the experts (``EXPERT_RUNS``), and how many it plans."""
-    runs = study.runs
+    """A profile's finished runs that vary the experts (``expert_labels``), and how many it plans."""
+    labels, runs = expert_labels(study.profile), study.runs
     if not runs.empty:
-        runs = runs[runs["method"].isin(EXPERT_RUNS)].reset_index(drop=True)
-    return runs, sum(p.label in EXPERT_RUNS for p in study.planned)
+        runs = runs[runs["method"].isin(labels)].reset_index(drop=True)
+    return runs, sum(p.label in labels for p in study.planned)
 
 
 def analysed_run_ids(ablations, glue_study) -> set[str]:
     """The runs whose experts analysis the heads chapter reads: the expert runs of the ablations (once
-    tuned) and the four-expert runs of the GLUE study."""
-    ids = {p.run_id for p in ablations.planned if ablations.tuned and p.label in EXPERT_RUNS}
-    return ids | {p.run_id for p in glue_study.planned if p.label == "tinyattn_e4"}
+    tuned) and the four-expert runs (role ``experts``) of the GLUE study."""
+    labels = expert_labels(ablations.profile)
+    ids = {p.run_id for p in ablations.planned if ablations.tuned and p.label in labels}
+    experts = role(glue_study.profile, "experts")
+    return ids | {p.run_id for p in glue_study.planned if p.label == experts}
 
 
 def deployment_table(variants: pd.DataFrame) -> pd.DataFrame:
@@ -185,12 +198,17 @@ def serving_speedup(deployment: pd.DataFrame) -> float | None:
 # --------------------------------------------------------------------------- parameters chapter
 
 
+def _counted(experts: int) -> str:
+    """The parameters table's row of tiny attention with ``experts`` experts."""
+    return f"tinyattn_e{experts}"
+
+
 def parameter_counts(pretrained, num_labels: int) -> tuple[pd.DataFrame, int]:
     """Every registered method (tiny attention with one and four experts) built on its own copy of
     ``pretrained`` and counted: adapter trained and deployed (experts averaged), its share of the
     backbone, the head, the method library's own count; and the backbone's parameter count."""
     variants = {name: (name, {}) for name in METHODS if name != "tinyattn"}
-    variants |= {f"tinyattn_e{e}": ("tinyattn", {"experts": e}) for e in (1, 4)}
+    variants |= {_counted(e): ("tinyattn", {"experts": e}) for e in (1, 4)}
     rows = {}
     for label, (method, options) in variants.items():
         model = build_model(method, copy.deepcopy(pretrained), num_labels, options)
@@ -214,8 +232,8 @@ def parameter_numbers(table: pd.DataFrame, config, backbone_params: int) -> dict
     """The tiny-attention counts the text quotes, checked against the formula E L (7D + 3), and the
     authors' count L (7D + 11) on RoBERTa-base and -large (355 M parameters in all)."""
     layers, hidden = config.num_hidden_layers, config.hidden_size
-    measured = int(table.loc["tinyattn_e1", "adapter, trained"])
-    e4 = int(table.loc["tinyattn_e4", "adapter, trained"])
+    measured = int(table.loc[_counted(1), "adapter, trained"])
+    e4 = int(table.loc[_counted(4), "adapter, trained"])
     if (measured, e4) != (layers * param_count(hidden), 4 * layers * param_count(hidden)):
         raise AssertionError(f"tiny attention's counts {measured}, {e4} do not follow E L (7D + 3)")
     roberta_large = 24 * paper_param_count(1024)
@@ -225,7 +243,7 @@ def parameter_numbers(table: pd.DataFrame, config, backbone_params: int) -> dict
         "backbone_layers": int(layers),
         "backbone_hidden": int(hidden),
         "tinyattn_e1_params": measured,
-        "tinyattn_e1_percent": float(table.loc["tinyattn_e1", "% of backbone"]),
+        "tinyattn_e1_percent": float(table.loc[_counted(1), "% of backbone"]),
         "tinyattn_e4_training_params": e4,
         "tinyattn_paper_formula_params": int(layers * paper_param_count(hidden)),
         "roberta_base_paper_params": int(12 * paper_param_count(768)),

@@ -21,6 +21,7 @@ import yaml
 from tinyattn.data import get_task
 from tinyattn.experiment import RunParams
 from tinyattn.methods import get_method, method_options
+from tinyattn.records import RUNS_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO / "profiles"
@@ -48,6 +49,21 @@ DEFAULT_TRAIN_TOKENS_PER_SECOND = 800.0
 EVAL_TOKENS_PER_SECOND = 1700.0
 RUN_OVERHEAD_SECONDS = 20.0  # kernel start, imports, model and data loading
 BACKBONE_SCALE = {"minilm-l6": 1.0, "roberta-base": 5.5, "bert-base": 5.5, "roberta-large": 18.0}
+#: The roles a profile gives its variants (its ``roles:`` block): the analysis reads labels through
+#: these, never types them, so renaming a label in one place is refused at load instead of emptying
+#: a chapter. A role names one label, or a list of labels where marked ``[...]``.
+ROLES = {
+    "reference": "tiny attention with one expert: what the comparisons are made against",
+    "experts": "four experts, weight-averaged for evaluation (claim C2's subject)",
+    "expert_counts": "[...] tiny attention with 2, 4, 8 experts, averaged (the experts figure)",
+    "compute_control": "one expert trained as long as a two-stage run (C2's compute-matched control)",
+    "sequential": "four experts applied one after another, as the authors' code",
+    "independent": "four experts initialised independently",
+    "no_context": "the same adapter attending to its own token only (C3: no context)",
+    "same_size_bottleneck": "a bottleneck adapter with the reference's parameters (C3)",
+    "larger_bottleneck": "a bottleneck adapter about ten times as large (C3)",
+}
+LIST_ROLES = ("expert_counts",)
 
 
 def available_profiles() -> list[str]:
@@ -113,6 +129,36 @@ def validate(profile: object, path: str | Path = "<profile>") -> None:
             f"profile {path}: a profile is either pinned ('code') or 'frozen', not both"
         )
     _check_methods(profile, path)
+    _check_roles(profile, path)
+
+
+def _check_roles(profile: dict, path) -> None:
+    """Each role is a known one and names variants of this profile."""
+    found = profile.get("roles") or {}
+    if not isinstance(found, dict):
+        raise ValueError(f"profile {path}: 'roles' must map a role to a method label")
+    for name, labels in found.items():
+        if name not in ROLES:
+            raise ValueError(f"profile {path}: unknown role {name!r}; known: {', '.join(ROLES)}")
+        listed = labels if name in LIST_ROLES and isinstance(labels, list) else [labels]
+        missing = [label for label in listed if label not in profile["methods"]]
+        if missing:
+            raise ValueError(
+                f"profile {path}: role {name!r} names {', '.join(map(repr, missing))}, "
+                f"which is not one of its methods"
+            )
+
+
+def role(profile: str | Path | dict, name: str) -> str | list[str]:
+    """The label (or, for a list role, the labels) a profile gives role ``name`` (``ROLES``); a
+    ``ValueError`` naming the profile when it gives the role to none."""
+    if name not in ROLES:
+        raise ValueError(f"unknown role {name!r}; known: {', '.join(ROLES)}")
+    profile = as_profile(profile)
+    labels = (profile.get("roles") or {}).get(name)
+    if labels is None:
+        raise ValueError(f"profile {profile.get('name')!r} gives no method the role {name!r}")
+    return list(labels) if name in LIST_ROLES else labels
 
 
 def _check_methods(profile: dict, path) -> None:
@@ -136,7 +182,7 @@ def as_profile(profile: str | Path | dict) -> dict:
 
 
 def expand(
-    profile: dict, rates: dict[str, float] | None = None, out_dir: str = "results/runs"
+    profile: dict, rates: dict[str, float] | None = None, out_dir: str = RUNS_DIR
 ) -> list[RunParams]:
     """Every run of a profile: tasks x seeds x methods, settings merged defaults < task < method.
 

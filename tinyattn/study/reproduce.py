@@ -37,7 +37,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tinyattn.records import read_records, record_path, record_status, write_json_atomic
+from tinyattn.records import RUNS_DIR, read_records, record_path, record_status, write_json_atomic
 from tinyattn.study.profiles import REPO, as_profile
 from tinyattn.study.runner import execute, work_units
 from tinyattn.study.status import profile_runs
@@ -309,7 +309,7 @@ def reproduce(
     *,
     runs: Iterable[str] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
-    records_dir: str | Path = "results/runs",
+    records_dir: str | Path = RUNS_DIR,
     jobs: int = 1,
     executor: str = "notebook",
     any_code: bool = False,

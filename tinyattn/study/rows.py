@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tinyattn.records import read_records
+from tinyattn.records import RUNS_DIR, read_records
 
 SCORE_SCALE = 100.0  # GLUE convention: scores in points
 
@@ -20,9 +20,7 @@ def done_records(runs_dir: str | Path, run_ids: set[str] | None = None) -> list[
     return read_records(runs_dir, run_ids=run_ids)
 
 
-def load_records(
-    runs_dir: str | Path = "results/runs", run_ids: set[str] | None = None
-) -> pd.DataFrame:
+def load_records(runs_dir: str | Path = RUNS_DIR, run_ids: set[str] | None = None) -> pd.DataFrame:
     """One row per finished run (``status == done``), optionally only the given run ids."""
     frame = pd.DataFrame([_row(record) for record in done_records(runs_dir, run_ids)])
     if frame.empty:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tinyattn.experiment import RunParams
 from tinyattn.records import (
+    RUNS_DIR,
     CorruptRecordError,
     adapter_dir,
     read_record,
@@ -186,7 +187,7 @@ def _run_process(params: RunParams) -> str | None:
 def run_study(
     profile_name: str,
     *,
-    out_dir: str = "results/runs",
+    out_dir: str = RUNS_DIR,
     shard_spec: str | None = None,
     retry_failed: bool = False,
     jobs: int = 1,
@@ -305,7 +306,7 @@ def work_units(todo: list[RunParams]) -> list[list[RunParams]]:
 def run_analyses(
     profile_name: str,
     *,
-    out_dir: str = "results/runs",
+    out_dir: str = RUNS_DIR,
     analysis_dir: str = "results/analysis",
     experts_label: str = "tinyattn_e4",
     independent_label: str = "tinyattn_e4_indep",

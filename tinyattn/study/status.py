@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from tinyattn.experiment import RunParams
-from tinyattn.records import record_status
+from tinyattn.records import RUNS_DIR, record_status
 from tinyattn.study.profiles import (
     as_profile,
     estimate_seconds,
@@ -74,7 +74,7 @@ def _plan(profile: dict, runs_dir: str) -> tuple[list[RunParams], str | None]:
     return expand(profile, rates, runs_dir), waiting
 
 
-def profile_runs(name: str | Path | dict, runs_dir: str = "results/runs") -> ProfileRuns:
+def profile_runs(name: str | Path | dict, runs_dir: str = RUNS_DIR) -> ProfileRuns:
     """A profile's status and finished runs (by name, path, or a loaded profile). While its tuning
     grid is unfinished, the plan uses placeholder learning rates and no run counts as its own."""
     profile = as_profile(name)
@@ -85,7 +85,7 @@ def profile_runs(name: str | Path | dict, runs_dir: str = "results/runs") -> Pro
     return ProfileRuns.of(profile, planned, waiting, runs)
 
 
-def plan(profile_name: str, out_dir: str = "results/runs", shard_spec: str | None = None) -> dict:
+def plan(profile_name: str, out_dir: str = RUNS_DIR, shard_spec: str | None = None) -> dict:
     """The dry run: every run of the (shard of the) profile with its status, and the CPU time pending."""
     profile = load_profile(profile_name)
     planned, waiting = _plan(profile, out_dir)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from tinyattn.experiment import RunParams
-from tinyattn.records import read_records, record_status
+from tinyattn.records import RUNS_DIR, read_records, record_status
 from tinyattn.study.profiles import as_profile, expand, load_profile, placeholder_rates
 from tinyattn.study.rows import SCORE_SCALE, evaluation_rows
 
@@ -25,7 +25,7 @@ class TuningIncompleteError(ValueError):
     """A study asked for tuned learning rates before its tuning grid finished."""
 
 
-def tuning_table(profile: str | Path | dict, out_dir: str = "results/runs") -> pd.DataFrame:
+def tuning_table(profile: str | Path | dict, out_dir: str = RUNS_DIR) -> pd.DataFrame:
     """One row per run of the tuning grid: label, learning rate, task, status, held-out scores."""
     profile = as_profile(profile)
     planned = expand(profile, None, out_dir)
@@ -63,7 +63,7 @@ def _unfinished_status(run_id: str, out_dir: str) -> str:
     return "failed" if record_status(run_id, out_dir) == "failed" else "pending"
 
 
-def tuning_curves(profile: str | Path | dict, out_dir: str = "results/runs") -> pd.DataFrame:
+def tuning_curves(profile: str | Path | dict, out_dir: str = RUNS_DIR) -> pd.DataFrame:
     """Every evaluation of every finished tuning run: its held-out score and training loss by epoch."""
     table = tuning_table(profile, out_dir)
     done = table[table["status"] == "done"]
@@ -78,9 +78,7 @@ def tuning_curves(profile: str | Path | dict, out_dir: str = "results/runs") -> 
     return pd.DataFrame(rows)
 
 
-def select_learning_rates(
-    profile: str | Path | dict, out_dir: str = "results/runs"
-) -> dict[str, float]:
+def select_learning_rates(profile: str | Path | dict, out_dir: str = RUNS_DIR) -> dict[str, float]:
     """Each method's chosen learning rate; raises ``TuningIncompleteError`` until the grid is done."""
     name = profile["name"] if isinstance(profile, dict) else str(profile)
     table = tuning_table(profile, out_dir)
@@ -98,7 +96,7 @@ def select_learning_rates(
 
 
 def learning_rates(
-    profile: str | Path | dict, out_dir: str = "results/runs", *, untuned_ok: bool = False
+    profile: str | Path | dict, out_dir: str = RUNS_DIR, *, untuned_ok: bool = False
 ) -> dict[str, float] | None:
     """The learning rates a study profile takes from its ``tuning`` profile (None when it names
     none). Until that grid is done: ``TuningIncompleteError``, or with ``untuned_ok`` the middle of
@@ -115,7 +113,7 @@ def learning_rates(
 
 
 def planned_runs(
-    profile: str | Path | dict, out_dir: str = "results/runs", *, untuned_ok: bool = False
+    profile: str | Path | dict, out_dir: str = RUNS_DIR, *, untuned_ok: bool = False
 ) -> list[RunParams]:
     """Every run of a profile with its tuned learning rates (see ``learning_rates``)."""
     profile = as_profile(profile)
@@ -132,7 +130,7 @@ def _mean_scores(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def selection_table(profile: str | Path | dict, out_dir: str = "results/runs") -> pd.DataFrame:
+def selection_table(profile: str | Path | dict, out_dir: str = RUNS_DIR) -> pd.DataFrame:
     """Method x learning rate: held-out final score per task and their mean, the chosen rate marked,
     and whether the choice is the smallest or largest rate of the method's grid."""
     table = tuning_table(profile, out_dir)
