@@ -207,8 +207,9 @@ def test_forms_rules_table_judges_each_form_under_each_rule():
         "mean": deployment([0.1] * 6),
         "sequential": deployment([0.3, 0.4, 0.6, 0.7] * 1 + [0.3, 0.3]),
     }
-    heads = {form: verdicts.c2(experts, losses[form], True) for form in losses}
-    table = claims.forms_rules_table({f: experts for f in losses}, losses, heads)
+    roles = {"reference": "tinyattn_e1", "compute_control": "tinyattn_e1_2x"}
+    heads = {form: verdicts.c2(experts, losses[form], True, roles=roles) for form in losses}
+    table = claims.forms_rules_table({f: experts for f in losses}, losses, heads, roles)
     assert list(table.index) == ["point estimate rule", "interval rule", "current rule"]
     assert list(table.columns) == ["mean form", "sequential form"]
     # six pairs all won: the intervals say the experts help, the declared analysis cannot

@@ -10,6 +10,16 @@ from tinyattn.analysis import fewshot, stats, verdicts
 from tinyattn.analysis.aggregate import paired_comparison, task_standing
 from tinyattn.analysis.experts import deployment_comparison
 
+#: The ablations profile's roles, as the tests' labels give them.
+ROLES = {
+    "reference": "tinyattn_e1",
+    "experts": "tinyattn_e4",
+    "compute_control": "tinyattn_e1_2x",
+    "no_context": "tinyattn_self",
+    "same_size_bottleneck": "bottleneck_matched",
+    "larger_bottleneck": "bottleneck_10x",
+}
+
 
 def comparison(reference: str = "ref", **offsets: list[float]) -> pd.DataFrame:
     """A paired comparison from real scores: the reference scores 80 on ten (task, seed) pairs and
@@ -123,7 +133,9 @@ def deployments(loss: list[float]) -> pd.DataFrame:
     ],
 )
 def test_c2(loss, experts, head):
-    text = verdicts.c2(comparison("tinyattn_e4", **experts), deployments(loss), True, speed=3.0)
+    text = verdicts.c2(
+        comparison("tinyattn_e4", **experts), deployments(loss), True, speed=3.0, roles=ROLES
+    )
     assert text.startswith(f"**C2 {head}")
     assert "the average serves 3.00x as fast" in text
 
@@ -131,20 +143,22 @@ def test_c2(loss, experts, head):
 def test_c2_family_adds_the_glue_study_and_holm_runs_over_all_three():
     ablations = comparison("tinyattn_e4", tinyattn_e1=AHEAD, tinyattn_e1_2x=AHEAD)
     glue = comparison("tinyattn_e4", tinyattn_e1=MIXED, lora=BEHIND)
-    family = verdicts.c2_family(ablations, glue).set_index("method")
-    assert list(family.index) == ["tinyattn_e1", "tinyattn_e1_2x", verdicts.GLUE_E1]
+    family = verdicts.c2_family(ablations, glue, roles=ROLES).set_index("method")
+    assert list(family.index) == ["tinyattn_e1", "tinyattn_e1_2x", verdicts.glue_reference(ROLES)]
     assert family.loc["tinyattn_e1", "holm_p"] == pytest.approx(3 * 2 / 2**10)
-    text = verdicts.c2(ablations, deployments([0.1] * 6), True, glue_experts=glue)
+    text = verdicts.c2(ablations, deployments([0.1] * 6), True, glue_experts=glue, roles=ROLES)
     # averaging keeps the accuracy, but four experts do not resolvably beat one in the GLUE study
     assert text.startswith("**C2 holds only in part")
     assert "- in the GLUE study (five tasks), four averaged experts minus one expert: " in text
-    assert verdicts.c2(ablations, deployments([0.1] * 6), True).startswith("**C2 holds on")
+    assert verdicts.c2(ablations, deployments([0.1] * 6), True, roles=ROLES).startswith(
+        "**C2 holds on"
+    )
 
 
 def test_six_pairs_never_resolve_under_holm():
     # the smallest two-sided sign-test p over six pairs is 2 / 2^6 = 0.031; Holm over two doubles it
     six = comparison("tinyattn_e4", tinyattn_e1=AHEAD[:6], tinyattn_e1_2x=AHEAD[:6])
-    family = verdicts.c2_family(six).set_index("method")
+    family = verdicts.c2_family(six, roles=ROLES).set_index("method")
     assert (family["ci_low"] > 0).all() and (family["holm_p"] > stats.ALPHA).all()
     assert (family["outcome"] == "not resolved").all()
 
@@ -160,19 +174,22 @@ def test_six_pairs_never_resolve_under_holm():
 )
 def test_c2_point_estimate_rule_beside_the_interval_rule(loss, e1_2x, point, interval):
     experts = comparison("tinyattn_e4", tinyattn_e1=AHEAD, tinyattn_e1_2x=e1_2x)
-    earlier = verdicts.c2_earlier_rules(experts, deployments(loss))
+    earlier = verdicts.c2_earlier_rules(experts, deployments(loss), roles=ROLES)
     assert earlier["point estimate"].startswith(f"C2 {point}")
     assert earlier["interval"].startswith(f"C2 {interval}")
-    assert verdicts.c2(experts, deployments(loss), True).startswith(f"**C2 {interval}")
-    assert verdicts.c2_earlier_rules(experts, pd.DataFrame())["interval"] == "No verdict yet"
+    assert verdicts.c2(experts, deployments(loss), True, roles=ROLES).startswith(f"**C2 {interval}")
+    assert (
+        verdicts.c2_earlier_rules(experts, pd.DataFrame(), roles=ROLES)["interval"]
+        == "No verdict yet"
+    )
 
 
 def test_the_interval_rule_without_holm_can_differ_from_the_declared_analysis():
     # six pairs all won: the intervals exclude zero, but Holm lifts the sign test above 0.05
     six = comparison("tinyattn_e4", tinyattn_e1=AHEAD[:6], tinyattn_e1_2x=AHEAD[:6])
     kept = deployments([0.1] * 6)
-    assert verdicts.c2_earlier_rules(six, kept)["interval"] == "C2 holds on MiniLM-L6"
-    assert verdicts.c2(six, kept, True).startswith("**C2 holds only in part")
+    assert verdicts.c2_earlier_rules(six, kept, roles=ROLES)["interval"] == "C2 holds on MiniLM-L6"
+    assert verdicts.c2(six, kept, True, roles=ROLES).startswith("**C2 holds only in part")
 
 
 def test_c2_rules_name_their_commits():
@@ -190,7 +207,9 @@ def test_averaging_rule_uses_the_interval_not_the_mean():
 
 
 def test_c2_waits_for_a_deployment_comparison():
-    text = verdicts.c2(comparison("tinyattn_e4", tinyattn_e1=AHEAD), pd.DataFrame(), True)
+    text = verdicts.c2(
+        comparison("tinyattn_e4", tinyattn_e1=AHEAD), pd.DataFrame(), True, roles=ROLES
+    )
     assert text.startswith("**No verdict yet.**")
 
 
@@ -208,15 +227,15 @@ def test_c3(self_, matched, tenfold, head):
     table = comparison(
         "tinyattn_e1", tinyattn_self=self_, bottleneck_matched=matched, bottleneck_10x=tenfold
     )
-    assert verdicts.c3(table, True).startswith("**" + head)
-    assert verdicts.c3(table, False).startswith("**Provisional**")
+    assert verdicts.c3(table, True, roles=ROLES).startswith("**" + head)
+    assert verdicts.c3(table, False, roles=ROLES).startswith("**Provisional**")
 
 
 def test_c3_not_established_says_whether_anything_favours_context():
     none_ahead = comparison(
         "tinyattn_e1", tinyattn_self=MIXED, bottleneck_matched=MIXED, bottleneck_10x=BEHIND
     )
-    text = verdicts.c3(none_ahead, True)
+    text = verdicts.c3(none_ahead, True, roles=ROLES)
     assert "Nothing here shows context helping" in text
     assert "ten times the parameters are resolvably better" in text
     # each line gives the sign test beside the interval, with Holm's p over C3's three comparisons
@@ -225,16 +244,16 @@ def test_c3_not_established_says_whether_anything_favours_context():
     one_ahead = comparison(
         "tinyattn_e1", tinyattn_self=AHEAD, bottleneck_matched=MIXED, bottleneck_10x=BEHIND
     )
-    assert "Nothing here" not in verdicts.c3(one_ahead, True)
+    assert "Nothing here" not in verdicts.c3(one_ahead, True, roles=ROLES)
     tenfold_unresolved = comparison(
         "tinyattn_e1", tinyattn_self=MIXED, bottleneck_matched=MIXED, bottleneck_10x=MIXED
     )
-    text = verdicts.c3(tenfold_unresolved, True)
+    text = verdicts.c3(tenfold_unresolved, True, roles=ROLES)
     assert "Nothing here" in text and "ten times" not in text.split("\n")[0]
 
 
 def test_c3_names_the_missing_comparisons():
-    text = verdicts.c3(comparison("tinyattn_e1", tinyattn_self=AHEAD), True)
+    text = verdicts.c3(comparison("tinyattn_e1", tinyattn_self=AHEAD), True, roles=ROLES)
     assert text.startswith("**No verdict yet.**") and "`bottleneck_matched`" in text
 
 
@@ -244,7 +263,7 @@ def test_headline_gives_the_gist_and_keeps_the_provisional_mark():
     assert verdicts.headline(final) == "C1 does not hold on MiniLM-L6"
     assert verdicts.headline(running) == "provisional: C1 does not hold on MiniLM-L6"
     empty = pd.DataFrame(columns=["method", "mean_difference", "ci_low", "ci_high"])
-    assert verdicts.headline(verdicts.c3(empty, complete=False)) == "No verdict yet"
+    assert verdicts.headline(verdicts.c3(empty, complete=False, roles=ROLES)) == "No verdict yet"
     assert verdicts.headline("plain text\nmore") == "plain text"
 
 
@@ -256,9 +275,9 @@ def test_c2_names_independent_experts_and_waits_for_expert_runs():
     four_vs_one = comparison("tinyattn_e4", tinyattn_e1=AHEAD)
     kept = deployments([0.1, 0.2, 0.0, 0.1, 0.15, 0.05])
     independent = deployments([30.0] * 6)  # averaging independent experts loses 30 points
-    text = verdicts.c2(four_vs_one, kept, True, independent=independent)
+    text = verdicts.c2(four_vs_one, kept, True, independent=independent, roles=ROLES)
     assert "- independently initialised experts, as trained minus averaged: +30.00 points" in text
-    assert verdicts.c2(pd.DataFrame(), kept, True).startswith("**No verdict yet.**")
+    assert verdicts.c2(pd.DataFrame(), kept, True, roles=ROLES).startswith("**No verdict yet.**")
 
 
 def standing_table(*rows: tuple[str, int, str, float]) -> pd.DataFrame:
@@ -397,3 +416,24 @@ def test_c4_judges_nothing_against_unchecked_published_rows():
 def test_code_list_names_each_item_once_in_order():
     assert verdicts.code_list(["a", "b", "a"]) == "`a`, `b`"
     assert verdicts.code_list(pd.Series(["x"])) == "`x`" and verdicts.code_list([]) == "none"
+
+
+def test_c2_and_c3_read_the_labels_through_the_profiles_roles():
+    # the same comparisons under other labels: the verdicts follow the roles, not the names
+    renamed = {
+        "reference": "one",
+        "compute_control": "one_long",
+        "no_context": "blind",
+        "same_size_bottleneck": "small_bottleneck",
+        "larger_bottleneck": "big_bottleneck",
+    }
+    table = comparison("one", blind=AHEAD, small_bottleneck=AHEAD, big_bottleneck=BEHIND)
+    assert verdicts.c3(table, True, roles=renamed).startswith("**C3 holds only in its weak form")
+    assert verdicts.c3_labels(renamed) == ["blind", "small_bottleneck", "big_bottleneck"]
+    with pytest.raises(KeyError):
+        verdicts.c3(table, True, roles={"reference": "one"})  # a profile without C3's roles
+    experts = comparison("four", one=AHEAD, one_long=AHEAD)
+    family = verdicts.c2_family(experts, roles=renamed)
+    assert list(family["method"]) == ["one", "one_long"]
+    text = verdicts.c2(experts, deployments([0.1] * 10), True, roles=renamed)
+    assert text.startswith("**C2 holds on") and "minus one expert trained as long" in text

@@ -205,12 +205,13 @@ def forms_sentence(losses: dict[str, pd.DataFrame], heads: dict[str, str]) -> st
 
 
 def forms_rules_table(experts: dict[str, pd.DataFrame], losses: dict[str, pd.DataFrame],
-                      heads: dict[str, str]) -> pd.DataFrame:  # fmt: skip
+                      heads: dict[str, str], roles: dict[str, str]) -> pd.DataFrame:  # fmt: skip
     """C2 under each of its rules (rows) in each combination form (columns), on the ablations' runs:
-    ``experts`` and ``losses`` per form as ``verdicts.c2`` takes them, ``heads`` its verdicts."""
+    ``experts`` and ``losses`` per form as ``verdicts.c2`` takes them, ``heads`` its verdicts,
+    ``roles`` the ablations profile's."""
     forms = {}
     for form in heads:
-        earlier = verdicts.c2_earlier_rules(experts[form], losses[form])
+        earlier = verdicts.c2_earlier_rules(experts[form], losses[form], roles=roles)
         forms[f"{form} form"] = {f"{name} rule": gist for name, gist in earlier.items()}
         forms[f"{form} form"]["current rule"] = verdicts.headline(heads[form])
     return pd.DataFrame(forms)

@@ -184,21 +184,35 @@ def averaging(deployment: Mapping) -> str:
     return "not resolved"
 
 
-#: The comparisons that say whether the experts help: four averaged experts minus ...
-C2_EXPERTS = ("tinyattn_e1", "tinyattn_e1_2x")
-#: ... and, in the GLUE study (five tasks), minus one expert: the row C1 no longer judges.
-GLUE_E1 = "tinyattn_e1 (GLUE study)"
+#: The comparisons that say whether the experts help: four averaged experts minus the runs of these
+#: roles (the profile's ``roles``: one expert, one expert trained as long) ...
+C2_EXPERTS = ("reference", "compute_control")
 
 
-def c2_family(experts: pd.DataFrame, glue_experts: pd.DataFrame | None = None) -> pd.DataFrame:
+def glue_reference(roles: Mapping[str, str]) -> str:
+    """... and, in the GLUE study (five tasks), minus one expert: the row C1 no longer judges."""
+    return f"{roles['reference']} (GLUE study)"
+
+
+def c2_labels(roles: Mapping[str, str]) -> list[str]:
+    """The labels of C2's "the experts help" comparisons in a profile with these ``roles``."""
+    return [roles[name] for name in C2_EXPERTS]
+
+
+def c2_family(
+    experts: pd.DataFrame, glue_experts: pd.DataFrame | None = None, *, roles: Mapping[str, str]
+) -> pd.DataFrame:
     """C2's family of "the experts help" comparisons: four averaged experts minus one expert and
     minus one expert trained as long (the ablations), and minus one expert in the GLUE study
-    (``glue_experts``, where given), with Holm's p over the family and the declared outcome."""
+    (``glue_experts``, where given), with Holm's p over the family and the declared outcome.
+    ``roles``: the ablations profile's (which label is the reference and the compute control)."""
+    reference = roles["reference"]
     parts = [experts.reset_index() if "method" not in experts.columns else experts]
-    if glue_experts is not None and _row(glue_experts, "tinyattn_e1") is not None:
+    if glue_experts is not None and _row(glue_experts, reference) is not None:
         glue = glue_experts.reset_index() if "method" not in glue_experts.columns else glue_experts
-        parts.append(glue[glue["method"] == "tinyattn_e1"].assign(method=GLUE_E1))
-    return stats.within_family(pd.concat(parts, ignore_index=True), [*C2_EXPERTS, GLUE_E1])
+        parts.append(glue[glue["method"] == reference].assign(method=glue_reference(roles)))
+    family = [*c2_labels(roles), glue_reference(roles)]
+    return stats.within_family(pd.concat(parts, ignore_index=True), family)
 
 
 def _c2_head(kept: str, helps: bool) -> str:
@@ -227,13 +241,14 @@ def c2(
     speed: float | None = None,
     independent: pd.DataFrame | None = None,
     glue_experts: pd.DataFrame | None = None,
+    roles: Mapping[str, str],
 ) -> str:
     """C2, heads as experts, under the interval rule (``C2_RULES["interval"]``) and the declared
     analysis: weight averaging keeps the experts' accuracy (``averaging``), and the experts help
     (every comparison of ``c2_family`` resolved in their favour).
 
-    ``experts``: four averaged experts (the reference) minus one expert (``tinyattn_e1``) and minus
-    one expert trained as long (``tinyattn_e1_2x``); ``deployment``: the trained form (reference)
+    ``experts``: four averaged experts (the reference) minus one expert (role ``reference``) and minus
+    one expert trained as long (role ``compute_control``); ``roles``: the profile's; ``deployment``: the trained form (reference)
     minus each deployment, with a row ``"averaged"``, over the analysed runs; ``speed``: how many
     times as fast the averaged model serves; ``independent``: the same deployment comparison for
     independently initialised experts; ``glue_experts``: the GLUE study's four experts minus one.
@@ -244,11 +259,12 @@ def c2(
     if experts.empty:
         return "**No verdict yet.** No finished run of four experts to compare with one."
     independent = None if independent is None else _row(independent, "averaged")
-    family = c2_family(experts, glue_experts).set_index("method")
+    family = c2_family(experts, glue_experts, roles=roles).set_index("method")
     labels = {
-        "tinyattn_e1": "four averaged experts minus one expert",
-        "tinyattn_e1_2x": "minus one expert trained as long (the same compute)",
-        GLUE_E1: "in the GLUE study (five tasks), four averaged experts minus one expert",
+        roles["reference"]: "four averaged experts minus one expert",
+        roles["compute_control"]: "minus one expert trained as long (the same compute)",
+        glue_reference(roles): "in the GLUE study (five tasks), four averaged experts minus one "
+        "expert",
     }
     lines = [
         "- the experts as trained minus their weight average: "
@@ -264,12 +280,14 @@ def c2(
             "- independently initialised experts, as trained minus averaged: "
             + _interval(independent)
         )
-    helps = "tinyattn_e1" in family.index and (family["outcome"] == "better").all()
+    helps = roles["reference"] in family.index and (family["outcome"] == "better").all()
     head = ("" if complete else PROVISIONAL + " ") + _c2_head(averaging(row), helps)
     return head + "\n\n" + "\n".join(lines)
 
 
-def c2_earlier_rules(experts: pd.DataFrame, deployment: pd.DataFrame) -> dict[str, str]:
+def c2_earlier_rules(
+    experts: pd.DataFrame, deployment: pd.DataFrame, *, roles: Mapping[str, str]
+) -> dict[str, str]:
     """The verdict's headline under each earlier rule of ``C2_RULES``, kept to report beside the
     current one, on the same comparisons. Both judged "the experts help" by the intervals alone (four
     averaged experts above one expert and above one expert trained as long; no sign test, no Holm, no
@@ -278,7 +296,7 @@ def c2_earlier_rules(experts: pd.DataFrame, deployment: pd.DataFrame) -> dict[st
     row = _row(deployment, "averaged")
     if row is None or experts.empty:
         return dict.fromkeys(C2_RULES, "No verdict yet")
-    e1, e1_2x = _row(experts, "tinyattn_e1"), _row(experts, "tinyattn_e1_2x")
+    e1, e1_2x = (_row(experts, label) for label in c2_labels(roles))
     helps = e1 is not None and e1["ci_low"] > 0
     helps = helps and (e1_2x is None or e1_2x["ci_low"] > 0)
     point = "keeps" if abs(row["mean_difference"]) < KEEP_MARGIN else "loses"
@@ -288,36 +306,45 @@ def c2_earlier_rules(experts: pd.DataFrame, deployment: pd.DataFrame) -> dict[st
     }
 
 
-C3_TESTS = ("tinyattn_self", "bottleneck_matched", "bottleneck_10x")
+#: C3's comparisons, as the roles of the profile's variants: tiny attention against the same adapter
+#: without context, a bottleneck adapter of its size, and one ten times larger.
+C3_TESTS = ("no_context", "same_size_bottleneck", "larger_bottleneck")
 
 
-def c3(comparison: pd.DataFrame, complete: bool) -> str:
-    """C3, contexts matter more than parameters: tiny attention (``tinyattn_e1``) against the same
-    adapter without context, a bottleneck adapter of its size, and one ten times larger.
+def c3_labels(roles: Mapping[str, str]) -> list[str]:
+    """The labels of C3's comparisons (``C3_TESTS``) in a profile with these ``roles``."""
+    return [roles[name] for name in C3_TESTS]
+
+
+def c3(comparison: pd.DataFrame, complete: bool, *, roles: Mapping[str, str]) -> str:
+    """C3, contexts matter more than parameters: tiny attention (role ``reference``) against the
+    same adapter without context, a bottleneck adapter of its size, and one ten times larger (the
+    ``C3_TESTS`` roles; ``roles``: the profile's).
 
     It holds if tiny attention resolvably beats both same-size variants and is not beaten by the larger
     one; it fails if either same-size variant beats it (context, or attention itself, then costs
     accuracy at equal parameters); it holds in a weak form if it beats the same-size variants but the
     larger adapter beats it.
     """
-    rows = {m: _row(comparison, m) for m in C3_TESTS}
-    missing = [m for m, row in rows.items() if row is None]
+    tests = dict(zip(C3_TESTS, c3_labels(roles)))  # role -> label
+    rows = {name: _row(comparison, label) for name, label in tests.items()}
+    missing = [tests[name] for name, row in rows.items() if row is None]
     if missing:
         return f"**No verdict yet.** No finished pair for {code_list(missing)}."
-    family = stats.within_family(comparison, C3_TESTS).set_index("method")  # Holm over C3's three
-    rows = {m: family.loc[m] for m in C3_TESTS}
-    result = {m: outcome(row) for m, row in rows.items()}
+    family = stats.within_family(comparison, list(tests.values())).set_index("method")  # Holm, 3
+    rows = {name: family.loc[label] for name, label in tests.items()}
+    result = {name: outcome(row) for name, row in rows.items()}
     labels = {
-        "tinyattn_self": "against the same adapter without context (same parameters)",
-        "bottleneck_matched": "against a bottleneck adapter of the same size",
-        "bottleneck_10x": "against one ten times larger",
+        "no_context": "against the same adapter without context (same parameters)",
+        "same_size_bottleneck": "against a bottleneck adapter of the same size",
+        "larger_bottleneck": "against one ten times larger",
     }
     phrase = {"better": "tiny attention better", "worse": "tiny attention worse"}
     lines = [
-        f"- {labels[m]}: {phrase.get(result[m], result[m])} ({_evidence(rows[m])})"
-        for m in C3_TESTS
+        f"- {labels[name]}: {phrase.get(result[name], result[name])} ({_evidence(rows[name])})"
+        for name in C3_TESTS
     ]
-    same_size = (result["tinyattn_self"], result["bottleneck_matched"])
+    same_size = (result["no_context"], result["same_size_bottleneck"])
     head = "" if complete else PROVISIONAL + " "
     if "worse" in same_size:
         head += (
@@ -327,7 +354,7 @@ def c3(comparison: pd.DataFrame, complete: bool) -> str:
     elif same_size == ("better", "better"):
         head += (
             "**C3 holds on MiniLM-L6.**"
-            if result["bottleneck_10x"] != "worse"
+            if result["larger_bottleneck"] != "worse"
             else "**C3 holds only in its weak form on MiniLM-L6**: context beats the same number of "
             "parameters, but not ten times as many."
         )
@@ -340,7 +367,7 @@ def c3(comparison: pd.DataFrame, complete: bool) -> str:
             )
             head += (
                 ", while ten times the parameters are resolvably better."
-                if result["bottleneck_10x"] == "worse"
+                if result["larger_bottleneck"] == "worse"
                 else "."
             )
     return head + "\n\n" + "\n".join(lines)
