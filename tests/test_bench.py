@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
+import pytest
 import torch
 from conftest import tiny_batch, tiny_encoder
 from torch import nn
@@ -167,3 +169,21 @@ def test_tiny_attention_trains_in_less_memory_than_lora_on_the_packaged_backbone
     assert memory("tinyattn", {}) < lora and memory("tinyattn", {"experts": 4}) < lora
     # what the default's recomputation saves: kept, four experts' attention maps cost more than LoRA
     assert memory("tinyattn", {"experts": 4}, recompute=False) > lora
+
+
+def test_the_benchmark_files_have_one_reader_that_names_a_bad_file(tmp_path):
+    from tinyattn.study.bench import BENCH_DIR, read_bench, read_benches
+
+    bench_dir = Path(__file__).resolve().parents[1] / BENCH_DIR
+    committed = read_bench(bench_dir / "cpu.json")
+    assert committed["paired_inference_ratio"]["tinyattn_averaged"]["median"] > 0
+    assert len(read_benches(bench_dir / "gpu")) >= 2  # one file per GPU run, by name
+    with pytest.raises(ValueError, match="does not exist"):
+        read_bench(tmp_path / "none.json")
+    (tmp_path / "cut.json").write_text('{"machine": {')
+    with pytest.raises(ValueError, match=r"cut.json: not valid JSON"):
+        read_bench(tmp_path / "cut.json")
+    (tmp_path / "cut.json").unlink()
+    (tmp_path / "other.json").write_text('{"machine": {}, "versions": {}}')
+    with pytest.raises(ValueError, match=r"other.json: not a benchmark \(no train_step_ratio"):
+        read_benches(tmp_path)

@@ -423,3 +423,22 @@ def test_notebook_end_to_end_on_toy_runs(tmp_path, data_dir, monkeypatch):
         start = trainable_state(experts.load_initial(record, "runs"))
         end = trainable_state(trained)
         assert max(float((end[k] - start[k]).abs().max()) for k in end) <= 1.001e-3
+
+
+def test_the_analysis_reports_have_one_reader_that_names_a_bad_file(tmp_path):
+    from tinyattn.records import ANALYSIS_DIR, read_reports
+
+    committed = read_reports(REPO / ANALYSIS_DIR)
+    assert committed and all(r["run_id"] and r["task"] for r in committed)
+    one = committed[0]["run_id"]
+    assert [r["run_id"] for r in read_reports(REPO / ANALYSIS_DIR, [one])] == [one]
+    (tmp_path / "a.json").write_text('{"run_id": "a", "task": "sst2"}')
+    (tmp_path / "b.json").write_text('{"run_id": ')
+    with pytest.raises(ValueError, match=r"b.json: not valid JSON"):
+        read_reports(tmp_path)
+    (tmp_path / "b.json").write_text('{"something": "else"}')
+    with pytest.raises(ValueError, match=r"b.json: not a report of a run"):
+        read_reports(tmp_path)
+    (tmp_path / "b.json").unlink()
+    assert read_reports(tmp_path, {"a"}) == [{"run_id": "a", "task": "sst2"}]
+    assert read_reports(tmp_path, {"z"}) == []

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from tinyattn.records import RUNS_DIR
+from tinyattn.records import ANALYSIS_DIR, RUNS_DIR
 
 # Method options that have their own flags; any other goes through --option KEY=VALUE.
 _TINYATTN_FLAGS = {
@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--profile", required=True, help="e.g. ablations")
     p.add_argument("--out", default=RUNS_DIR, help="folder of the run records")
-    p.add_argument("--analysis", default="results/analysis", help="folder for the reports")
+    p.add_argument("--analysis", default=ANALYSIS_DIR, help="folder for the reports")
     p.add_argument("--force", action="store_true", help="redo runs analysed before")
     p.set_defaults(func=cmd_analyse)
 

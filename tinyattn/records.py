@@ -18,6 +18,8 @@ from pathlib import Path
 
 #: Where a study's run records (and their adapter folders) live, relative to the repository.
 RUNS_DIR = "results/runs"
+#: Where the runner writes each analysed run's experts report (``<run_id>.json``).
+ANALYSIS_DIR = "results/analysis"
 
 RECORD_VERSION = 1
 _PACKAGES = ("tinyattn", "torch", "transformers", "peft", "adapters", "accelerate", "datasets")
@@ -228,3 +230,25 @@ def check_out_dir(folder: str | Path) -> None:
         raise ValueError(
             f"cannot write run records to the folder {str(folder)!r}: {err.strerror or err}"
         ) from err
+
+
+def read_reports(
+    analysis_dir: str | Path = ANALYSIS_DIR, run_ids: Iterable[str] | None = None
+) -> list[dict]:
+    """Every experts-analysis report (``<run_id>.json``) in ``analysis_dir``, or those of
+    ``run_ids``, in file-name order: the one reader of the reports. A file that is not JSON, or is
+    not a report of a run, is a ``ValueError`` naming it."""
+    keep = None if run_ids is None else set(run_ids)
+    reports = []
+    for path in sorted(Path(analysis_dir).glob("*.json")):
+        try:
+            report = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"analysis report {path}: not valid JSON ({err.msg} at line {err.lineno})"
+            ) from None
+        if not isinstance(report, dict) or "run_id" not in report or "task" not in report:
+            raise ValueError(f"analysis report {path}: not a report of a run (no run_id / task)")
+        if keep is None or report["run_id"] in keep:
+            reports.append(report)
+    return reports

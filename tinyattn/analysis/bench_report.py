@@ -4,12 +4,12 @@ optimising the adapter, and the GPU processes before and after its GPU-specific 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from tinyattn.analysis import verdicts
+from tinyattn.study.bench import read_bench
 
 
 def _ratio_text(ratio: dict) -> str:
@@ -53,7 +53,7 @@ def bench_stages(files: dict[str, str | Path]) -> pd.DataFrame:
     for label, path in files.items():
         if not Path(path).exists():
             continue
-        data = json.loads(Path(path).read_text())
+        data = read_bench(path)
         p_inf, p_train = data["paired_inference_ratio"], data["paired_train_step_ratio"]
         share = data.get("share_inference_ratio", {}).get("tinyattn_averaged", {})
         rows[f"{label} ({data['git']['commit'][:7]})"] = {

@@ -22,7 +22,7 @@ import pandas as pd
 from tinyattn.analysis.decidability import POWER, decidability, decides
 from tinyattn.analysis.margin import MarginRule, family_verdicts
 from tinyattn.metrics import main_metric
-from tinyattn.records import RUNS_DIR
+from tinyattn.records import ANALYSIS_DIR, RUNS_DIR, read_reports
 from tinyattn.study.profiles import load_profile, role
 
 PROFILE = "confirm"
@@ -147,16 +147,12 @@ def task_spreads(pilot: pd.DataFrame) -> pd.Series:
     return pd.concat(sds).groupby(level=0).median()
 
 
-def averaging_spreads(analysis_dir: str = "results/analysis", runs: pd.DataFrame | None = None):
+def averaging_spreads(analysis_dir: str = ANALYSIS_DIR, runs: pd.DataFrame | None = None):
     """Per task: the standard deviation over the pilot's experts analyses of the weight-averaged
     model's score minus the trained (un-averaged) model's, at each analysed run's kept weights."""
-    import json
-
-    keep = None if runs is None else set(runs["run_id"])
     rows = []
-    for path in sorted(Path(analysis_dir).glob("*.json")):
-        report = json.loads(path.read_text())
-        if "variants" not in report or (keep is not None and report.get("run_id") not in keep):
+    for report in read_reports(analysis_dir, None if runs is None else runs["run_id"]):
+        if "variants" not in report:
             continue
         metric = main_metric(report["task"])
         variants = {v["variant"]: v for v in report["variants"]}

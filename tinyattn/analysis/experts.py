@@ -26,7 +26,14 @@ from tinyattn.checkpoint import CONFIG_FILE, load_adapter
 from tinyattn.data import EncodedDataset, get_task
 from tinyattn.experiment import RunParams, eval_data, initial_model
 from tinyattn.model import EncoderClassifier
-from tinyattn.records import RUNS_DIR, adapter_dir, read_records, read_run, write_json_atomic
+from tinyattn.records import (
+    RUNS_DIR,
+    adapter_dir,
+    read_records,
+    read_reports,
+    read_run,
+    write_json_atomic,
+)
 
 
 # ----------------------------------------------------------------------------- loading a run
@@ -218,10 +225,7 @@ def collect_reports(
     "independent"): ``variants`` (score ×100 in ``score``), ``similarity`` (the per-layer summary)
     and ``attention`` (the per-layer, per-expert statistics of the report's main run)."""
     tables: dict[str, list[pd.DataFrame]] = {"variants": [], "similarity": [], "attention": []}
-    for path in sorted(Path(analysis_dir).glob("*.json")):
-        report = json.loads(path.read_text())
-        if run_ids is not None and report["run_id"] not in run_ids:
-            continue
+    for report in read_reports(analysis_dir, run_ids):
         metric = get_task(report["task"]).metric
         parts = [report] + ([report["independent"]] if report.get("independent") else [])
         for part in parts:

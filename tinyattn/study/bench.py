@@ -11,9 +11,11 @@ measurements are ``tinyattn.measure``'s). Analytic FLOPs per token complete it; 
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -272,6 +274,34 @@ def run_benchmark(
         for name in TINY_INFER
     }
     return results
+
+
+#: Where the committed benchmark files live (``cpu.json``; ``gpu/``: one file per GPU run).
+BENCH_DIR = "results/bench"
+#: What every benchmark file holds, whatever its code or device.
+BENCH_KEYS = ("machine", "versions", "train_step_ratio", "inference_ratio", "peak_memory_mb")
+
+
+def read_bench(path: str | Path) -> dict:
+    """One benchmark file (``tinyattn bench --out``), checked: the one reader of the benchmark files.
+    A missing file, a file that is not JSON or one without a benchmark's keys is a ``ValueError``
+    naming it."""
+    path = Path(path)
+    try:
+        bench = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"benchmark file {path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"benchmark file {path}: not valid JSON ({err.msg})") from None
+    missing = [key for key in BENCH_KEYS if not isinstance(bench, dict) or key not in bench]
+    if missing:
+        raise ValueError(f"benchmark file {path}: not a benchmark (no {', '.join(missing)})")
+    return bench
+
+
+def read_benches(folder: str | Path) -> dict[str, dict]:
+    """Every benchmark file in ``folder`` by file stem, in name order (``read_bench``)."""
+    return {path.stem: read_bench(path) for path in sorted(Path(folder).glob("*.json"))}
 
 
 def cost_tables(bench: dict):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tinyattn.experiment import RunParams
 from tinyattn.records import (
+    ANALYSIS_DIR,
     RUNS_DIR,
     CorruptRecordError,
     adapter_dir,
@@ -307,7 +308,7 @@ def run_analyses(
     profile_name: str,
     *,
     out_dir: str = RUNS_DIR,
-    analysis_dir: str = "results/analysis",
+    analysis_dir: str = ANALYSIS_DIR,
     experts_label: str = "tinyattn_e4",
     independent_label: str = "tinyattn_e4_indep",
     other_labels: tuple[str, ...] = ("tinyattn_e4_seq",),
