@@ -356,3 +356,27 @@ def test_cli_reproduce_names_a_pinned_profile_problem(monkeypatch, tmp_path, cap
     monkeypatch.setattr(rp, "reproduce", refuse)
     assert cli(["reproduce", "--profile", "cpu", "--into", str(tmp_path)]) == 2
     assert "pinned (code: 47152b3)" in capsys.readouterr().err
+
+
+def test_the_chapters_numbers_of_a_summary_and_the_pins_table(tmp_path):
+    from tinyattn.study.pins import pins_table
+
+    summary = rp.read_summary(Path(__file__).resolve().parents[1] / "results/reproduce/quick.json")
+    numbers = rp.summary_numbers(summary)
+    assert numbers["passed"] == ("passed" if summary["passed"] else "failed")
+    assert numbers["verdict"].endswith("matched its record") == (
+        summary["counts"]["match"] == len(summary["runs"])
+    )
+    failing = summary | {"counts": {"match": 10, "stale": 2}, "passed": False}
+    assert rp.summary_numbers(failing)["verdict"] == (
+        f"10 of the {len(summary['runs'])} recorded runs of `quick` matched their records (2 stale)"
+    )
+    assert list(rp.run_table(summary)["status"]) == [r["status"] for r in summary["runs"]]
+    (tmp_path / "bad.json").write_text('{"runs": []}')
+    with pytest.raises(ValueError, match="bad.json: not a summary"):
+        rp.read_summary(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="none.json: cannot be read"):
+        rp.read_summary(tmp_path / "none.json")
+    pins = pins_table(Path(__file__).resolve().parents[1] / "results/runs").set_index("profile")
+    assert pins.loc["ablations", "code"] == "603739b" and pins.loc["tune", "code"] == "frozen"
+    assert pins.loc["ablations", "made at the pinned commit"] == pins.loc["ablations", "records"]

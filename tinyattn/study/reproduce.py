@@ -25,20 +25,29 @@ folder, so that ``tinyattn study --out`` from another checkout (a pinned commit'
 
 from __future__ import annotations
 
-import ast
-import functools
+import json
 import math
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
+
 from tinyattn.records import RUNS_DIR, read_records, record_path, record_status, write_json_atomic
-from tinyattn.study.profiles import REPO, as_profile
+from tinyattn.study.pins import (  # noqa: F401 (the pins, as this module gave them before)
+    RUN_ENTRY,
+    RUN_NOTEBOOK,
+    PinnedCodeError,
+    code_changes,
+    pin_problem,
+    short,
+    training_paths,
+)
+from tinyattn.study.profiles import as_profile
 from tinyattn.study.runner import execute, work_units
 from tinyattn.study.status import profile_runs
 
@@ -50,72 +59,9 @@ from tinyattn.study.status import profile_runs
 # is an explanation, not a failure.
 DEFAULT_TOLERANCE = 1e-4
 SUMMARY_DIR = Path("results") / "reproduce"
-# Besides the modules ``tinyattn.experiment`` imports: what the runner executes for each run.
-RUN_ENTRY = "tinyattn/experiment.py"
-RUN_NOTEBOOK = "notebooks/train.ipynb"
-# Imported by a run, but computing nothing a metric depends on: it writes the record and its provenance.
-PROVENANCE_ONLY = ("tinyattn/records.py",)
 # Provenance whose difference can move a run's numbers beyond rounding.
 _VERSION_KEYS = ("python", "torch", "transformers", "peft", "adapters", "accelerate", "datasets")
 FAILING = ("stale", "unexplained", "failed")
-
-
-class PinnedCodeError(ValueError):
-    """A pinned profile's runs would be rerun from code other than the commit it is pinned to."""
-
-
-# ----------------------------------------------------------------------------- the code a run runs
-@functools.cache
-def training_paths(root: Path = REPO) -> list[str]:
-    """The files whose change can change a run's numbers: ``tinyattn/experiment.py``, every module of
-    the package it imports (at any depth, imports inside functions included; ``PROVENANCE_ONLY``
-    left out), and the training notebook. Paths relative to the repository."""
-    seen: set[str] = set()
-    todo = [RUN_ENTRY]
-    while todo:
-        path = todo.pop()
-        if path in seen or not (root / path).is_file():
-            continue
-        seen.add(path)
-        for node in ast.walk(ast.parse((root / path).read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            for name in names:
-                if name.startswith("tinyattn."):
-                    todo.append(name.replace(".", "/") + ".py")
-    return sorted(seen - set(PROVENANCE_ONLY)) + [RUN_NOTEBOOK]  # noqa: RUF005
-
-
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60
-    )
-
-
-def code_changes(old: str, new: str | None, root: Path = REPO) -> list[str] | None:
-    """The training files (``training_paths``) that differ between commit ``old`` and commit
-    ``new`` (None: this checkout's working tree, uncommitted changes included). None when a commit
-    is not in this checkout's history (or there is no git)."""
-    try:
-        for commit in (old, new):
-            if (
-                commit is not None
-                and _git(root, "cat-file", "-e", f"{commit}^{{commit}}").returncode
-            ):
-                return None
-        found = _git(
-            root, "diff", "--name-only", old, *([new] if new else []), "--", *training_paths(root)
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return None if found.returncode else sorted(found.stdout.split())
-
-
-def short(commit: str | None) -> str:
-    return commit[:7] if commit else "unknown"
 
 
 # ----------------------------------------------------------------------------- comparing two runs
@@ -275,19 +221,6 @@ def compare_run(
 
 
 # ----------------------------------------------------------------------------- the check
-def pin_problem(profile: dict, root: Path = REPO) -> str | None:
-    """Why this checkout may not rerun a pinned profile's runs (None: it may, or it is not pinned)."""
-    pin = profile.get("code")
-    if not pin:
-        return None
-    files = code_changes(pin, None, root)
-    if files == []:
-        return None
-    if files is None:
-        return f"its pinned commit {pin} is not in this checkout's history"
-    return f"this checkout's code differs from commit {pin} in {', '.join(files)}"
-
-
 def select(planned: list, runs: Iterable[str] | None) -> list:
     """The planned runs that ``runs`` names (labels, tasks or run ids); all when it names none. An
     item that names no run is an error listing what may be named."""
@@ -420,6 +353,60 @@ def summarise(
 def write_summary(summary: dict, path: str | Path | None = None) -> Path:
     """Store the summary (default ``results/reproduce/<profile>.json``)."""
     return write_json_atomic(path or SUMMARY_DIR / f"{summary['profile']}.json", summary)
+
+
+def read_summary(path: str | Path) -> dict:
+    """A stored summary (``write_summary``); a missing or malformed file is a ``ValueError`` naming it."""
+    try:
+        summary = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"reproduce summary {path}: cannot be read ({err})") from None
+    if not isinstance(summary, dict) or not {"runs", "counts", "passed"} <= set(summary):
+        raise ValueError(f"reproduce summary {path}: not a summary of `tinyattn reproduce`")
+    return summary
+
+
+def run_table(summary: dict) -> pd.DataFrame:
+    """One row per run of a summary: status, largest difference, the two commits."""
+    return pd.DataFrame(
+        [
+            {
+                "task": r["task"],
+                "method": r["label"],
+                "status": r["status"],
+                "largest |difference|": "-"
+                if r["largest_difference"] is None
+                else f"{r['largest_difference']:.1e}",
+                "record made at": (r["record_commit"] or "?")[:7],
+                "rerun at": (r["rerun_commit"] or "?")[:7],
+            }
+            for r in summary["runs"]
+        ]
+    )
+
+
+def summary_numbers(summary: dict) -> dict[str, str]:
+    """What the Reproducing chapter quotes from a summary: the verdict in words, the commits rerun
+    from, the largest difference, the tolerance, the date and whether the check passed."""
+    counts = {k: v for k, v in summary["counts"].items() if v}
+    matched, total = summary["counts"]["match"], len(summary["runs"])
+    profile = summary["profile"]
+    verdict = (
+        f"every one of the {total} recorded runs of `{profile}` matched its record"
+        if matched == total
+        else f"{matched} of the {total} recorded runs of `{profile}` matched their records ("
+        + ", ".join(f"{n} {status}" for status, n in counts.items() if status != "match")
+        + ")"
+    )
+    largest = summary["largest_difference"]
+    return {
+        "verdict": verdict,
+        "commit": ", ".join(c[:7] for c in summary["rerun_commits"]),
+        "largest": f"{largest:.1e}" if largest else "0 (identical)",
+        "tolerance": f"{summary['tolerance']:g}",
+        "date": summary["checked_at"][:10],
+        "passed": "passed" if summary["passed"] else "failed",
+    }
 
 
 def format_summary(summary: dict) -> str:
