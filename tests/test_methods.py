@@ -412,3 +412,17 @@ def test_each_methods_facts_live_in_its_registry_entry():
     assert bench._adapter_flops(tiny, opts, 384, 64) == 4 * per_expert
     averaged = bench.Setup("tinyattn", {"experts": 4}, form="averaged")
     assert bench._adapter_flops(averaged, opts, 384, 64) == per_expert
+
+
+def test_the_added_parameter_markers_live_in_each_methods_registry_entry(monkeypatch):
+    from tinyattn import registry
+
+    assert registry.METHODS["lora"].markers == ("lora_",)
+    assert "adapters." in registry.METHODS["pfeiffer"].markers
+    assert not registry.METHODS["full_ft"].markers  # it adds nothing inside the encoder
+    name = "encoder.layer.0.attention.self.query.shiny_A.weight"
+    assert not _is_added_parameter(name)
+    monkeypatch.setitem(
+        registry.METHODS, "shiny", registry.Method("shiny", None, markers=("shiny_",))
+    )
+    assert _is_added_parameter(name)  # a new method's markers need no edit outside its entry

@@ -34,7 +34,7 @@ import logging
 
 from transformers import PreTrainedModel
 
-from tinyattn.inject import TinyAttnConfig, add_tiny_attention
+from tinyattn.inject import PREFIX, TinyAttnConfig, add_tiny_attention
 from tinyattn.model import EncoderClassifier, backbone_identity, load_encoder
 
 # The registry's machinery (``Method``, ``register``, ``method_options``) is ``tinyattn.registry``;
@@ -80,6 +80,8 @@ def frozen_backbone(model: EncoderClassifier) -> None:
 # ----------------------------------------------------------------------------- methods
 @register(
     "tinyattn",
+    # its name inside an encoder as a PEFT method (tinyattn.peft); the native adapters sit outside it
+    markers=(PREFIX,),
     retired={"init_from": None, "init_noise_std": 1e-6},  # the two-stage start, once an option
     train_tokens_per_second=760.0,
     flops=lambda o, D, n, form: (
@@ -168,6 +170,7 @@ def _bitfit(model: EncoderClassifier, opts: dict) -> None:
 # ----------------------------------------------------------------------------- peft: LoRA, (IA)^3
 @register(
     "lora",
+    markers=("lora_",),
     train_tokens_per_second=840.0,
     # down (D -> r) and up (r -> D) beside each target projection; nothing once merged
     flops=lambda o, D, n, form: (
@@ -218,6 +221,7 @@ IA3_TARGETS = {
 
 @register(
     "ia3",
+    markers=("ia3_",),
     train_tokens_per_second=990.0,
     # None: the architecture's entry in IA3_TARGETS (k, v and the FFN's second linear layer)
     defaults={"target_modules": None, "feedforward_modules": None, "exclude_modules": None},
@@ -299,6 +303,7 @@ def _add_library_adapter(model: EncoderClassifier, name: str, config) -> None:
 
 @register(
     "prefix",
+    markers=("prefix", "prompt_encoder"),
     train_tokens_per_second=620.0,
     flops=lambda o, D, n, form: 4 * o["prefix_length"] * D,  # prefix_length more keys and values
     # adapters' PrefixTuningConfig defaults: 30 prefix vectors per layer for keys and values,
@@ -320,6 +325,7 @@ def _prefix(model: EncoderClassifier, opts: dict) -> None:
 
 @register(
     "houlsby",
+    markers=("adapters.", "adapter_"),
     train_tokens_per_second=750.0,
     flops=lambda o, D, n, form: 2 * 2 * (2 * D * (D // o["reduction_factor"])),  # two D -> D/f -> D
     # adapters' DoubleSeqBnConfig defaults: bottleneck adapters after the attention and the FFN
@@ -336,6 +342,7 @@ def _houlsby(model: EncoderClassifier, opts: dict) -> None:
 
 @register(
     "pfeiffer",
+    markers=("adapters.", "adapter_"),
     train_tokens_per_second=740.0,
     flops=lambda o, D, n, form: 2 * (2 * D * (D // o["reduction_factor"])),  # one D -> D/f -> D
     # adapters' SeqBnConfig defaults: one bottleneck adapter after the FFN, D/16 wide, relu
@@ -352,6 +359,7 @@ def _pfeiffer(model: EncoderClassifier, opts: dict) -> None:
 
 @register(
     "parallel",
+    markers=("adapters.", "adapter_"),
     train_tokens_per_second=860.0,
     # adapters' ParBnConfig defaults: a bottleneck adapter parallel to the FFN, D/2 wide, relu,
     # output scaled by 4, up-projection initialised to zero (He et al.'s "mam_adapter" init)

