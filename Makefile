@@ -19,15 +19,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip check
 	touch $@
 
-# Lint, then the full suite on every core (pytest-xdist; one test file per worker, since a file's tests share
-# its fixtures); the 20 slowest tests are listed at the end.
+# Lint, then the full suite on every core (pytest-xdist: tests spread one by one over the workers, except
+# a group that shares an expensive fixture, xdist_group, e.g. the built book); the 20 slowest are listed.
 PYTEST_WORKERS ?= auto
 test: install lint
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=20
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=20
 
 # The edit loop: the unit tests only (no end-to-end runs, no book, no chapter executions).
 test-fast: install
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" \
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow" \
 		--ignore=tests/test_book.py --ignore=tests/test_chapters.py
 
 lint: install
@@ -41,9 +41,9 @@ study: install
 	$(MAKE) book
 
 # Rerun the profile's recorded runs into a fresh folder and compare each with its committed record
-# (minutes for quick); writes results/reproduce/$(PROFILE).json, fails on an unexplained difference.
+# (minutes for quick; JOBS runs at once, one thread each, as the records were made); writes results/reproduce/$(PROFILE).json, fails on an unexplained difference.
 reproduce: install
-	$(VENV)/bin/tinyattn reproduce --profile $(PROFILE)
+	$(VENV)/bin/tinyattn reproduce --profile $(PROFILE) --jobs $(JOBS) --executor process
 
 # The CPU-scale study, in order: learning rates on held-out training data, the GLUE grid, the
 # ablations, the experts analysis (both profiles' four-expert runs), the book. Hours of CPU; every

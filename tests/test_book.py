@@ -37,6 +37,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 HTML = REPO / "_build" / "html"
+# One worker builds the book and runs every test of this file (the build is the expensive fixture).
+pytestmark = pytest.mark.xdist_group("book")
 RESULTS_PAGE = "book/results_quick.html"
 METHOD_PAGE = "book/method.html"
 CHROMIUM = "/usr/bin/chromium"
@@ -49,9 +51,9 @@ SOURCES = (
     "notebooks/*.ipynb",
     "profiles/*.yaml",
     "results/runs/*.json",
-    "results/summary/*",
+    "results/summary/datasets.json",  # the rest of results/summary is what the build itself writes
     "results/bench/**/*.json",
-    "tinyattn/*.py",
+    "tinyattn/**/*.py",
 )
 # The chapters that report results: each opens with one glued sentence, its verdict and strongest number.
 RESULTS_CHAPTERS = [
