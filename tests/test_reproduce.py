@@ -372,6 +372,9 @@ def test_the_chapters_numbers_of_a_summary_and_the_pins_table(tmp_path):
         f"10 of the {len(summary['runs'])} recorded runs of `quick` matched their records (2 stale)"
     )
     assert list(rp.run_table(summary)["status"]) == [r["status"] for r in summary["runs"]]
+    timed = summary | {"rerun": {"runs": 12, "jobs": 2, "executor": "process", "wall_seconds": 246}}
+    assert rp.summary_numbers(timed)["wall"] == "4.1 minutes of wall time for 12 runs, 2 at a time"
+    assert rp.summary_numbers(summary | {"rerun": None})["wall"] == "not measured"
     (tmp_path / "bad.json").write_text('{"runs": []}')
     with pytest.raises(ValueError, match="bad.json: not a summary"):
         rp.read_summary(tmp_path / "bad.json")

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -38,15 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from tinyattn.records import RUNS_DIR, read_records, record_path, record_status, write_json_atomic
-from tinyattn.study.pins import (  # noqa: F401 (the pins, as this module gave them before)
-    RUN_ENTRY,
-    RUN_NOTEBOOK,
-    PinnedCodeError,
-    code_changes,
-    pin_problem,
-    short,
-    training_paths,
-)
+from tinyattn.study.pins import PinnedCodeError, code_changes, pin_problem, short, training_paths
 from tinyattn.study.profiles import as_profile
 from tinyattn.study.runner import execute, work_units
 from tinyattn.study.status import profile_runs
@@ -284,7 +277,10 @@ def reproduce(
         f"reproduce {name}: {len(planned)} recorded runs, {len(planned) - len(todo)} already in "
         f"{into}, {len(todo)} to run"
     )
+    tick = time.perf_counter()
     _execute_all(todo, jobs, executor, log)
+    rerun = {"runs": len(todo), "jobs": jobs, "executor": executor}
+    rerun["wall_seconds"] = round(time.perf_counter() - tick, 1)
     records = {r["run_id"]: r for r in read_records(records_dir, run_ids=recorded)}
     reruns = {r["run_id"]: r for r in read_records(into, status=None, run_ids=recorded)}
     frozen = bool(profile.get("frozen"))
@@ -293,7 +289,7 @@ def reproduce(
         for p in planned
     ]
     summary = summarise(name, pin, tolerance, rows, selected=list(runs or []))
-    return summary | {"frozen": profile.get("frozen")}
+    return summary | {"frozen": profile.get("frozen"), "rerun": rerun}
 
 
 def _seed_tuning_records(profile: dict, records_dir: str | Path, into: Path) -> None:
@@ -406,7 +402,18 @@ def summary_numbers(summary: dict) -> dict[str, str]:
         "tolerance": f"{summary['tolerance']:g}",
         "date": summary["checked_at"][:10],
         "passed": "passed" if summary["passed"] else "failed",
+        "wall": _wall(summary.get("rerun")),
     }
+
+
+def _wall(rerun: dict | None) -> str:
+    """How long the rerun took, as measured (a summary from before it was measured: not measured)."""
+    if not rerun or not rerun.get("runs"):
+        return "not measured (no run was rerun)" if rerun else "not measured"
+    at_once = "one at a time" if rerun["jobs"] == 1 else f"{rerun['jobs']} at a time"
+    return (
+        f"{rerun['wall_seconds'] / 60:.1f} minutes of wall time for {rerun['runs']} runs, {at_once}"
+    )
 
 
 def format_summary(summary: dict) -> str:
