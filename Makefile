@@ -25,9 +25,9 @@ PYTEST_WORKERS ?= auto
 test: install lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=20
 
-# The edit loop: the unit tests only (no end-to-end runs, no book, no chapter executions).
+# The edit loop: the unit tests only (no end-to-end run, runner or notebook, no book, no chapters).
 test-fast: install
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow" \
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow and not e2e" \
 		--ignore=tests/test_book.py --ignore=tests/test_chapters.py
 
 lint: install

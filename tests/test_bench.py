@@ -29,6 +29,7 @@ from tinyattn.study.bench import (
 )
 
 
+@pytest.mark.e2e
 def test_quick_benchmark_emits_the_promised_json(capsys, tmp_path):
     assert cli(["bench", "--quick", "--json", "--out", str(tmp_path / "b.json")]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -153,6 +154,7 @@ def test_timing_helpers():
     assert row["median_s"] == 2.0 and row["n"] == 3 and row["q1_s"] <= 2.0 <= row["q3_s"]
 
 
+@pytest.mark.e2e
 def test_tiny_attention_trains_in_less_memory_than_lora_on_the_packaged_backbone():
     # the efficiency target, at its sequence length (every saved activation scales with the batch)
     base = load_encoder(DEFAULT_BACKBONE)

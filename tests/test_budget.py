@@ -401,6 +401,7 @@ def _run_chapter(runs_dir: Path, tmp_path: Path) -> tuple[list[dict], dict[str, 
     return cells, glued
 
 
+@pytest.mark.e2e
 def test_the_chapter_opens_with_its_answer_on_a_partial_grid(records, tmp_path):
     cells, glued = _run_chapter(records, tmp_path)
     assert cells[1]["cell_type"] == "markdown" and "{glue:md}`budget_headline`" in "".join(
@@ -419,6 +420,7 @@ def test_the_chapter_opens_with_its_answer_on_a_partial_grid(records, tmp_path):
     assert roles and roles <= set(glued), roles - set(glued)
 
 
+@pytest.mark.e2e
 def test_the_chapter_on_the_finished_grid_states_its_answer(tmp_path):
     """Every `budget` run done, tiny attention 1-3 points behind each method at both budgets: the
     chapter says so without "provisionally", reports the verdict at both budgets and why six pairs

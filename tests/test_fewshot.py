@@ -380,6 +380,7 @@ def test_the_opening_sentence_gives_the_gist_and_tiny_attentions_scores():
     assert done.startswith("**C4 is supported** (the `fewglue` profile's runs")
 
 
+@pytest.mark.e2e
 def test_the_colab_notebook_plans_its_runs_offline(tmp_path):
     """Executed as Colab would, but inside the checkout and with ``max_runs=0``: it finds the project,
     plans the selected runs of the profile, trains none, and zips the selection's records."""

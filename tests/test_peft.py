@@ -385,6 +385,7 @@ def test_round_trip_on_the_packaged_minilm(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the quick-start page
+@pytest.mark.e2e
 def test_the_quickstart_notebook_runs_and_reloads_its_adapter_exactly(
     data_dir, tmp_path, monkeypatch
 ):

@@ -62,6 +62,7 @@ def records(folder="results/runs") -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in Path(folder).glob("*.json")}
 
 
+@pytest.mark.e2e
 def test_runner_end_to_end_through_papermill(toy, capsys):
     outcome = run_study(str(toy), log=lambda msg: None)
     assert outcome == {"done": 2, "failed": 0, "skipped": 0}
@@ -80,6 +81,7 @@ def test_runner_end_to_end_through_papermill(toy, capsys):
     assert {"run_id", "task", "method", "seed", "status"} <= set(dry["runs"][0])
 
 
+@pytest.mark.e2e
 def test_runner_without_notebooks_writes_the_same_records(toy):
     outcome = run_study(str(toy), executor="process", log=lambda msg: None)
     assert outcome == {"done": 2, "failed": 0, "skipped": 0}
@@ -94,6 +96,7 @@ def test_runner_without_notebooks_writes_the_same_records(toy):
         assert not (Path("results/executed") / f"{params.run_id}.ipynb").exists()
 
 
+@pytest.mark.e2e
 def test_process_executor_records_a_run_that_dies(toy, monkeypatch):
     profile = yaml.safe_load(toy.read_text())
     profile["methods"] = {"nope": {"method": "head_only", "learning_rate": 1.0e-3}}
@@ -114,6 +117,7 @@ def test_time_limit_starts_nothing_after_it_and_leaves_the_rest_pending(toy):
         run_study(str(toy), executor="gpu", log=lambda msg: None)
 
 
+@pytest.mark.e2e
 def test_kill_and_resume_runs_everything_exactly_once(toy):
     profile = yaml.safe_load(toy.read_text())
     profile["seeds"] = [1, 2]  # four runs
@@ -141,6 +145,7 @@ def test_kill_and_resume_runs_everything_exactly_once(toy):
     assert not list(Path("results/runs/.locks").glob("*.lock"))
 
 
+@pytest.mark.e2e
 def test_truncated_record_is_redone(toy):
     planned = expand(load_profile(str(toy)))
     target = Path("results/runs") / f"{planned[0].run_id}.json"
@@ -262,6 +267,7 @@ def test_a_pinned_profile_runs_only_from_its_commit_unless_told(toy, monkeypatch
     assert started[-1] == "cpu"
 
 
+@pytest.mark.e2e
 def test_notebook_rejects_a_parameter_of_the_wrong_type(tmp_path):
     import papermill
 
@@ -283,6 +289,7 @@ def test_training_notebook_declares_every_run_parameter():
     assert set(RunParams.names()) <= set(papermill.inspect_notebook(str(TRAIN_NOTEBOOK)))
 
 
+@pytest.mark.e2e
 def test_tuning_grid_on_heldout_data_then_a_tuned_profile(tmp_path, data_dir, monkeypatch):
     """A learning-rate grid scored on held-out training data; a study then takes the chosen rate."""
     from tinyattn.study.tuning import TuningIncompleteError, select_learning_rates, selection_table

@@ -42,6 +42,7 @@ def small_run(tmp_path, data_dir, **overrides) -> RunParams:
     return RunParams(**params)
 
 
+@pytest.mark.e2e
 def test_same_seed_same_metrics(tmp_path, data_dir):
     first, _ = run(small_run(tmp_path / "a", data_dir))
     second, _ = run(small_run(tmp_path / "b", data_dir))
@@ -54,6 +55,7 @@ def test_same_seed_same_metrics(tmp_path, data_dir):
     ]
 
 
+@pytest.mark.e2e
 def test_backbone_bit_identical_after_training(tmp_path, data_dir, minilm):
     record, model = run(small_run(tmp_path, data_dir, method_options={"experts": 2}))
     for name, param in model.encoder.named_parameters():
@@ -64,6 +66,7 @@ def test_backbone_bit_identical_after_training(tmp_path, data_dir, minilm):
     assert record["evaluated_as"].startswith("experts weight-averaged")
 
 
+@pytest.mark.e2e
 def test_record_has_provenance_and_is_written(tmp_path, data_dir):
     params = small_run(tmp_path, data_dir)
     record, _ = run(params)
@@ -136,6 +139,7 @@ def test_a_commit_named_in_the_environment_wins_over_git(monkeypatch):
     }
 
 
+@pytest.mark.e2e
 def test_restore_best_decides_which_weights_a_run_ends_with(tmp_path, data_dir, monkeypatch):
     """The best evaluation is the first (scripted): the run ends with its weights only when asked."""
     import tinyattn.train as train_module
@@ -235,6 +239,7 @@ def test_every_committed_record_reproduces_its_run_id():
 
 
 # ----------------------------------------------------------------------------- the run's start and data
+@pytest.mark.e2e
 def test_initial_model_is_what_training_starts_from(tmp_path, data_dir, monkeypatch):
     """A two-stage run trains from its twin's saved adapter (copies plus noise), and
     ``initial_model`` rebuilds that starting model exactly; ``eval_data`` the evaluation data."""
@@ -295,6 +300,7 @@ def test_cli_train_to_a_bad_folder_is_one_line_error(tmp_path, data_dir, capsys,
     assert err.count("\n") == 1 and str(blocker / "x") in err and "Traceback" not in err
 
 
+@pytest.mark.e2e
 def test_experts_record_their_end_of_training_score_before_averaging(tmp_path, data_dir):
     """A run with experts scores its last step's weights twice: weight-averaged (``final``, the
     deployed model) and as trained, every expert active (``final_unaveraged``), what C2's cost of
