@@ -200,8 +200,10 @@ def test_training_changes_exactly_the_trainable_parameters(method, arch, encoder
     """One step leaves every frozen parameter bit-identical; two steps move every trainable one.
 
     Two, because a zero-initialised branch (LoRA's B, the parallel adapter's up-projection) gives
-    the matrix before it no gradient in the first step.
+    the matrix before it no gradient in the first step. Seeded: a bottleneck unit that the
+    initialisation leaves dead would move nothing, so the draws must not depend on the tests before.
     """
+    torch.manual_seed(0)
     model = _build(method, encoders, arch)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
