@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(PY) -m pip install -q "$(TORCH_SPEC)")
-	$(PY) -m pip install -q -e ".[study,dev,book]"
+	$(PY) -m pip install -q -e ".[study,dev,book,ray]"
 	$(PY) -m pip check
 	touch $@
 

@@ -20,11 +20,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_the_core_install_has_no_notebook_or_plotting_stack():
+def test_the_core_install_has_no_notebook_or_plotting_stack_and_no_ray():
     missing = [name for name in STUDY_EXTRA if importlib.util.find_spec(name) is None]
     assert missing == list(STUDY_EXTRA), (
         f"installed without the study extra: {set(STUDY_EXTRA) - set(missing)}"
     )
+    assert importlib.util.find_spec("ray") is None, "the core install pulled in ray"
 
 
 def test_the_peft_route_round_trips_in_the_core_install(tmp_path):
@@ -78,3 +79,13 @@ def test_a_study_command_names_the_extra_it_needs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "pip install 'tinyattn[study]'" in err and "papermill" in err and err.count("\n") == 1
     assert not any(tmp_path.rglob("*.json"))
+
+
+def test_the_ray_executor_names_its_extra(tmp_path, capsys):
+    """``--executor ray`` without ray installed: one line naming the extra, nothing started."""
+    from tinyattn.cli import main
+
+    code = main(["study", "--profile", "quick", "--out", str(tmp_path), "--executor", "ray"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'tinyattn[ray]'" in err and err.count("\n") == 1
+    assert not any(tmp_path.rglob("*"))

@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 #: What the ``study`` extra adds to the core install (pyproject.toml): a command that imports one of
 #: these without it says which extra to install.
 STUDY_EXTRA = ("papermill", "nbformat", "ipykernel", "matplotlib", "seaborn", "adapters")
+#: The other optional packages, and the extra that brings each.
+EXTRAS = {name: "study" for name in STUDY_EXTRA} | {"ray": "ray"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,11 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ModuleNotFoundError as err:
-        if err.name not in STUDY_EXTRA:
+        if err.name not in EXTRAS:
             raise
+        extra = EXTRAS[err.name]
         print(
-            f"tinyattn {args.command}: error: this command needs the study's packages ({err.name} is "
-            "not installed): pip install 'tinyattn[study]'",
+            f"tinyattn {args.command}: error: this command needs the {extra} extra's packages "
+            f"({err.name} is not installed): pip install 'tinyattn[{extra}]'",
             file=sys.stderr,
         )
         return 2

@@ -42,6 +42,10 @@ def cmd_study(args) -> int:
         _refuse_other_code(args)
     if args.executor == "notebook":
         require("papermill", "nbformat", "ipykernel")
+    if args.executor == "ray":
+        require("ray")
+    elif args.address:
+        raise ValueError("--address is for --executor ray")
     outcome = run_study(
         args.profile,
         out_dir=args.out,
@@ -50,6 +54,7 @@ def cmd_study(args) -> int:
         jobs=args.jobs,
         executor=args.executor,
         time_limit=None if args.time_limit is None else args.time_limit * 60,
+        address=args.address,
     )
     print(f"study {args.profile}: {outcome}")
     return 1 if outcome["failed"] else 0
@@ -166,10 +171,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=RUNS_DIR, help="folder of the run records")
     p.add_argument(
         "--executor",
-        choices=("notebook", "process"),
+        choices=("notebook", "process", "ray"),
         default="notebook",
-        help="run each run's notebook through papermill (default), or a plain Python process "
-        "(for a machine without Jupyter, e.g. a GPU box)",
+        help="run each run's notebook through papermill (default), a plain Python process (for a "
+        "machine without Jupyter, e.g. a GPU box), or a Ray task (a multi-GPU box, a cluster)",
+    )
+    p.add_argument(
+        "--address",
+        help="with --executor ray: the Ray cluster (auto: the one this machine is part of; default: "
+        "a running local instance, else a new one)",
     )
     p.add_argument(
         "--time-limit",

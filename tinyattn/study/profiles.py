@@ -64,6 +64,9 @@ ROLES = {
     "larger_bottleneck": "a bottleneck adapter about ten times as large (C3)",
 }
 LIST_ROLES = ("expert_counts",)
+#: What one run asks of a machine (a profile's ``resources:`` block, read by the Ray executor): one
+#: CPU unless the profile says otherwise; a GPU profile says ``resources: {gpus: 1}``.
+RESOURCES = {"cpus": 1, "gpus": 0}
 
 
 def available_profiles() -> list[str]:
@@ -130,6 +133,30 @@ def validate(profile: object, path: str | Path = "<profile>") -> None:
         )
     _check_methods(profile, path)
     _check_roles(profile, path)
+    _check_resources(profile, path)
+
+
+def _check_resources(profile: dict, path) -> None:
+    found = profile.get("resources")
+    if found is None:
+        return
+    if not isinstance(found, dict) or not set(found) <= set(RESOURCES):
+        raise ValueError(
+            f"profile {path}: 'resources' must map {' and/or '.join(RESOURCES)} to a number, "
+            f"got {found!r}"
+        )
+    for key, value in found.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(
+                f"profile {path}: resources {key!r} must be a number >= 0, got {value!r}"
+            )
+    if not any(found.get(key, RESOURCES[key]) for key in RESOURCES):
+        raise ValueError(f"profile {path}: resources ask for nothing; a run needs a CPU or a GPU")
+
+
+def resources(profile: str | Path | dict) -> dict[str, float]:
+    """What one run of the profile asks of a machine: ``{"cpus": ..., "gpus": ...}``."""
+    return {**RESOURCES, **(as_profile(profile).get("resources") or {})}
 
 
 def _check_roles(profile: dict, path) -> None:

@@ -45,7 +45,7 @@ from tinyattn.study.tuning import planned_runs
 TRAIN_NOTEBOOK = REPO / "notebooks" / "train.ipynb"
 EXPERTS_NOTEBOOK = REPO / "notebooks" / "experts.ipynb"
 EXECUTED_DIR = Path("results") / "executed"
-EXECUTORS = ("notebook", "process")
+EXECUTORS = ("notebook", "process", "ray")
 # What the process executor runs: one run, from its parameters as JSON.
 PROCESS_CODE = (
     "import json, sys\n"
@@ -195,6 +195,7 @@ def run_study(
     notebook: Path = TRAIN_NOTEBOOK,
     executor: str = "notebook",
     time_limit: float | None = None,
+    address: str | None = None,
     log=print,
 ) -> dict:
     """Run every pending run of the profile (shard); keep going past failures; return the counts.
@@ -230,13 +231,21 @@ def run_study(
 
     report_lock = threading.Lock()
 
-    def one(params: RunParams) -> dict | None:
+    def claim(params: RunParams) -> RunLock | None:
+        """The run's lock, held; None when another runner has it or has done it meanwhile."""
         lock = RunLock(params)
         if not lock.acquire():
             return None
+        if record_status(params.run_id, out_dir) == "done":
+            lock.release()
+            return None
+        return lock
+
+    def one(params: RunParams) -> dict | None:
+        lock = claim(params)
+        if lock is None:
+            return None
         try:
-            if record_status(params.run_id, out_dir) == "done":  # done by another runner meanwhile
-                return None
             return execute(params, executor, notebook)
         finally:
             lock.release()
@@ -270,11 +279,29 @@ def run_study(
     def one_group(group: list[RunParams]) -> None:
         for params in group:  # in profile order: a two-stage run comes after its E=1 twin
             if time_limit is not None and time.time() - started > time_limit:
-                with report_lock:
-                    outcome["not_started"] += 1
+                not_started(params)
                 continue
             report(params, one(params))
 
+    def not_started(params: RunParams) -> None:
+        with report_lock:
+            outcome["not_started"] += 1
+
+    if executor == "ray":
+        from tinyattn.study.profiles import resources
+        from tinyattn.study.ray_executor import run_units
+
+        run_units(
+            work_units(todo),
+            out_dir=out_dir,
+            resources=resources(profile_name),
+            claim=claim,
+            report=report,
+            not_started=not_started,
+            time_limit=time_limit,
+            address=address,
+        )
+        return outcome
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for future in [pool.submit(one_group, g) for g in work_units(todo)]:
             future.result()
