@@ -147,6 +147,23 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    import sys
+
+    from tinyattn.study.merge import AGREEMENT_TOLERANCE, format_summary, merge
+
+    tolerance = AGREEMENT_TOLERANCE if args.tolerance is None else args.tolerance
+    report = merge(args.sources, args.into, dry_run=args.dry_run, tolerance=tolerance)
+    for line in report.problems():
+        print(f"tinyattn merge: {line}", file=sys.stderr)
+    if args.verbose:
+        for outcome in report.outcomes:
+            if outcome.kind in ("new", "duplicate"):
+                print(f"{outcome.kind}: {outcome.text}")
+    print(format_summary(report))
+    return 0 if report.ok else 1
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add the study's commands to the ``tinyattn`` command's subparsers."""
     p = sub.add_parser(
@@ -252,3 +269,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="also write the JSON here (e.g. results/bench/cpu.json)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "merge",
+        help="merge folders of run records (or .zip files of them) from other machines into one",
+    )
+    p.add_argument(
+        "sources", nargs="+", metavar="SRC", help="a folder of run records, or a .zip of one"
+    )
+    p.add_argument(
+        "--into", default=RUNS_DIR, help="the runs folder to merge into (no file there is replaced)"
+    )
+    p.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="say what would happen; write nothing",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        help="largest |difference| of a best or final metric for two records of a run to agree "
+        "(default 1e-4)",
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="also list each run copied or already there"
+    )
+    p.set_defaults(func=cmd_merge)
