@@ -296,6 +296,34 @@ def test_fused_residual_equals_residual_plus_update(form, combine, recompute):
     assert not torch.equal(results[0][0], residual)  # the update is really there
 
 
+@pytest.mark.parametrize("experts,combine", [(1, "mean"), (3, "mean"), (3, "sequential")])
+@pytest.mark.parametrize("same_tensor", [False, True])
+def test_a_handed_over_residual_holds_the_same_result(experts, combine, same_tensor):
+    """``reuse_residual``: without gradients the fast form writes ``residual + update`` into the
+    residual it was handed (one pass and no new (B, T, D) tensor), also when the residual is the input
+    itself (the after-attention placement); the value is the plain definition's. With gradients, and
+    in the plain definition, nothing is written into it."""
+    x, mask = inputs(D=8)
+    fast = randomised(FastTinyAttention(8, experts=experts, combine=combine))
+    plain = randomised(TinyAttention(8, experts=experts, combine=combine))
+    residual = x if same_tensor else torch.randn_like(x)
+    want = plain(x, mask, residual=residual)
+    for module in plain, fast:
+        given = residual.clone()
+        source = given if same_tensor else x
+        with torch.no_grad():
+            out = module(source, mask, residual=given, reuse_residual=True)
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+        written = out.data_ptr() == given.data_ptr()
+        in_place = module is fast and combine == "mean" or module is fast and experts == 1
+        assert written == in_place, (type(module).__name__, written)
+        if not written:
+            assert torch.equal(given, residual)  # left as it was
+    given = residual.clone()
+    out = fast.train()(x, mask, residual=given, reuse_residual=True)  # gradients: a new tensor
+    assert out.data_ptr() != given.data_ptr() and torch.equal(given, residual)
+
+
 @pytest.mark.parametrize("head_dim", [1, 4])
 def test_key_bias_gets_no_gradient(head_dim):
     """The key bias shifts all of a query's scores alike, which the softmax ignores (Method chapter)."""

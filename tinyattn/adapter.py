@@ -148,16 +148,21 @@ class TinyAttention(ExpertTools, nn.Module):
             self.out_weight.mul_(out_scale)
             self.out_bias.mul_(out_scale)
 
-    def forward(self, hidden_states, padding_mask=None, residual=None):
+    def forward(self, hidden_states, padding_mask=None, residual=None, *, reuse_residual=False):
         """hidden_states (B, T, D); padding_mask (B, T), nonzero at real tokens. Returns the update
-        (B, T, D), or ``residual + update`` when ``residual`` (B, T, D) is given."""
+        (B, T, D), or ``residual + update`` when ``residual`` (B, T, D) is given.
+
+        ``reuse_residual``: the caller hands ``residual`` over and reads it no more (nor
+        ``hidden_states``, when it is the same tensor), so a form that computes without gradients may
+        write the result into it; the function is the same."""
         args = (hidden_states, padding_mask, residual)
         if self.recompute and self.training and torch.is_grad_enabled():
             return checkpoint(self.update, *args, use_reentrant=False)
-        return self.update(*args)
+        return self.update(*args, reuse_residual=reuse_residual)
 
-    def update(self, x, padding_mask=None, residual=None):
-        """The combined update of x, plus ``residual`` when given (what ``forward`` computes)."""
+    def update(self, x, padding_mask=None, residual=None, reuse_residual=False):
+        """The combined update of x, plus ``residual`` when given (what ``forward`` computes); this
+        definition always returns a new tensor."""
         out = self.plain_update(x, padding_mask)
         return out if residual is None else residual + out
 

@@ -12,8 +12,13 @@ function more cheaply; ``inject`` installs it. Each form below is tested against
   so it is computed once and reused until a parameter changes (keyed on every parameter's storage and
   version counter).
 - **LayerNorm inside the GEMM** (``qkv(fold_norm=True)``, CPU inference): no normalised copy of x is
-  written and read back; the token's mean is one more output row of the same GEMM.
-- **Rank-one output** (CPU inference, E*d = 1): ``residual + o u + c`` in two elementwise passes.
+  written and read back; the weights are centred once, and the token's mean is one more output of the
+  same GEMM.
+- **Into the residual** (without gradients, when the caller hands its residual over, as ``inject``'s
+  hooks do): ``residual += [o, 1] [U^T / E; c]`` in place, one pass and no new (B, T, D) tensor, whose
+  first touch of fresh memory costs a CPU as much as the arithmetic.
+- **Rank-one output** (CPU inference, E*d = 1, residual not handed over): ``residual + o u + c`` in two
+  elementwise passes.
 - **Cheap dropout mask** (``attend_with_dropout``, a CPU training step): 16 random bits per decision.
 - **Padded heads** (``attend``, a GPU): each head zero-padded to a width of 8, which the fused attention
   kernels need; the padding adds 0 to every score and its outputs are dropped.
@@ -41,8 +46,8 @@ class Folded(NamedTuple):
     w: torch.Tensor  # (E*3d, D): q/k/v projections, each expert's LayerNorm scale folded in
     b: torch.Tensor  # (E*3d,): their biases, each expert's LayerNorm shift folded in
     w_out: torch.Tensor  # (E*d + 1, D): [U^T / E; mean_e c_e], the averaged output Linear and bias
-    w_mean: torch.Tensor  # (E*3d + 1, D): w with a last row of 1/D, so x w_mean^T ends in x's mean
-    w_sum: torch.Tensor  # (E*3d,): the row sums of w
+    w_mean: torch.Tensor  # (D, E*3d + 1): w with each row's mean taken out, then a row of 1/D, as
+    # the right-hand factor of one matrix product (transposed once here, not at every pass)
 
 
 class FastTinyAttention(TinyAttention):
@@ -52,15 +57,17 @@ class FastTinyAttention(TinyAttention):
         super().__init__(*args, **kwargs)
         self.folds: dict = {}  # the fold cache: (slice start, stop) -> (parameter versions, Folded)
 
-    def update(self, x, padding_mask=None, residual=None):
-        return update(self, x, padding_mask, residual)
+    def update(self, x, padding_mask=None, residual=None, reuse_residual=False):
+        return update(self, x, padding_mask, residual, reuse_residual)
 
 
-def update(module, x, padding_mask, residual=None):
+def update(module, x, padding_mask, residual=None, reuse_residual=False):
     """``module``'s update of x (B, T, D), plus ``residual`` when given: the fast form of
-    ``TinyAttention.plain_update``."""
+    ``TinyAttention.plain_update``. ``reuse_residual``: the result may be written into ``residual``
+    (done without gradients only)."""
     if module.combine == "mean" or module.experts == 1:
-        return mean_update(module, x, padding_mask, residual=residual)
+        inplace = reuse_residual and residual is not None and not torch.is_grad_enabled()
+        return mean_update(module, x, padding_mask, residual=residual, inplace=inplace)
     h = x
     for e in range(module.experts):  # each expert sees the previous expert's output
         h = h + mean_update(module, h, padding_mask, expert=e) / module.experts
@@ -77,8 +84,8 @@ def fold(module, sl: slice) -> Folded:
     u = module.out_weight[sl].permute(1, 0, 2).reshape(D, -1) / E  # (D, E*d)
     w_out = torch.cat([u.t(), module.out_bias[sl].mean(0, keepdim=True)])  # (E*d + 1, D)
     w = w.reshape(-1, D)
-    w_mean = torch.cat([w, w.new_full((1, D), 1.0 / D)])
-    return Folded(w, b.reshape(-1), w_out, w_mean, w.sum(-1))
+    w_mean = torch.cat([w - w.mean(-1, keepdim=True), w.new_full((1, D), 1.0 / D)])
+    return Folded(w, b.reshape(-1), w_out, w_mean.t().contiguous())
 
 
 def folded(module, sl: slice) -> Folded:
@@ -101,30 +108,31 @@ def folded(module, sl: slice) -> Folded:
 def qkv(x, weights: Folded, head_dim: int, fold_norm: bool = False):
     """Queries, keys and values of the folded experts, each (B, E, T, d).
 
-    ``fold_norm``: apply the LayerNorm inside the projection, LN(x) w^T = rstd (x w^T - mean w 1),
-    with the token's mean as one more output of the same GEMM and its second moment from one norm
-    over D, so that no normalised copy of x is written and read back. On a CPU that copy, not the
+    ``fold_norm``: apply the LayerNorm inside the projection, LN(x) w^T = rstd (x - mean) w^T =
+    rstd x (w - mean(w))^T, with each row's mean taken out of w once (``fold``), the token's mean as
+    one more output of the same GEMM and its second moment from one norm over D, so that no
+    normalised copy of x is written and read back. On a CPU that copy, not the
     arithmetic, is the largest cost of the adapter (see Efficiency); on a GPU the extra small
     operations would each be a kernel launch, so there it stays a LayerNorm.
     """
     B, T, D = x.shape
     if fold_norm:
-        y = F.linear(x, weights.w_mean)  # (B, T, E*3d + 1): x w^T, then the mean
+        y = torch.mm(x.reshape(B * T, D), weights.w_mean).view(B, T, -1)  # (x - mean) w^T; mean
         mean = y[..., -1:]
-        second = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(D)
-        var = second.sub_(mean * mean).clamp_(min=0)
-        out = torch.addcmul(
-            weights.b, y[..., :-1] - mean * weights.w_sum, var.add_(LN_EPS).rsqrt_()
-        )
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        # the variance, E[x^2] - mean^2, in place (float scalars, mul_ not square_: no casts)
+        var = norm.mul_(norm).mul_(1.0 / D).addcmul_(mean, mean, value=-1.0).clamp_(min=0.0)
+        out = torch.addcmul(weights.b, y[..., :-1], var.add_(LN_EPS).rsqrt_())
     else:
         x_hat = F.layer_norm(x, (D,), eps=LN_EPS)  # (B, T, D); the affine is in w and b
         out = F.linear(x_hat, weights.w, weights.b)  # (B, T, E*3d): one matmul for all experts
     return out.view(B, T, -1, 3, head_dim).permute(3, 0, 2, 1, 4)
 
 
-def mean_update(module, x, padding_mask, expert: int | None = None, residual=None):
+def mean_update(module, x, padding_mask, expert: int | None = None, residual=None, inplace=False):
     """Mean over experts of their updates (or one expert's update when ``expert`` is given), plus
-    ``residual`` when given."""
+    ``residual`` when given; ``inplace``: written into ``residual``, whose (B, T, D) result a fresh
+    tensor would cost a pass of page faults on a CPU (it is read only after x has been)."""
     sl = slice(None) if expert is None else slice(expert, expert + 1)
     E = module.experts if expert is None else 1
     B, T, D = x.shape
@@ -149,9 +157,9 @@ def mean_update(module, x, padding_mask, expert: int | None = None, residual=Non
     # the bias folded in, [o, 1] [U^T / E; c], that also adds the residual. With E*d = 1 the product
     # is cheap and the pass over (B, T, D) is the cost, so each pass saved counts (see Efficiency).
     o = o.transpose(1, 2).reshape(B * T, E * d)
-    if cpu_inference and E * d == 1 and residual is not None:
-        # A rank-one update, residual + o u + c, in two elementwise passes: a GEMM whose inner
-        # dimension is 2 runs several times slower than that on a CPU.
+    if cpu_inference and E * d == 1 and residual is not None and not inplace:
+        # A rank-one update into a new tensor, residual + o u + c, in two elementwise passes: a
+        # GEMM whose inner dimension is 2, writing a new tensor, runs slower than that on a CPU.
         out = torch.addcmul(residual.reshape(B * T, D), o, weights.w_out[:1])
         return out.add_(weights.w_out[1]).view(B, T, D)
     o1 = torch.cat([o, o.new_ones(B * T, 1)], dim=1)  # (B*T, E*d + 1)
@@ -163,6 +171,8 @@ def mean_update(module, x, padding_mask, expert: int | None = None, residual=Non
         # hidden states would be rounded at every layer and an update smaller than their rounding
         # step lost. Add the half-precision update to the residual in the residual's precision.
         return residual + (o1 @ w1).view(B, T, D)
+    if inplace:  # into the residual handed over: one pass over it, no new (B, T, D) tensor
+        return residual.reshape(B * T, D).addmm_(o1, w1).view(B, T, D)
     return torch.addmm(residual.reshape(B * T, D), o1, w1).view(B, T, D)
 
 

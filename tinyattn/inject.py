@@ -136,7 +136,10 @@ class TinyAttentionAdapters(nn.Module):
             source = attended
         else:
             source = args[0] if args else kwargs["hidden_states"]  # the layer's input
-        updated = self.layers[index](source, self._padding_mask, residual=attended)
+        # the sub-layer's output is replaced by the result: the adapter may write it there
+        updated = self.layers[index](
+            source, self._padding_mask, residual=attended, reuse_residual=True
+        )
         return (updated, *output[1:]) if isinstance(output, tuple) else updated
 
     def detach_hooks(self) -> None:
