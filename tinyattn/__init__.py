@@ -30,8 +30,12 @@ The study (``tinyattn.study.*``)
     ``runner``        running a grid: locks, executors, scheduler, resume, analyses.
     ``rows``          finished runs as a table, one row per record (what studies and chapters read).
     ``status``        a profile's status and finished runs, for chapters and notebooks.
+    ``ray_executor``  a grid's runs as Ray tasks (``--executor ray``: a multi-GPU box, a cluster).
+    ``merge``         record folders (or Colab zips) from several machines merged into one, checked.
     ``reproduce``     rerun a profile's recorded runs into a fresh folder and compare with the records.
-    ``bench``         the cost benchmark.
+    ``pins``          pinned profiles: their commits and the training code a pin covers.
+    ``bench``         the cost benchmark; ``gpu_bench`` the paper-scale path timed on a GPU.
+    ``commands``      the study's subcommands of ``tinyattn`` (study, reproduce, analyse, bench, merge).
 
 The analysis (``tinyattn.analysis.*``)
     ``aggregate``     records -> tables, curves, paired comparisons.
