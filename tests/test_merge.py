@@ -204,6 +204,9 @@ def test_a_pinned_profiles_record_must_be_made_with_its_code(tmp_path, profiles)
     (line,) = report.problems()
     assert "made at fffffff, not with the code of its pinned profile pinned (code: abcdef1)" in line
     assert record_path(head.run_id, dest).exists() and not record_path(tiny.run_id, dest).exists()
+    # --any-code: made with other code on purpose (as `tinyattn study --any-code` makes them)
+    other = merge([src], tmp_path / "any", profiles=profiles, any_code=True)
+    assert kinds(other) == {"new": 2, "duplicate": 0, "conflicting": 0, "refused": 0}
     # at the pin, but with uncommitted changes to the training code: refused; to other files: merged
     for changed, refused in ((["tinyattn/adapter.py"], 1), (["README.md"], 0)):
         made = record(tiny, commit=PIN + "0" * 33)

@@ -153,7 +153,9 @@ def cmd_merge(args) -> int:
     from tinyattn.study.merge import AGREEMENT_TOLERANCE, format_summary, merge
 
     tolerance = AGREEMENT_TOLERANCE if args.tolerance is None else args.tolerance
-    report = merge(args.sources, args.into, dry_run=args.dry_run, tolerance=tolerance)
+    report = merge(
+        args.sources, args.into, dry_run=args.dry_run, tolerance=tolerance, any_code=args.any_code
+    )
     for line in report.problems():
         print(f"tinyattn merge: {line}", file=sys.stderr)
     if args.verbose:
@@ -294,5 +296,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--verbose", action="store_true", help="also list each run copied or already there"
+    )
+    p.add_argument(
+        "--any-code",
+        dest="any_code",
+        action="store_true",
+        help="accept records of a pinned profile made with other training code than its pin's",
     )
     p.set_defaults(func=cmd_merge)

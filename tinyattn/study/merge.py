@@ -312,10 +312,13 @@ def merge(
     dry_run: bool = False,
     tolerance: float = AGREEMENT_TOLERANCE,
     profiles: list[str | Path] | None = None,
+    any_code: bool = False,
 ) -> MergeReport:
     """Merge the records of ``sources`` (folders, or .zip files of them) into ``into`` as the
     module's docstring says, never overwriting a file there; ``dry_run`` writes nothing.
-    ``profiles``: those the summary counts runs under (default: every committed profile)."""
+    ``profiles``: those the summary counts runs under (default: every committed profile);
+    ``any_code``: accept records of pinned profiles made with other training code (as ``tinyattn
+    study --any-code`` makes them)."""
     if tolerance < 0 or math.isnan(tolerance):
         raise ValueError(f"--tolerance must be a non-negative number, got {tolerance!r}")
     into = Path(into)
@@ -333,7 +336,7 @@ def merge(
         for candidate in candidates:
             of = members.get(candidate.run_id, [])
             if candidate.problem is None:
-                pinned = {name: pins[name] for name in of if name in pins}
+                pinned = {} if any_code else {name: pins[name] for name in of if name in pins}
                 candidate.problem = provenance_problem(candidate.record, pinned)
             if candidate.problem:
                 text = f"{candidate.name}: {candidate.problem}".replace("\n", " ")
