@@ -459,3 +459,23 @@ def test_no_table_is_wider_than_the_content_column(reader_view):
     ]
     assert all(view["width"] == 1400 for view in reader_view.values()), "window is not 1400 px"
     assert not wide, "tables that do not fit at 1400 px:\n" + "\n".join(wide)
+
+
+# --------------------------------------------------------------------------- running the big profiles
+SCALE_PAGE = "book/scale.html"
+
+
+def test_the_scale_page_shows_gpu_hours_only_once_they_are_measured(html):
+    """Before ``results/bench/gpu.json`` exists the page says the GPU-hours are pending, names the
+    script that measures them and shows none; once it exists, its table has them."""
+    page = (html / SCALE_PAGE).read_text(encoding="utf-8")
+    text = " ".join(unescape(re.sub(r"<[^>]+>", " ", page)).split())
+    cost = next(t for t in parse(page).tables if "paper_budget" in t and "CPU-hours" in t)
+    for profile in ("paper", "paper_budget", "fewglue"):
+        assert profile in cost, f"no row for {profile} on {SCALE_PAGE}"
+    if (REPO / "results" / "bench" / "gpu.json").is_file():
+        assert "GPU-hours" in cost and "GPU-hours: pending" not in text
+    else:
+        assert "GPU-hours" not in cost, "GPU figures shown before any GPU measured them"
+        assert "GPU-hours: pending." in text and "bash scripts/gpu_measure.sh" in text
+    assert "{glue" not in text, "an unrendered glue role"

@@ -31,7 +31,8 @@ The study (``tinyattn.study.*``)
     ``rows``          finished runs as a table, one row per record (what studies and chapters read).
     ``status``        a profile's status and finished runs, for chapters and notebooks.
     ``ray_executor``  a grid's runs as Ray tasks (``--executor ray``: a multi-GPU box, a cluster).
-    ``merge``         record folders (or Colab zips) from several machines merged into one, checked.
+    ``merge``         record folders (or Colab zips) from several machines merged into one, checked;
+                      ``shards`` a shard's commands and its zip of records (the Colab notebook's logic).
     ``reproduce``     rerun a profile's recorded runs into a fresh folder and compare with the records.
     ``pins``          pinned profiles: their commits and the training code a pin covers.
     ``bench``         the cost benchmark; ``gpu_bench`` the paper-scale path timed on a GPU.
