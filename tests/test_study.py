@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -106,6 +107,38 @@ def test_process_executor_records_a_run_that_dies(toy, monkeypatch):
     assert outcome["failed"] == 1
     (record,) = records().values()
     assert record["status"] == "failed" and record["error"]
+
+
+def test_process_jobs_each_get_a_gpu_of_their_own(toy, monkeypatch):
+    """Several GPUs, several jobs: every run of the process executor sees one GPU, never one another
+    run holds at the same time; one job, or no GPU, changes nothing."""
+    profile = yaml.safe_load(toy.read_text())
+    profile["seeds"] = [1, 2, 3]  # six runs
+    toy.write_text(yaml.safe_dump(profile))
+    seen, running, lock = [], set(), threading.Lock()
+
+    def fake(params, gpu=None):
+        with lock:
+            assert gpu not in running, "two runs on one GPU at once"
+            running.add(gpu)
+            seen.append(gpu)
+        time.sleep(0.05)
+        with lock:
+            running.discard(gpu)
+        return "not run"
+
+    monkeypatch.setattr(runner, "_run_process", fake)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    run_study(str(toy), executor="process", jobs=2, log=lambda msg: None)
+    assert len(seen) == 6 and set(seen) == {"3", "5"}
+    seen.clear()
+    for path in Path("results/runs").glob("*.json"):
+        path.unlink()  # the fake runs' failed records
+    run_study(str(toy), executor="process", jobs=1, log=lambda msg: None)
+    assert seen == [None] * 6
+    assert runner.visible_gpus() == ["3", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert runner.visible_gpus() == []
 
 
 def test_time_limit_starts_nothing_after_it_and_leaves_the_rest_pending(toy):

@@ -9,7 +9,7 @@ other executors keep:
   returns their records and saved adapters; the driver writes them into the runs folder (adapter
   files first, the record last, atomically). Workers need no shared filesystem; with one, nothing
   changes. A two-stage run's E = 1 twin adapter, when it is already saved, travels with the task.
-- **resume and the lock.** The driver claims each run (``runner.RunLock``) before it submits it and
+- **resume and the lock.** The driver claims each run (``locks.RunLock``) before it submits it and
   skips a run another runner holds or has done, so two drivers on one grid never run a run twice.
 - **a lost worker.** A task whose worker dies is retried by Ray (``max_retries``); only its returned
   result is written, so a retry neither loses nor duplicates a run. A task that still fails gets a

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import queue
 import subprocess
 import sys
 import sysconfig
@@ -39,6 +39,7 @@ from tinyattn.records import (
     write_json_atomic,
     write_text_atomic,
 )
+from tinyattn.study.locks import RunLock
 from tinyattn.study.profiles import REPO, estimate_seconds, parse_shard, shard
 from tinyattn.study.tuning import planned_runs
 
@@ -52,55 +53,6 @@ PROCESS_CODE = (
     "from tinyattn.experiment import RunParams, run\n"
     "run(RunParams.from_dict(json.loads(sys.argv[1])))\n"
 )
-
-
-class RunLock:
-    """An exclusive claim on one run, so two runners on one results folder never do it twice."""
-
-    def __init__(self, params: RunParams) -> None:
-        self.path = Path(params.out_dir) / ".locks" / f"{params.run_id}.lock"
-
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if not self._stale():
-                    return False
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname()}, handle)
-            return True
-        return False
-
-    def _stale(self) -> bool:
-        try:
-            owner = json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return True
-        if owner.get("host") != socket.gethostname():
-            return False  # another machine's claim on a shared folder: respect it
-        try:
-            os.kill(owner["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
-    def release(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-    @staticmethod
-    def clear_stale(out_dir: str | Path) -> None:
-        """Remove the locks that runners on this machine left when they were killed."""
-        for path in (Path(out_dir) / ".locks").glob("*.lock"):
-            lock = RunLock.__new__(RunLock)
-            lock.path = path
-            if lock._stale():
-                path.unlink(missing_ok=True)
 
 
 def _set_aside_corrupt(params: RunParams) -> None:
@@ -119,15 +71,17 @@ def execute(
     executor: str = "notebook",
     notebook: Path = TRAIN_NOTEBOOK,
     kernel: str = "python3",
+    gpu: str | None = None,
 ) -> dict:
-    """Run one run with ``executor`` and return its record (a failed one on error).
+    """Run one run with ``executor`` and return its record (a failed one on error); ``gpu``: the
+    process executor's run sees only this GPU (``CUDA_VISIBLE_DEVICES``).
 
     The run records its own outcome; a run that died before it could (a dead kernel or process)
     gets a failed record here, naming the error: the one place where the runner records a failure."""
     if executor == "notebook":
         error = _run_notebook(params, notebook, kernel)
     elif executor == "process":
-        error = _run_process(params)
+        error = _run_process(params, gpu)
     else:
         raise ValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
     path = record_path(params.run_id, params.out_dir)
@@ -165,19 +119,24 @@ def _run_notebook(params: RunParams, notebook: Path, kernel: str) -> str | None:
     return None
 
 
-def _run_process(params: RunParams) -> str | None:
+def _run_process(params: RunParams, gpu: str | None = None) -> str | None:
     """Run the run in a Python subprocess, without a notebook or a Jupyter kernel (for a machine that
-    has neither, e.g. a GPU box); its output goes to ``results/executed/<run_id>.log``. None, or the
-    exit status and the log's tail."""
+    has neither, e.g. a GPU box), on GPU ``gpu`` alone when one is given; its output goes to
+    ``results/executed/<run_id>.log``. None, or the exit status and the log's tail."""
     log_path = EXECUTED_DIR / f"{params.run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     parameters = json.dumps({**asdict(params), "progress": False})
+    env = None if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
     with open(log_path, "w") as log_file:
+        if gpu is not None:
+            log_file.write(f"CUDA_VISIBLE_DEVICES={gpu}\n")
+            log_file.flush()
         finished = subprocess.run(
             [sys.executable, "-c", PROCESS_CODE, parameters],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=str(Path.cwd()),
+            env=env,
         )
     if finished.returncode != 0:
         return f"exit status {finished.returncode}: {log_path.read_text()[-2000:]}"
@@ -241,14 +200,23 @@ def run_study(
             return None
         return lock
 
+    # Several GPUs and several jobs with the process executor: each job's runs get a GPU of their own.
+    devices = visible_gpus() if executor == "process" and jobs > 1 else []
+    free = queue.Queue()
+    for slot in range(jobs if devices else 0):
+        free.put(devices[slot % len(devices)])
+
     def one(params: RunParams) -> dict | None:
         lock = claim(params)
         if lock is None:
             return None
+        gpu = free.get() if devices else None
         try:
-            return execute(params, executor, notebook)
+            return execute(params, executor, notebook, gpu=gpu)
         finally:
             lock.release()
+            if gpu is not None:
+                free.put(gpu)
 
     def report(params: RunParams, record: dict | None) -> None:
         nonlocal finished, estimated_done
@@ -306,6 +274,17 @@ def run_study(
         for future in [pool.submit(one_group, g) for g in work_units(todo)]:
             future.result()
     return outcome
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this machine lets a run use, by the ids ``CUDA_VISIBLE_DEVICES`` gives them (empty
+    without CUDA)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 def work_units(todo: list[RunParams]) -> list[list[RunParams]]:
