@@ -57,8 +57,9 @@ cpu-study: install
 	$(VENV)/bin/tinyattn analyse --profile cpu
 	$(MAKE) book
 
-# What the book quotes from the GLUE files (split sizes, majority-class scores), counted into
-# results/summary/datasets.json, so that the book builds from results/ alone, without the data.
+# What the book quotes from the GLUE and FewGLUE files (split sizes, label counts, majority-class
+# scores), counted into results/summary/datasets.json, so that the book builds from results/ alone,
+# without the data.
 datasets-summary: install
 	$(PY) -m tinyattn.analysis.datasets_summary
 

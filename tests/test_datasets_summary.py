@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tinyattn.analysis import datasets_summary as ds
-from tinyattn.data import DATA_DIR_ENV
+from tinyattn.data import DATA_DIR_ENV, get_task
 from tinyattn.metrics import majority_score
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,10 +105,23 @@ def test_a_missing_or_foreign_summary_is_an_error_that_says_how_to_write_it(tmp_
 
 
 def test_the_committed_summary_matches_the_data(data_dir):
-    """``results/summary/datasets.json`` says what the local GLUE files hold now."""
+    """``results/summary/datasets.json`` says what the local GLUE and FewGLUE files hold now."""
     summary = ds.load_summary()
     assert set(ds.glue_task_names()) <= set(summary["tasks"])
+    assert {"fewrte", "fewcb"} <= set(ds.summary_task_names()) <= set(summary["tasks"])
     assert ds.check_summary(data_dir) == []
+
+
+def test_the_few_shot_tasks_evaluation_label_counts_are_recorded():
+    """The few-shot chapter's floors come from these counts (``fewshot.floors``): the SuperGLUE
+    validation set of each few-shot task, every class counted, and as many rows as it has."""
+    summary = ds.load_summary()
+    counts = ds.label_counts(["fewrte", "fewcb"])
+    for task, by_class in counts.items():
+        assert set(by_class) == set(range(get_task(task).num_labels)), task
+        assert sum(by_class.values()) == summary["tasks"][task]["sizes"]["validation"]
+    with pytest.raises(KeyError, match="no train label counts for 'mnli'"):
+        ds.label_counts(["mnli"], "train")
 
 
 def test_no_chapter_reads_the_data_at_build_time():

@@ -244,37 +244,84 @@ def test_a_few_shot_classification_run_records_its_floors(tmp_path, monkeypatch)
     assert json.loads((tmp_path / f"{params.run_id}.json").read_text())["status"] == "done"
 
 
-def test_the_chapter_tables_read_the_records(tmp_path):
-    record = {"status": "done", "task": "fewcb", "run_id": "fewcb-x", "record_version": 1}
-    floors = {"majority": {"combined": 0.3}, "random": {"combined": 0.33}}
-    for i in range(2):
-        (tmp_path / f"fewcb-{i}.json").write_text(
-            json.dumps({**record, "run_id": f"fewcb-{i}", "baselines": floors})
-        )
-    found = fewshot.floors(str(tmp_path), ["fewcb-0", "fewcb-1"])
-    assert found == {"fewcb": {"majority": pytest.approx(30.0), "random": pytest.approx(33.0)}}
+def _summary_with_val_labels(path: Path, counts: dict[str, dict[str, int]]) -> Path:
+    """A datasets summary that records only the few-shot tasks' label counts (train: the val set's
+    minority class first, as FewGLUE RTE's 32 examples are)."""
+    tasks_ = {
+        task: {"label_counts": {"train": dict(reversed(list(val.items()))), "validation": val}}
+        for task, val in counts.items()
+    }
+    path.write_text(json.dumps({"format": 1, "tasks": tasks_}))
+    return path
+
+
+def test_the_floors_are_chance_and_the_val_sets_majority_class_from_its_label_counts(tmp_path):
+    summary = _summary_with_val_labels(
+        tmp_path / "datasets.json",
+        {"fewrte": {"0": 6, "1": 4}, "fewcb": {"0": 3, "1": 6, "2": 1}},
+    )
+    floors = fewshot.floors(["fewrte", "fewcb"], summary)
+    rte, cb = floors["fewrte"], floors["fewcb"]
+    # RTE: accuracy; chance is 1/2 whatever the labels, the majority class is 6 of 10
+    assert rte == {
+        "classes": 2, "chance": 50.0, "chance_accuracy": 50.0,
+        "dev_majority": pytest.approx(60.0), "dev_majority_share": pytest.approx(60.0),
+    }  # fmt: skip
+    # CB: the main score is the mean of accuracy and macro-F1, for chance and the majority class alike
+    assert cb["classes"] == 3 and cb["chance_accuracy"] == pytest.approx(100 / 3)
+    assert cb["dev_majority_share"] == pytest.approx(60.0)
+    gold = [0] * 3 + [1] * 6 + [2]
+    constant = {c: 100 * fewglue_metrics("cb", [c] * 10, gold)["combined"] for c in range(3)}
+    assert cb["dev_majority"] == pytest.approx(constant[1]) == pytest.approx(max(constant.values()))
+    uniform = (1 / 3 + sum(2 * p / 3 / (p + 1 / 3) for p in (0.3, 0.6, 0.1)) / 3) / 2
+    assert cb["chance"] == pytest.approx(100 * uniform)
+    with pytest.raises(KeyError, match="no validation label counts for 'fewcb'"):
+        fewshot.floors(["fewcb"], _summary_with_val_labels(tmp_path / "cb.json", {"fewcb": {}}))
+
+
+def test_seeds_are_counted_above_chance_not_above_the_training_sets_majority_class(tmp_path):
+    """The rule of issue 29: FewGLUE RTE's training majority is the val set's minority class, whose
+    score (here 40) lies below chance; a seed between the two has learned nothing."""
+    summary = _summary_with_val_labels(tmp_path / "datasets.json", {"fewrte": {"0": 6, "1": 4}})
+    floors = fewshot.floors(["fewrte"], summary)
+    table = pd.DataFrame(
+        {"task": ["fewrte"] * 4, "method": ["tinyattn_e1"] * 3 + ["lora"], "seed": [1, 2, 3, 1],
+         "score": [45.0, 50.0, 55.0, 62.0]}
+    )  # fmt: skip
+    assert fewshot.above_chance(table["score"].iloc[:3], floors["fewrte"]) == 1
+    shown = fewshot.floors_table(table, floors, "tinyattn_e1").loc["fewrte"]
+    assert shown["tinyattn_e1: seeds above chance"] == "1 of 3"
+    assert (shown["chance, 1/K"], shown["dev majority class"]) == ("50.0", "60.0")
+    # a run at chance or below the val set's majority class (+1 point) has collapsed; 62 has not
+    assert fewshot.collapsed(table, floors).tolist() == [True, True, True, False]
+
+
+def test_the_summary_table_shows_each_methods_seeds_beside_the_floors():
+    floors = {"fewcb": {"chance": 31.8, "dev_majority": 36.1}}
     table = pd.DataFrame(
         {"task": ["fewcb"] * 3, "method": ["lora", "lora", "bitfit"], "seed": [1, 2, 1],
          "score": [40.0, 50.0, 35.0]}
     )  # fmt: skip
-    summary = fewshot.summary(table, found)
+    summary = fewshot.summary(table, floors)
     assert summary.loc["lora", "fewcb"] == "45.0 ± 7.1 (2)"
     assert summary.loc["bitfit", "fewcb"] == "35.0 ± nan (1)"
-    assert summary.loc["majority class", "fewcb"] == "30.0"
+    assert summary.loc["chance", "fewcb"] == "31.8"
+    assert summary.loc["dev majority class", "fewcb"] == "36.1"
 
 
-def test_the_floor_sentence_counts_the_methods_that_clear_the_higher_floor():
+def test_the_floor_sentence_counts_the_methods_above_chance_and_the_majority_class():
     table = pd.DataFrame(
         {"task": ["fewrte"] * 4 + ["fewcb"] * 2, "method": ["a", "a", "b", "c", "a", "b"],
-         "score": [52.0, 51.0, 50.5, 49.0, 60.0, 31.0]}
+         "score": [57.0, 51.0, 50.5, 49.0, 60.0, 31.0]}
     )  # fmt: skip
     floors = {
-        "fewrte": {"majority": 47.3, "random": 50.0},
-        "fewcb": {"majority": 30.2, "random": 31.8},
+        "fewrte": {"chance": 50.0, "dev_majority": 52.7},
+        "fewcb": {"chance": 31.8, "dev_majority": 36.1},
     }
     assert fewshot.floor_sentence(table, floors) == (
-        "On fewrte, 1 of 3 methods' means clear the higher floor (50.0) by more than 1 point "
-        "(the best: a, 51.5); on fewcb, 1 of 2 methods' means clear the higher floor (31.8) by more "
+        "On fewrte, 2 of 3 methods' means lie above chance (50.0) and 1 clear the dev set's "
+        "majority class (52.7) by more than 1 point (the best: a, 54.0); on fewcb, 1 of 2 methods' "
+        "means lie above chance (31.8) and 1 clear the dev set's majority class (36.1) by more "
         "than 1 point (the best: a, 60.0)."
     )
     assert fewshot.floor_sentence(table.iloc[:0], floors) == ""
@@ -305,7 +352,7 @@ def test_tiny_attention_is_compared_with_the_substitutes_methods_under_the_decla
                 else {"task": task, "method": "bitfit", "seed": seed, "score": ours - 1},
             ]
     table = pd.DataFrame(rows)
-    floors = {"fewrte": {"majority": 30.0}, "fewcb": {"majority": 30.0}}
+    floors = {"fewrte": {"dev_majority": 30.0}, "fewcb": {"dev_majority": 30.0}}
     full = fewshot.comparison(table, floors, "tinyattn_e1", ["tinyattn_e4"]).set_index("method")
     assert list(full.index) == ["lora", "bitfit"]  # the E = 4 twin is C2's question
     assert full.loc["lora", "outcome"] == "better" and full.loc["lora", "pairs"] == 10
@@ -365,14 +412,14 @@ def test_the_opening_sentence_gives_the_gist_and_tiny_attentions_scores():
         {"task": ["fewcb", "fewcb", "fewrte"], "method": ["tinyattn_e1", "tinyattn_e1", "lora"],
          "seed": [1, 2, 1], "score": [60.0, 70.0, 50.0]}
     )  # fmt: skip
-    floors = {"fewcb": {"majority": 30.2}, "fewrte": {"majority": 47.3}}
+    floors = {"fewcb": {"chance": 31.8}, "fewrte": {"chance": 50.0}}
     text = fewshot.opening(
         "provisional: C4 cannot be decided here", table, floors, "tinyattn_e1", 0
     )
     assert text.startswith(
         "**Provisional: C4 cannot be decided here**: the authors' cloze protocol"
     )
-    assert "tiny attention scores 65.0 on fewcb (majority class 30.2)," in text
+    assert "tiny attention scores 65.0 on fewcb (chance 31.8; above it on 2 of 2 seeds)," in text
     assert "fewrte" not in text  # no tiny-attention run there
     empty = fewshot.opening("C4 cannot be decided here", table.iloc[:0], floors, "tinyattn_e1", 0)
     assert "no run of the offline substitute has finished yet" in empty

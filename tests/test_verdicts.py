@@ -364,7 +364,13 @@ def _few_runs(scores: dict[str, list[float]], method: str = "tinyattn_e1") -> pd
     )
 
 
-C4_BASELINES = {"fewrte": {"majority": 47.3, "random": 50.0}, "fewcb": {"majority": 20.0}}
+# fewshot.floors' shape: chance and the dev set's majority class, on the main metric and as accuracies
+C4_BASELINES = {
+    "fewrte": {"classes": 2, "chance": 50.0, "chance_accuracy": 50.0}
+    | {"dev_majority": 52.7, "dev_majority_share": 52.7},
+    "fewcb": {"classes": 3, "chance": 31.8, "chance_accuracy": 33.3}
+    | {"dev_majority": 36.1, "dev_majority_share": 50.0},
+}
 E1 = "tinyattn_e1"  # the label the runs give tiny attention
 C4_REFS = {"fewrte": {"GPT-3": 69.0, "PET": 69.8}, "fewcb": {"GPT-3": 63.8, "PET": 72.25}}
 
@@ -373,8 +379,16 @@ def test_c4_without_cloze_runs_cannot_decide_and_names_the_deciding_run():
     offline = _few_runs({"fewrte": [50.0, 46.0, 55.0], "fewcb": [30.0, 10.0]})
     text = fewshot.c4(offline, C4_BASELINES, C4_REFS, cloze=None, method=E1)
     assert text.startswith("**C4 cannot be decided here.**")
-    assert "fewrte 50.3 ± 4.5 against a majority class of 47.3 (above it on 2 of 3 seeds)" in text
-    assert "fewcb 20.0 ± 14.1 against a majority class of 20.0 (above it on 1 of 2 seeds)" in text
+    # seeds are counted above chance (50.0), not above the training set's majority class (47.3 on
+    # RTE, the val set's minority class), which would count the seed at chance (50.0) too
+    assert (
+        "fewrte 50.3 ± 4.5 against chance 50.0 and the dev set's majority class 52.7 (above chance "
+        "on 1 of 3 seeds)"
+    ) in text
+    assert (
+        "fewcb 20.0 ± 14.1 against chance 31.8 and the dev set's majority class 36.1 (its combined "
+        "score; as accuracies 33.3 and 50.0; above chance on 0 of 2 seeds)"
+    ) in text
     assert "`tinyattn study --profile fewglue` on a GPU with Hub access" in text
     assert "no finished run yet" in fewshot.c4(offline.iloc[:0], C4_BASELINES, C4_REFS, method=E1)
     unfinished = fewshot.c4(offline, C4_BASELINES, C4_REFS, complete=False, method=E1)

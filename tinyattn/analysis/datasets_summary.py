@@ -1,11 +1,14 @@
-"""What the book needs to know about the GLUE data, recorded with the results.
+"""What the book needs to know about the GLUE and FewGLUE data, recorded with the results.
 
 The chapters quote each task's split sizes and judge collapsed runs against its majority-class score
-(the score of always predicting the most frequent training label, or the training mean for STS-B).
-Both come from the data files, which a reader of the repository may not have: so they are counted
-once, by ``write_summary`` (``python -m tinyattn.analysis.datasets_summary``, or ``make datasets-summary``),
+(the score of always predicting the most frequent training label, or the training mean for STS-B);
+the few-shot chapter reads its floors (chance, the evaluation set's majority class) from the label
+counts of the few-shot tasks' evaluation split (the SuperGLUE validation set). All of it comes from
+the data files, which a reader of the repository may not have: so they are counted once, by
+``write_summary`` (``python -m tinyattn.analysis.datasets_summary``, or ``make datasets-summary``),
 into ``results/summary/datasets.json``, and the chapters read that file (``load_summary``,
-``majority_scores``, ``split_sizes``). The book then builds from ``results/`` alone, offline.
+``majority_scores``, ``split_sizes``, ``label_counts``). The book then builds from ``results/`` alone,
+offline.
 
 The file says how it was made: the data source (local GLUE files or the Hub, never a machine path),
 the package versions and the git commit.
@@ -23,8 +26,10 @@ import numpy as np
 import pandas as pd
 
 from tinyattn.data import GLUE_TASKS, HUB_DATASET, get_task, load_glue_task, resolve_data_dir
+from tinyattn.fewglue import HUB_FEWGLUE, HUB_SUPERGLUE
 from tinyattn.metrics import main_metric, majority_baseline
 from tinyattn.records import git_commit, versions, write_json_atomic
+from tinyattn.tasks import FEWSHOT_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
 SUMMARY_FILE = REPO / "results" / "summary" / "datasets.json"
@@ -39,6 +44,12 @@ class SummaryMissingError(FileNotFoundError):
 def glue_task_names() -> list[str]:
     """The GLUE tasks the library knows (FewGLUE tasks have their own files and are not counted)."""
     return [name for name, spec in GLUE_TASKS.items() if getattr(spec, "source", "glue") == "glue"]
+
+
+def summary_task_names() -> list[str]:
+    """The tasks the summary counts by default: every GLUE task, then the few-shot tasks (FewGLUE's
+    32 training examples, the SuperGLUE validation set as their evaluation split)."""
+    return glue_task_names() + list(FEWSHOT_TASKS)
 
 
 def _label_counts(labels: list) -> dict[str, int]:
@@ -77,12 +88,16 @@ def summarise_task(task: str, data_dir: str | Path | None = None) -> dict[str, A
 
 
 def summarise(tasks: list[str] | None = None, data_dir: str | Path | None = None) -> dict:
-    """The datasets summary for ``tasks`` (default: every GLUE task), with how it was made."""
+    """The datasets summary for ``tasks`` (default: every GLUE and few-shot task), with how it was
+    made."""
     folder = resolve_data_dir(data_dir)
-    names = [get_task(t).name for t in (tasks or glue_task_names())]
+    names = [get_task(t).name for t in (tasks or summary_task_names())]
+    few = any(get_task(name).source == "fewglue" for name in names)
+    hubs = f"{HUB_DATASET}; {HUB_FEWGLUE}, {HUB_SUPERGLUE}" if few else HUB_DATASET
+    local = "local GLUE and FewGLUE files" if few else "local GLUE files"
     return {
         "format": FORMAT,
-        "source": "local GLUE files" if folder is not None else f"Hugging Face Hub ({HUB_DATASET})",
+        "source": local if folder is not None else f"Hugging Face Hub ({hubs})",
         "written": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "versions": {
             k: v for k, v in versions().items() if k in ("python", "tinyattn", "datasets")
@@ -163,6 +178,23 @@ def split_sizes(tasks=None, path: str | Path = SUMMARY_FILE) -> pd.DataFrame:
     return table.astype({"train": "Int64", "dev": "Int64"})
 
 
+def label_counts(
+    tasks, split: str = "validation", path: str | Path = SUMMARY_FILE
+) -> dict[str, dict[int, int]]:
+    """Task -> {class id: examples} of one split (default: the evaluation split, ``validation``; for
+    a few-shot task the SuperGLUE validation set), as recorded, for the classification ``tasks`` given.
+    A task whose split was not counted is an error."""
+    summary = load_summary(path)
+    counts = {}
+    for task in tasks:
+        name = get_task(task).name
+        recorded = (_task_entry(summary, name, path).get("label_counts") or {}).get(split)
+        if not recorded:
+            raise KeyError(f"the datasets summary {path} has no {split} label counts for {name!r}")
+        counts[name] = {int(label): int(n) for label, n in recorded.items()}
+    return counts
+
+
 def check_summary(data_dir: str | Path | None = None, path: str | Path = SUMMARY_FILE) -> list[str]:
     """The differences between the recorded summary and the data as it is now (empty: in step)."""
     recorded = load_summary(path)["tasks"]
@@ -178,13 +210,15 @@ def check_summary(data_dir: str | Path | None = None, path: str | Path = SUMMARY
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tinyattn.analysis.datasets_summary",
-        description="Count the GLUE splits and majority-class scores the book quotes, into "
-        "results/summary/datasets.json.",
+        description="Count the GLUE and few-shot splits, their labels and the majority-class "
+        "scores the book quotes, into results/summary/datasets.json.",
     )
     parser.add_argument(
         "--data-dir", help="local GLUE folder (default: $TINYATTN_DATA_DIR, else the Hub)"
     )
-    parser.add_argument("--tasks", nargs="+", help="tasks (default: every GLUE task)")
+    parser.add_argument(
+        "--tasks", nargs="+", help="tasks (default: every GLUE task and the few-shot tasks)"
+    )
     parser.add_argument("--out", default=str(SUMMARY_FILE), help="where to write the summary")
     parser.add_argument(
         "--check",
@@ -209,10 +243,12 @@ __all__ = [
     "SummaryMissingError",
     "check_summary",
     "glue_task_names",
+    "label_counts",
     "load_summary",
     "majority_scores",
     "split_sizes",
     "summarise",
     "summarise_task",
+    "summary_task_names",
     "write_summary",
 ]

@@ -1,11 +1,15 @@
-"""The few-shot chapter's numbers (claim C4), read from the records: runs, floors, published rows.
+"""The few-shot chapter's numbers (claim C4): runs (from the records), floors (from the datasets
+summary), published rows.
 
 * ``scores(study)``: one row per finished run (task, method, seed, score = the reported val score x100);
-* ``floors(records)``: each task's majority-class and random-guess scores, as the runs recorded them;
+* ``floors(tasks)``: each task's floors, from the evaluation set's label counts (the datasets
+  summary): chance (a uniformly random guess: accuracy 1/K) and the evaluation set's majority class
+  (the best any constant prediction scores); ``floors_table`` shows them with tiny attention's seeds
+  above chance;
 * ``summary(scores, floors)``: mean ± std over seeds per method and task, beside the floors;
 * ``published()``: the GPT-3 / PET / iPET rows (Schick & Schütze 2021, Table 1, its dev block: the
   SuperGLUE validation set this project scores), per few-shot task;
-* ``floor_sentence``: how many methods clear the floors, per task;
+* ``floor_sentence``: how many methods' means lie above chance and clear the majority class, per task;
 * ``comparison`` and ``comparison_sentence``: tiny attention against the other methods of the
   substitute, under the book's declared analysis (``tinyattn.analysis.stats``);
 * ``figure`` and ``opening``: the chapter's figure and first sentence;
@@ -13,18 +17,24 @@
 
 A few-shot task of the study (``fewrte``, ``fewcb``) is the FewGLUE task ``rte`` / ``cb`` of
 ``tinyattn.fewglue``; scores are on the main metric (RTE accuracy, CB the mean of accuracy and macro-F1).
+
+The floors changed with issue 29: until then the one floor was the score of always predicting the
+*training* set's majority class, which on FewGLUE RTE is the evaluation set's minority class, a
+floor below chance; seeds were counted above it. They are now counted above chance,
+and the evaluation set's majority class is shown beside it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
 
 from tinyattn.analysis import stats
+from tinyattn.analysis.datasets_summary import SUMMARY_FILE, label_counts
 from tinyattn.analysis.verdicts import PROVISIONAL
-from tinyattn.fewglue import PUBLISHED, published_scores
-from tinyattn.records import read_records
+from tinyattn.fewglue import PUBLISHED, baseline_metrics, published_scores
 from tinyattn.study.status import ProfileRuns
 from tinyattn.tasks import FEWSHOT_TASKS
 
@@ -39,30 +49,69 @@ def scores(study: ProfileRuns) -> pd.DataFrame:
     return study.runs.assign(score=study.runs["final_score"])[columns]
 
 
-def floors(runs_dir: str, run_ids: Iterable[str]) -> dict[str, dict[str, float]]:
-    """task -> {"majority": ..., "random": ...} (main metric x100) from the runs' own ``baselines``;
-    every run of a task must agree (same training and evaluation labels)."""
+def floors(tasks: Iterable[str], path: str | Path = SUMMARY_FILE) -> dict[str, dict[str, float]]:
+    """task -> its floors, from the evaluation set's label counts recorded in the datasets summary
+    (``datasets_summary.label_counts``; the SuperGLUE validation set), in points:
+
+    * ``chance``: the expected main-metric score of a uniformly random guess (``fewglue.baseline_metrics``),
+      whose accuracy is ``chance_accuracy`` = 100 / K for K classes (``classes``);
+    * ``dev_majority``: the main-metric score of always predicting the evaluation set's most frequent
+      class, the highest any constant prediction reaches; that class's share of the evaluation set
+      is ``dev_majority_share`` (its accuracy).
+
+    On an accuracy task (RTE) the main-metric floors are the accuracies; CB's main metric also
+    averages in macro-F1, so there they differ."""
     out: dict[str, dict[str, float]] = {}
-    for record in read_records(runs_dir, run_ids=run_ids):
-        task, metric = record["task"], FEWSHOT_TASKS[record["task"]].metric
-        found = {name: SCALE * values[metric] for name, values in record["baselines"].items()}
-        if out.setdefault(task, found) != found:
-            raise ValueError(f"runs of {task} recorded different baselines: {out[task]}, {found}")
+    for task, counts in label_counts(list(tasks), "validation", path).items():
+        spec = FEWSHOT_TASKS[task]
+        gold = [label for label, n in sorted(counts.items()) for _ in range(n)]
+        base = baseline_metrics(spec.hub_config, gold, gold)  # "training" labels = the dev set's
+        out[task] = {
+            "classes": spec.num_labels,
+            "chance": SCALE * base["random"][spec.metric],
+            "chance_accuracy": SCALE / spec.num_labels,
+            "dev_majority": SCALE * base["majority"][spec.metric],
+            "dev_majority_share": SCALE * max(counts.values()) / len(gold),
+        }
     return out
 
 
+def above_chance(scores: pd.Series, floor: Mapping[str, float]) -> int:
+    """How many of ``scores`` (one per seed, main metric x100) lie above chance (``floor["chance"]``)."""
+    return int((scores > floor["chance"]).sum())
+
+
+def floors_table(
+    table: pd.DataFrame, task_floors: dict[str, dict[str, float]], method: str
+) -> pd.DataFrame:
+    """Per task: the classes, chance and the evaluation set's majority class (as accuracy, and on the
+    task's main metric where that is not accuracy), and how many of ``method``'s seeds lie above chance."""
+    rows = {}
+    for task in [t for t in FEWSHOT_TASKS if t in task_floors]:
+        floor, metric = task_floors[task], FEWSHOT_TASKS[task].metric
+        mine = table.loc[(table["task"] == task) & (table["method"] == method), "score"]
+        main = "" if metric == "accuracy" else f" ({metric}: {{:.1f}})"
+        rows[task] = {
+            "classes": int(floor["classes"]),
+            "chance, 1/K": f"{floor['chance_accuracy']:.1f}" + main.format(floor["chance"]),
+            "dev majority class": f"{floor['dev_majority_share']:.1f}"
+            + main.format(floor["dev_majority"]),
+            f"{method}: seeds above chance": f"{above_chance(mine, floor)} of {len(mine)}",
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def summary(table: pd.DataFrame, task_floors: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """Mean ± std over seeds (and the number of seeds) per method and task, then the two floors."""
+    """Mean ± std over seeds (and the number of seeds) per method and task, then the two floors on
+    the main metric: chance and the evaluation set's majority class."""
     rows = {}
     for (method, task), group in table.groupby(["method", "task"], sort=False):
         std = group["score"].std(ddof=1) if len(group) > 1 else float("nan")
         rows.setdefault(method, {})[task] = (
             f"{group['score'].mean():.1f} ± {std:.1f} ({len(group)})"
         )
-    for name in ("majority", "random"):
-        rows[f"{name} class" if name == "majority" else "random guess"] = {
-            task: f"{values[name]:.1f}" for task, values in task_floors.items()
-        }
+    for name, key in (("chance", "chance"), ("dev majority class", "dev_majority")):
+        rows[name] = {task: f"{values[key]:.1f}" for task, values in task_floors.items()}
     frame = pd.DataFrame.from_dict(rows, orient="index")
     return frame[[t for t in FEWSHOT_TASKS if t in frame.columns]]
 
@@ -103,18 +152,20 @@ def published_table() -> pd.DataFrame:
 
 
 def floor_sentence(table: pd.DataFrame, task_floors: dict[str, dict[str, float]]) -> str:
-    """Per task: how many methods' means over seeds clear the higher of the two floors by more than
-    ``stats.COLLAPSE_MARGIN`` points, and the best mean."""
+    """Per task: how many methods' means over seeds lie above chance, how many clear the evaluation
+    set's majority class by more than ``stats.COLLAPSE_MARGIN`` points, and the best mean."""
     parts = []
     for task in [t for t in FEWSHOT_TASKS if t in task_floors]:
         means = table[table["task"] == task].groupby("method")["score"].mean()
         if means.empty:
             continue
-        floor = max(task_floors[task].values())
-        above = int((means > floor + stats.COLLAPSE_MARGIN).sum())
+        floor = task_floors[task]
+        above = above_chance(means, floor)
+        clear = int((means > floor["dev_majority"] + stats.COLLAPSE_MARGIN).sum())
         parts.append(
-            f"on {task}, {above} of {len(means)} methods' means clear the higher floor "
-            f"({floor:.1f}) by more than {stats.COLLAPSE_MARGIN:g} point (the best: "
+            f"on {task}, {above} of {len(means)} methods' means lie above chance "
+            f"({floor['chance']:.1f}) and {clear} clear the dev set's majority class "
+            f"({floor['dev_majority']:.1f}) by more than {stats.COLLAPSE_MARGIN:g} point (the best: "
             f"{means.idxmax()}, {means.max():.1f})"
         )
     text = "; ".join(parts)
@@ -132,15 +183,19 @@ def comparison(
     under the declared analysis: bootstrap interval, sign test, Holm over this family. ``twins``
     (tiny attention's own E = 4 twin: whether it adds to E = 1 is C2's question, not a competitor's)
     are left out; ``without_collapsed`` drops every pair that holds a run that collapsed
-    (``stats.collapsed``)."""
+    (``collapsed``)."""
     if table.empty:
         return pd.DataFrame()
     family = [m for m in dict.fromkeys(table["method"]) if m != method and m not in twins]
-    exclude = None
-    if without_collapsed:
-        majority = {task: floor["majority"] for task, floor in task_floors.items()}
-        exclude = stats.collapsed(table, majority, score="score")
+    exclude = collapsed(table, task_floors) if without_collapsed else None
     return stats.declared_comparison(table, method, family, exclude=exclude)
+
+
+def collapsed(table: pd.DataFrame, task_floors: dict[str, dict[str, float]]) -> pd.Series:
+    """``stats.collapsed`` against each task's evaluation-set majority class (``dev_majority``): a run
+    within ``stats.COLLAPSE_MARGIN`` points of the best constant prediction, or below the probe."""
+    majority = {task: floor["dev_majority"] for task, floor in task_floors.items()}
+    return stats.collapsed(table, majority, score="score")
 
 
 def comparison_sentence(full: pd.DataFrame, clean: pd.DataFrame, collapsed: int, runs: int) -> str:
@@ -175,7 +230,7 @@ def comparison_sentence(full: pd.DataFrame, clean: pd.DataFrame, collapsed: int,
 
 def figure(table: pd.DataFrame, task_floors: dict[str, dict[str, float]], order: list[str]):
     """One panel per task: each method's scores (a dot per seed, a bar at the mean) in ``order``,
-    the majority-class (dashed) and random-guess (dotted) floors across."""
+    the evaluation set's majority class (dashed) and chance (dotted) across."""
     import matplotlib.pyplot as plt
 
     tasks = [t for t in FEWSHOT_TASKS if t in set(table["task"])]
@@ -190,8 +245,9 @@ def figure(table: pd.DataFrame, task_floors: dict[str, dict[str, float]], order:
         for i, name in enumerate(names):
             values = rows.loc[rows["method"] == name, "score"]
             ax.plot([i] * len(values), values, "o", color="#1f4e8c", ms=3)
-        ax.axhline(task_floors[task]["majority"], ls="--", color="k", lw=1, label="majority class")
-        ax.axhline(task_floors[task]["random"], ls=":", color="k", lw=1, label="random guess")
+        floor = task_floors[task]
+        ax.axhline(floor["dev_majority"], ls="--", color="k", lw=1, label="dev majority class")
+        ax.axhline(floor["chance"], ls=":", color="k", lw=1, label="chance")
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
         ax.set_title(task)
         ax.set_ylabel("val score ×100")
@@ -212,7 +268,8 @@ def opening(
     headline = headline[:1].upper() + headline[1:]
     mine = table[table["method"] == method]
     parts = [
-        f"{rows.mean():.1f} on {task} (majority class {task_floors[task]['majority']:.1f})"
+        f"{rows.mean():.1f} on {task} (chance {task_floors[task]['chance']:.1f}; above it on "
+        f"{above_chance(rows, task_floors[task])} of {len(rows)} seeds)"
         for task in FEWSHOT_TASKS
         if not (rows := mine.loc[mine["task"] == task, "score"]).empty
     ]
@@ -241,6 +298,18 @@ C4_DECIDING_RUN = (
 )
 
 
+def _as_accuracy(task: str, floor: Mapping[str, float]) -> str:
+    """For a task whose main metric is not accuracy (CB): which score the floors are on, and the
+    two floors as accuracies."""
+    metric = FEWSHOT_TASKS[task].metric
+    if metric == "accuracy":
+        return ""
+    return (
+        f"its {metric} score; as accuracies {floor['chance_accuracy']:.1f} and "
+        f"{floor['dev_majority_share']:.1f}; "
+    )
+
+
 def _spread(scores: pd.Series) -> str:
     return f"{scores.mean():.1f} ± {scores.std(ddof=1) if len(scores) > 1 else 0.0:.1f}"
 
@@ -257,7 +326,8 @@ def c4(
     """The verdict on C4 (on FewGLUE, tiny attention is comparable to GPT-3 and PET).
 
     ``offline``: the substitute's runs (columns task, method, seed, score: the reported val score x100);
-    ``baselines``: task -> {"majority": ..., "random": ...} on the same scale; ``references``: task ->
+    ``baselines``: task -> its floors (``floors``: ``chance``, ``dev_majority``) on the same scale;
+    the offline seeds are counted above chance; ``references``: task ->
     {"GPT-3": ..., "PET": ..., ...}, the published scores (Table 1's dev block, the split scored here;
     empty while they are unchecked, and then nothing is judged); ``cloze``: runs of the authors' protocol on a masked LM (same columns; ``method`` there is tiny attention's label).
     Without cloze runs the claim cannot be decided: the substitute is another protocol on another
@@ -269,11 +339,11 @@ def c4(
     if cloze is None or cloze.empty:
         parts = []
         for task, rows in offline[offline["method"] == method].groupby("task", sort=True):
-            floor = baselines[task]["majority"]
-            above = int((rows["score"] > floor).sum())
+            floor = baselines[task]
             parts.append(
-                f"{task} {_spread(rows['score'])} against a majority class of {floor:.1f} "
-                f"(above it on {above} of {len(rows)} seeds)"
+                f"{task} {_spread(rows['score'])} against chance {floor['chance']:.1f} and the dev "
+                f"set's majority class {floor['dev_majority']:.1f} ({_as_accuracy(task, floor)}"
+                f"above chance on {above_chance(rows['score'], floor)} of {len(rows)} seeds)"
             )
         seen = "gives tiny attention " + "; ".join(parts) if parts else "has no finished run yet"
         return (
