@@ -45,12 +45,13 @@ The analysis (``tinyattn.analysis.*``)
     ``decidability``  what a design can decide: a rule's verdicts simulated over true effects.
     ``confirm``       the confirmatory round's plan (C2, C3), its design and its verdicts.
     ``verdicts``      the rules that turn comparisons into verdicts on the paper's claims.
+    ``pilot``         the exploratory pilot's C3 comparisons as estimates, no verdict out of reach.
     ``fewshot``       the few-shot chapter's numbers (claim C4) from the records, and C4's verdict.
     ``budget``        the budget study: 10-epoch runs paired with the ``cpu`` study's, C1 at both;
                       ``budget_report`` the chapter's tables and sentences of it.
     ``report``        the tables and sentences the chapters show; ``claims`` those of the claim
                       chapters' declared comparisons; ``bench_report`` the numbers of a benchmark.
-    ``datasets_summary`` split sizes and majority-class scores, recorded for the book.
+    ``datasets_summary`` split sizes, label counts and majority-class scores, recorded for the book.
     ``experts``       the heads-as-experts analysis of one run (``expert_stats``: its maths;
                       ``deployment``: deployment variants); ``plots`` figures.
 

@@ -62,8 +62,10 @@ ROLES = {
     "no_context": "the same adapter attending to its own token only (C3: no context)",
     "same_size_bottleneck": "a bottleneck adapter with the reference's parameters (C3)",
     "larger_bottleneck": "a bottleneck adapter about ten times as large (C3)",
+    "study_bottleneck": "the GLUE study's bottleneck adapter at its own size (drawn beside C3's)",
+    "head_dims": "[...] tiny attention with larger heads, one expert (the head-dimension sweep)",
 }
-LIST_ROLES = ("expert_counts",)
+LIST_ROLES = ("expert_counts", "head_dims")
 #: What one run asks of a machine (a profile's ``resources:`` block, read by the Ray executor): one
 #: CPU unless the profile says otherwise; a GPU profile says ``resources: {gpus: 1}``.
 RESOURCES = {"cpus": 1, "gpus": 0}
