@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tinyattn.data import get_task
-from tinyattn.metrics import compute_metrics, main_metric, majority_baseline
+from tinyattn.metrics import compute_metrics, main_metric, majority_baseline, prediction_summary
 
 
 def _data_dir() -> pathlib.Path | None:
@@ -174,3 +174,11 @@ def test_majority_score_reads_the_task_and_names_its_main_metric() -> None:
     assert majority_score("stsb", DATA_DIR) == 0.0  # a constant has no correlation
     with pytest.raises(FileNotFoundError, match="data folder"):
         majority_score("rte", str(DATA_DIR / "nope"))
+
+
+def test_prediction_summary_tells_a_one_class_run_from_its_predictions() -> None:
+    logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    assert prediction_summary("rte", logits) == {"counts": {"0": 1, "1": 3}}
+    assert prediction_summary("cola", np.array([1, 1, 1])) == {"counts": {"1": 3}}
+    scores = prediction_summary("stsb", np.array([2.0, 2.0, 7.0, -1.0]))  # clipped to [0, 5]
+    assert scores["mean"] == 2.25 and scores["std"] == pytest.approx(np.std([2, 2, 5, 0]))

@@ -123,6 +123,27 @@ def test_collapse_policy_flags_runs_near_the_majority_class_or_below_the_probe()
     assert not bool(cells.loc[("stsb", "head_only"), "bimodal"])
 
 
+def test_a_run_that_says_what_it_predicted_is_judged_by_its_behaviour():
+    """Where a record says what its run predicted, collapse is one class (or one score) for almost
+    every input, whatever the score: a 53.8 on RTE from mixed predictions has not collapsed, a 60.0
+    from 96 % of one class has; a row without predictions is judged by its score as before."""
+    nan = float("nan")
+    runs = pd.DataFrame(
+        {
+            "task": ["rte", "rte", "rte", "stsb", "stsb", "rte"],
+            "seed": [1, 2, 3, 1, 2, 4],
+            "method": ["m"] * 6,
+            "final_score": [53.0, 60.0, 53.8, 10.0, 80.0, 53.0],
+            "final_top_share": [0.70, 0.96, 0.55, nan, nan, nan],
+            "final_prediction_std": [nan, nan, nan, 0.05, 1.2, nan],
+        }
+    )
+    flags = stats.collapsed(runs, {"rte": 52.7, "stsb": 0.0})
+    assert flags.tolist() == [False, True, False, True, False, True]
+    best = runs.rename(columns={"final_score": "score"}).assign(best_top_share=nan)
+    assert stats.collapsed(best, {"rte": 52.7}, score="score").tolist()[:3] == [True, False, False]
+
+
 def test_excluding_collapsed_runs_drops_only_the_pairs_that_hold_one():
     runs = _runs({"ref": [10.0] * 9, "a": [9.0] * 9, "b": [11.0] * 9})
     flags = (runs["method"] == "a") & (runs["task"] == "a") & (runs["seed"] == 1)

@@ -80,6 +80,9 @@ def test_record_has_provenance_and_is_written(tmp_path, data_dir):
     assert "commit" in saved["provenance"]["git"]
     assert saved["params"]["learning_rate"] == 3e-3
     assert len(saved["evaluations"]) == 2 and saved["best"] in saved["evaluations"]
+    for entry in saved["evaluations"]:  # what the model predicted, in brief: one count per example
+        counts = entry["predictions"]["counts"]
+        assert set(counts) <= {"0", "1"} and sum(counts.values()) == saved["eval_examples"]
     assert saved["tokens_per_second"] > 0 and saved["train_seconds"] > 0
     assert not list((tmp_path / "runs").glob(".*.tmp"))  # atomic write leaves nothing behind
 
@@ -150,9 +153,9 @@ def test_restore_best_decides_which_weights_a_run_ends_with(tmp_path, data_dir, 
         snapshots.append(
             {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         )
-        return {"accuracy": 0.9 if len(snapshots) == 1 else 0.5}
+        return {"accuracy": 0.9 if len(snapshots) == 1 else 0.5}, {"counts": {}}
 
-    monkeypatch.setattr(train_module, "evaluate", scripted)
+    monkeypatch.setattr(train_module, "evaluate_with_predictions", scripted)
     ends = {}
     for restore in (True, False):
         snapshots.clear()

@@ -108,6 +108,18 @@ def compute_metrics(task: str | TaskSpec, predictions: Any, labels: Any) -> dict
     return out
 
 
+def prediction_summary(task: str | TaskSpec, predictions: Any) -> dict:
+    """What a model predicted, in brief, for telling a collapsed run by its behaviour: per class the
+    number of predictions (classification), or the mean and spread of the scores (stsb, clipped as
+    scored). A run that learned nothing predicts one class, or one score, for every example."""
+    spec = get_task(task)
+    if spec.is_regression:
+        preds = np.clip(_as_1d(predictions, "predictions").astype(np.float64), *STSB_RANGE)
+        return {"mean": float(preds.mean()), "std": float(preds.std())}
+    counts = Counter(int(y) for y in _class_ids(predictions, spec))
+    return {"counts": {str(label): counts[label] for label in sorted(counts)}}
+
+
 def majority_baseline(
     task: str | TaskSpec, train_labels: Any, eval_labels: Any
 ) -> dict[str, float]:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from tinyattn.data import EncodedDataset, TaskSpec, get_task, make_dataloader
-from tinyattn.metrics import compute_metrics, main_metric
+from tinyattn.metrics import compute_metrics, main_metric, prediction_summary
 from tinyattn.model import EncoderClassifier
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -103,9 +103,16 @@ def predict(model, loader, accelerator: Accelerator | None = None) -> tuple[np.n
 def evaluate(
     model, task: str | TaskSpec, loader, accelerator: Accelerator | None = None
 ) -> dict[str, float]:
+    return evaluate_with_predictions(model, task, loader, accelerator)[0]
+
+
+def evaluate_with_predictions(
+    model, task: str | TaskSpec, loader, accelerator: Accelerator | None = None
+) -> tuple[dict[str, float], dict]:
+    """The metrics, and what the model predicted in brief (``metrics.prediction_summary``)."""
     logits, labels = predict(model, loader, accelerator)
     preds = logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
-    return compute_metrics(task, preds, labels)
+    return compute_metrics(task, preds, labels), prediction_summary(task, preds)
 
 
 @dataclass
@@ -306,7 +313,7 @@ def train(
 
     def evaluation(model, point: EvalPoint) -> dict:
         with eval_context(accelerator.unwrap_model(model)):
-            metrics = evaluate(model, spec, eval_loader, accelerator)
+            metrics, predicted = evaluate_with_predictions(model, spec, eval_loader, accelerator)
         bar.set_postfix({select: f"{metrics[select]:.4f}"})
         return {
             "step": point.step,
@@ -314,6 +321,7 @@ def train(
             "train_loss": point.mean_loss,
             "learning_rate": point.learning_rate,
             "metrics": metrics,
+            "predictions": predicted,  # in brief: class counts, or the scores' mean and spread
         }
 
     def evaluate_plain(model) -> dict:  # without eval_context

@@ -14,10 +14,13 @@ Everything here is fixed before it is applied (see the book's protocol, "The dec
 - **Multiple comparisons.** Holm's step-down correction over each claim's family of comparisons.
 - **Resolved.** A comparison is resolved when its bootstrap interval excludes zero *and* its
   Holm-adjusted sign-test p-value is below ``ALPHA``.
-- **Collapsed runs.** A run has collapsed when it ends within ``COLLAPSE_MARGIN`` points of its task's
-  majority-class score, or below the lowest seed of the linear probe (``PROBE``: the head alone on the
-  frozen backbone) on its task: it learned (next to) nothing, or less than nothing added to the
-  encoder. These are the book's two existing diagnostics ("Runs that learned nothing", "below the
+- **Collapsed runs.** By behaviour, where a record says what its run predicted (records made from
+  December 2026 on): at least ``COLLAPSE_SHARE`` of its dev predictions in one class, or (STS-B)
+  predicted scores whose spread is below ``COLLAPSE_STD``: it answers the same whatever the input.
+  Where the record does not say (every earlier record), by its score as before: it ends within
+  ``COLLAPSE_MARGIN`` points of its task's majority-class score, or below the lowest seed of the linear
+  probe (``PROBE``: the head alone on the frozen backbone) on its task: it learned (next to) nothing,
+  or less than nothing added to the encoder. These are the book's two existing diagnostics ("Runs that learned nothing", "below the
   probe"). Every comparison is shown with all pairs and without the pairs in which either of its two
   runs collapsed; a (task, method) cell whose seeds are partly collapsed is bimodal and is summarised
   by its median, not by mean ± std.
@@ -37,6 +40,10 @@ ALPHA = 0.05
 COLLAPSE_MARGIN = 1.0
 #: The linear probe: a run ending below this method's lowest seed on its task has collapsed.
 PROBE = "head_only"
+#: Collapse by behaviour: at least this share of the dev predictions in one class ...
+COLLAPSE_SHARE = 0.95
+#: ... or, for a regression task (STS-B, scored 0-5), predicted scores with a spread below this.
+COLLAPSE_STD = 0.1
 
 
 def pair_differences(
@@ -249,16 +256,26 @@ def per_task_differences(
 def collapsed(
     runs: pd.DataFrame, majority: dict[str, float], score: str = "final_score"
 ) -> pd.Series:
-    """Per run (aligned with ``runs``): whether it collapsed, i.e. ended within ``COLLAPSE_MARGIN``
-    points of its task's majority-class score (``majority``: task -> points; a task without one is not
-    judged by it) or below the lowest seed of the probe (``PROBE``) on its task."""
+    """Per run (aligned with ``runs``): whether it collapsed. By behaviour where the run's row says
+    what it predicted (``<best|final>_top_share``, ``<best|final>_prediction_std`` from
+    ``rows``): at least ``COLLAPSE_SHARE`` of its predictions in one class, or a spread of predicted
+    scores below ``COLLAPSE_STD``. Else by score: it ended within ``COLLAPSE_MARGIN`` points of its
+    task's majority-class score (``majority``: task -> points; a task without one is not judged by it)
+    or below the lowest seed of the probe (``PROBE``) on its task."""
     floor = runs["task"].map(majority)
     near_majority = (runs[score] <= floor + COLLAPSE_MARGIN).fillna(False)
     probe_min = runs[runs["method"] == PROBE].groupby("task")[score].min()
     below_probe = (runs["method"] != PROBE) & (runs[score] < runs["task"].map(probe_min)).fillna(
         False
     )
-    return (near_majority | below_probe).astype(bool)
+    by_score = near_majority | below_probe
+    which = "final" if score.startswith("final") else "best"
+    nan = pd.Series(np.nan, index=runs.index)
+    share = runs.get(f"{which}_top_share", nan)
+    spread = runs.get(f"{which}_prediction_std", nan)
+    said = share.notna() | spread.notna()
+    by_behaviour = (share >= COLLAPSE_SHARE) | (spread < COLLAPSE_STD)
+    return by_score.where(~said, by_behaviour).astype(bool)
 
 
 def cell_summary(

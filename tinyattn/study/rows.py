@@ -74,7 +74,18 @@ def _row(record: dict) -> dict:
     row["adapter_percent"] = 100.0 * row["adapter_params"] / row["backbone_params"]
     for name, value in record["best"]["metrics"].items():
         row[f"best_{name}"] = SCORE_SCALE * value
+    for which in ("best", "final"):  # what it predicted (records made from 2026-12 on; else NaN)
+        row[f"{which}_top_share"], row[f"{which}_prediction_std"] = _behaviour(record[which])
     return row
+
+
+def _behaviour(evaluation: dict) -> tuple[float, float]:
+    """The share of predictions in the most predicted class, and the spread of predicted scores
+    (STS-B), from an evaluation's ``predictions`` summary; NaN where it has none."""
+    summary, nan = evaluation.get("predictions") or {}, float("nan")
+    counts = summary.get("counts")
+    top = max(counts.values()) / sum(counts.values()) if counts else nan
+    return top, summary.get("std", nan)
 
 
 def _device(record: dict) -> str:
