@@ -48,7 +48,8 @@ def bench_numbers(bench: dict) -> dict:
 
 def bench_stages(files: dict[str, str | Path]) -> pd.DataFrame:
     """The benchmark at each stage of optimising the adapter (``files``: stage -> bench file; a
-    missing file is left out), one column per stage named with its commit."""
+    missing file is left out), one column per stage named with its commit and processor (ratios from
+    two processors differ as their speeds for the backbone's GEMMs and the adapter's passes do)."""
     rows = {}
     for label, path in files.items():
         if not Path(path).exists():
@@ -56,7 +57,8 @@ def bench_stages(files: dict[str, str | Path]) -> pd.DataFrame:
         data = read_bench(path)
         p_inf, p_train = data["paired_inference_ratio"], data["paired_train_step_ratio"]
         share = data.get("share_inference_ratio", {}).get("tinyattn_averaged", {})
-        rows[f"{label} ({data['git']['commit'][:7]})"] = {
+        processor = data["machine"]["processor"]
+        rows[f"{label} ({data['git']['commit'][:7]}, {processor})"] = {
             "averaged / backbone (inference)": p_inf["tinyattn_averaged"]["median"],
             "E = 4 / backbone (inference)": p_inf["tinyattn_e4"]["median"],
             "E = 1 / LoRA (training step)": p_train["tinyattn_e1"]["median"],
