@@ -425,7 +425,10 @@ def test_bench_stages_one_column_per_stage_found(tmp_path):
     files = {"first": first, "missing": tmp_path / "none.json", "second": second}
     table = report.bench_stages(files)
     processor = json.loads(first.read_text())["machine"]["processor"]
-    assert list(table.columns) == [f"first (1111111, {processor})", f"second (2222222, {processor})"]
+    assert list(table.columns) == [
+        f"first (1111111, {processor})",
+        f"second (2222222, {processor})",
+    ]
     assert table.loc["averaged / backbone (inference)"].tolist() == [1.3, 1.05]
     assert table.loc["E = 4 memory MB"].tolist() == [390.04, 390.04]
 
