@@ -223,11 +223,25 @@ def test_capture_attention_and_similarity_on_a_tiny_model():
     _set_experts(model, same=True)
     batch = tiny_batch()
     model.train()
+    layers = expert_stats.adapters_of(model).layers
+    seen = []  # each adapter's input as it was handed over, before the call may write into it
+    handles = [
+        layer.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append((module, args[0].clone(), args[1])),
+            with_kwargs=True,
+        )
+        for layer in layers
+    ]
     probs = expert_stats.capture_attention(model, batch)
+    for handle in handles:
+        handle.remove()
     assert model.training  # mode restored
-    assert all(not layer._forward_hooks for layer in expert_stats.adapters_of(model).layers)
+    assert all(not (layer._forward_hooks or layer._forward_pre_hooks) for layer in layers)
     assert [p.shape for p in probs] == [(3, 3, 9, 9)] * 2
     assert probs[0][2, :, :, 5:].abs().max() == 0  # row 2 has 4 padding tokens
+    with torch.no_grad():  # the maps of the inputs the adapters were given
+        for got, (module, x, mask) in zip(probs, seen):
+            torch.testing.assert_close(got, module.attention_probs(x, mask).float())
 
     reference = _tiny_model(num_experts=1, seed=1)
     sim = expert_stats.expert_similarity(model, reference, batch)

@@ -60,12 +60,14 @@ def capture_attention(model: EncoderClassifier, batch: dict) -> list[torch.Tenso
     """Each adapter call's attention probabilities (B, E, T, T) on ``batch``, bottom layer first (CPU)."""
     captured: list[torch.Tensor] = []
 
-    def record(module, args, kwargs, output):
-        inputs = {k: v for k, v in kwargs.items() if k != "residual"}  # what attention reads
+    def record(module, args, kwargs):
+        # before the call: without gradients the adapter may write its result into the tensor it
+        # was handed, which is its input too when it sits after the attention
+        inputs = {k: v for k, v in kwargs.items() if k not in ("residual", "reuse_residual")}
         captured.append(module.attention_probs(*args, **inputs).float().cpu())
 
     layers = adapters_of(model).layers
-    handles = [layer.register_forward_hook(record, with_kwargs=True) for layer in layers]
+    handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers]
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
