@@ -169,6 +169,34 @@ def test_no_verdict_on_a_partial_grid(plan):
         confirm.verdicts(plan, pd.DataFrame(), complete=False)
 
 
+def test_a_chapter_opens_with_the_verdict_only_on_the_whole_grid(plan):
+    runs = pd.DataFrame(
+        [
+            {
+                "method": m,
+                "task": t,
+                "seed": s,
+                "final_score": score,
+                "final_unaveraged_score": np.nan,
+            }
+            for t in plan.tasks
+            for s in plan.seeds
+            for m, score in (
+                ("tinyattn_e1", 80.0 + s % 3),
+                ("tinyattn_self", 75.0 + s % 3 - 0.1 * (s % 2)),
+                ("bottleneck_matched", 70.0 + s % 3 + 0.1 * (s % 2)),
+            )
+        ]
+    )
+    pending = confirm.opening(plan, "C3", runs, done=10, planned=325)
+    assert "10 of its 325 runs are done" in pending
+    assert not any(word in pending for word in ("ahead", "behind", "holds", "fails", "points"))
+    done = confirm.opening(plan, "C3", runs, done=325, planned=325)
+    assert done.startswith("In the confirmatory round, C3 **holds**")
+    assert "context ahead (+5.05 points over 65 pairs)" in done
+    assert "attention_vs_bottleneck ahead (+9.95 points over 65 pairs)" in done
+
+
 def test_averaging_pairs_compare_two_scores_of_the_same_runs(plan):
     runs = pd.DataFrame(
         {

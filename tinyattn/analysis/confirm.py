@@ -261,6 +261,23 @@ def claim_reading(plan: Plan, claim: str, table: pd.DataFrame) -> str:
     return "holds" if all(r == "supports" for r in readings) else "undecided"
 
 
+def opening(plan: Plan, claim: str, runs: pd.DataFrame, done: int, planned: int) -> str:
+    """The sentence a claim's chapter opens with: its confirmatory verdict once every one of the
+    grid's ``planned`` runs is done, else only how far the grid is (no outcome of a partial grid)."""
+    if done < planned:
+        return (
+            f"The confirmatory round decides {claim}: {done} of its {planned} runs are done, and "
+            "its verdict is read, and shown here, once every run has finished."
+        )
+    table = verdicts(plan, runs, complete=True)[claim]
+    parts = [
+        f"{r.comparison} {r.outcome} ({r.estimate:+.2f} points over {r.pairs} pairs)"
+        for r in table.itertuples()
+    ]
+    reading = claim_reading(plan, claim, table)
+    return f"In the confirmatory round, {claim} **{reading}**: " + "; ".join(parts) + "."
+
+
 # ----------------------------------------------------------------------------- the design's rules
 def commit_time(commit: str, root: str | Path = ".") -> datetime:
     """When ``commit`` was committed (from this checkout's git history)."""
