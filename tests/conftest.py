@@ -3,11 +3,13 @@ backbone, and the local data folder."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import (
     AlbertConfig,
     AlbertModel,
@@ -115,6 +117,40 @@ def data_dir() -> Path:
     if not (candidate / "glue").is_dir():
         pytest.skip(f"no local data folder at {candidate} (set TINYATTN_DATA_DIR)")
     return candidate
+
+
+#: A two-run study profile (one step each on 16 SST-2 examples): the runner's tests' toy.
+TOY = {
+    "name": "toy",
+    "backbone": "minilm-l6",
+    "seeds": [1],
+    "defaults": {"max_steps": 1, "batch_size": 8, "max_train_samples": 16, "max_eval_samples": 16},
+    "tasks": {"sst2": {}},
+    "methods": {
+        "head_only": {"method": "head_only", "learning_rate": 1.0e-3},
+        "tinyattn_e1": {"method": "tinyattn", "learning_rate": 1.0e-3},
+    },
+}
+
+
+def records(folder: str | Path = "results/runs") -> dict[str, dict]:
+    """Every record of a runs folder, by run id."""
+    return {p.stem: json.loads(p.read_text()) for p in Path(folder).glob("*.json")}
+
+
+@pytest.fixture
+def write_toy(tmp_path, data_dir, monkeypatch):
+    """In a fresh working folder with the local data: ``write_toy(profile)`` saves ``profile`` (a
+    dict) as ``toy.yaml`` there and returns its path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TINYATTN_DATA_DIR", str(data_dir))
+
+    def write(profile: dict) -> Path:
+        path = tmp_path / "toy.yaml"
+        path.write_text(yaml.safe_dump(profile))
+        return path
+
+    return write
 
 
 @pytest.fixture(scope="session")

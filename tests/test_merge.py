@@ -12,36 +12,27 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import fake_record
+from conftest import TOY, fake_record
 
 from tinyattn.cli import main as cli
 from tinyattn.experiment import RunParams, run
-from tinyattn.records import adapter_dir, record_path, write_json_atomic
-from tinyattn.study.merge import _write_new, agree, format_summary, merge
+from tinyattn.records import adapter_dir, record_path, write_bytes_atomic, write_json_atomic
+from tinyattn.study.merge import agree, format_summary, merge
 from tinyattn.study.profiles import expand, load_profile
 from tinyattn.study.tuning import planned_runs
 
 RUNS = Path(__file__).resolve().parent.parent / "results" / "runs"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 PIN = "abcdef1"
-TOY = {
-    "backbone": "minilm-l6",
-    "seeds": [1],
-    "defaults": {"max_steps": 1, "batch_size": 8, "max_train_samples": 16, "max_eval_samples": 16},
-    "tasks": {"sst2": {}},
-    "methods": {
-        "head_only": {"method": "head_only", "learning_rate": 1.0e-3},
-        "tinyattn_e1": {"method": "tinyattn", "learning_rate": 1.0e-3},
-    },
-}
+PROFILE = {k: v for k, v in TOY.items() if k != "name"}  # each file names its own
 
 
 @pytest.fixture
 def profiles(tmp_path) -> list[Path]:
     """Two small profiles: ``toy`` (seed 1) and ``pinned`` (seed 2, ``code: abcdef1``)."""
     toy, pinned = tmp_path / "toy.yaml", tmp_path / "pinned.yaml"
-    toy.write_text(yaml.safe_dump(TOY))
-    pinned.write_text(yaml.safe_dump(TOY | {"seeds": [2], "code": PIN}))
+    toy.write_text(yaml.safe_dump(PROFILE))
+    pinned.write_text(yaml.safe_dump(PROFILE | {"seeds": [2], "code": PIN}))
     return [toy, pinned]
 
 
@@ -273,11 +264,13 @@ def test_nothing_in_the_destination_is_overwritten_or_removed(tmp_path, profiles
 def test_a_record_is_written_whole_and_never_over_a_file(tmp_path):
     """The last guard, for a file that appears while the merge runs: a hard link, never a rename."""
     target = tmp_path / "x.json"
-    _write_new(target, b'{"a": 1}')
+    write_bytes_atomic(target, b'{"a": 1}', replace=False)
     assert target.read_bytes() == b'{"a": 1}' and target.stat().st_mode & 0o777 == 0o644
     with pytest.raises(FileExistsError):
-        _write_new(target, b'{"a": 2}')
+        write_bytes_atomic(target, b'{"a": 2}', replace=False)
     assert target.read_bytes() == b'{"a": 1}' and [p.name for p in tmp_path.iterdir()] == ["x.json"]
+    write_bytes_atomic(target, b'{"a": 3}')  # the default replaces, as a record's rewrite does
+    assert target.read_bytes() == b'{"a": 3}' and [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
 def test_a_done_record_wins_over_a_failed_one(tmp_path, profiles):

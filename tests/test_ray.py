@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TOY, records
 
 from tinyattn.study.profiles import expand, load_profile, resources
 from tinyattn.study.runner import run_study
@@ -23,15 +24,12 @@ from tinyattn.study.runner import run_study
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("ray")]
 
-TOY = {
-    "name": "toy",
-    "backbone": "minilm-l6",
+RAY_TOY = TOY | {
     "seeds": [1, 2],
-    "defaults": {"max_steps": 2, "batch_size": 8, "max_train_samples": 16, "max_eval_samples": 16},
-    "tasks": {"sst2": {}},
+    "defaults": TOY["defaults"] | {"max_steps": 2},
     "methods": {
-        "head_only": {"method": "head_only", "learning_rate": 1.0e-3},
-        "tinyattn_e1": {"method": "tinyattn", "learning_rate": 1.0e-3, "save_adapter": True},
+        "head_only": TOY["methods"]["head_only"],
+        "tinyattn_e1": TOY["methods"]["tinyattn_e1"] | {"save_adapter": True},
         "tinyattn_e2": {
             "method": "tinyattn",
             "method_options": {"experts": 2},
@@ -53,16 +51,8 @@ def local_ray():
 
 
 @pytest.fixture
-def toy(tmp_path, data_dir, monkeypatch, local_ray):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TINYATTN_DATA_DIR", str(data_dir))
-    path = tmp_path / "toy.yaml"
-    path.write_text(yaml.safe_dump(TOY))
-    return path
-
-
-def records(folder="results/runs") -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in Path(folder).glob("*.json")}
+def toy(write_toy, local_ray):
+    return write_toy(RAY_TOY)
 
 
 def quiet(message: str) -> None:
@@ -187,7 +177,7 @@ def test_a_two_stage_run_takes_its_saved_twin_adapter_along(tmp_path):
     from tinyattn.records import adapter_dir
     from tinyattn.study.ray_executor import _twin_adapters
 
-    two_stage = next(p for p in expand(TOY) if p.two_stage)
+    two_stage = next(p for p in expand(RAY_TOY) if p.two_stage)
     twin = adapter_dir(two_stage.stage_one().run_id, tmp_path)
     (twin / "nested").mkdir(parents=True)
     (twin / "adapter.safetensors").write_bytes(b"weights")
@@ -197,4 +187,4 @@ def test_a_two_stage_run_takes_its_saved_twin_adapter_along(tmp_path):
         str((twin / "adapter.safetensors").relative_to(tmp_path)): b"weights",
         str((twin / "nested" / "config.json").relative_to(tmp_path)): b"{}",
     }
-    assert _twin_adapters([p for p in expand(TOY) if not p.two_stage], str(tmp_path)) == {}
+    assert _twin_adapters([p for p in expand(RAY_TOY) if not p.two_stage], str(tmp_path)) == {}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import fake_record
+from conftest import TOY, fake_record, records
 
 from tinyattn.cli import main as cli
 from tinyattn.records import record_status, write_json_atomic
@@ -36,31 +36,11 @@ from tinyattn.study.status import plan, profile_runs
 from tinyattn.study.tuning import planned_runs
 from tinyattn.tasks import FEWSHOT_TASKS, GLUE_TASKS
 
-TOY = {
-    "name": "toy",
-    "backbone": "minilm-l6",
-    "seeds": [1],
-    "defaults": {"max_steps": 1, "batch_size": 8, "max_train_samples": 16, "max_eval_samples": 16},
-    "tasks": {"sst2": {}},
-    "methods": {
-        "head_only": {"method": "head_only", "learning_rate": 1.0e-3},
-        "tinyattn_e1": {"method": "tinyattn", "learning_rate": 1.0e-3},
-    },
-}
-
 
 @pytest.fixture
-def toy(tmp_path, data_dir, monkeypatch):
+def toy(write_toy):
     """A two-run profile in a fresh working folder."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TINYATTN_DATA_DIR", str(data_dir))
-    path = tmp_path / "toy.yaml"
-    path.write_text(yaml.safe_dump(TOY))
-    return path
-
-
-def records(folder="results/runs") -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in Path(folder).glob("*.json")}
+    return write_toy(TOY)
 
 
 @pytest.mark.e2e

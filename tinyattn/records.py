@@ -121,22 +121,31 @@ def provenance() -> dict:
     }
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename: a reader never sees half of it."""
+def write_bytes_atomic(path: str | Path, data: bytes, *, replace: bool = True) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename: a reader never sees half of
+    it. ``replace=False``: ``path`` must not exist, and an existing file is never replaced
+    (``FileExistsError``; the file appears through a hard link, which fails where one exists)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private; records are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     return path
+
+
+def write_text_atomic(path: str | Path, text: str, *, replace: bool = True) -> Path:
+    """``write_bytes_atomic`` of ``text`` (UTF-8)."""
+    return write_bytes_atomic(path, text.encode(), replace=replace)
 
 
 def write_json_atomic(path: str | Path, data: dict) -> Path:

@@ -166,6 +166,11 @@ def cmd_merge(args) -> int:
     return 0 if report.ok else 1
 
 
+def any_code_option(parser, help: str) -> None:
+    """``--any-code`` (``args.any_code``): what accepting a pinned profile's other code means here."""
+    parser.add_argument("--any-code", dest="any_code", action="store_true", help=help)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add the study's commands to the ``tinyattn`` command's subparsers."""
     p = sub.add_parser(
@@ -206,11 +211,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="minutes: start no run after this long (the rest stay pending)",
     )
-    p.add_argument(
-        "--any-code",
-        dest="any_code",
-        action="store_true",
-        help="a pinned profile: make its runs with this checkout's code even though it differs "
+    any_code_option(
+        p,
+        "a pinned profile: make its runs with this checkout's code even though it differs "
         "from the pin",
     )
     p.set_defaults(func=cmd_study)
@@ -232,11 +235,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--records", default=RUNS_DIR, help="folder of the committed records")
     p.add_argument("--jobs", type=int, default=1, help="runs at once")
     p.add_argument("--executor", choices=("notebook", "process"), default="notebook")
-    p.add_argument(
-        "--any-code",
-        dest="any_code",
-        action="store_true",
-        help="a pinned profile: rerun with this checkout's code even though it differs from the pin",
+    any_code_option(
+        p, "a pinned profile: rerun with this checkout's code even though it differs from the pin"
     )
     p.add_argument(
         "--summary",
@@ -297,10 +297,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--verbose", action="store_true", help="also list each run copied or already there"
     )
-    p.add_argument(
-        "--any-code",
-        dest="any_code",
-        action="store_true",
-        help="accept records of a pinned profile made with other training code than its pin's",
+    any_code_option(
+        p, "accept records of a pinned profile made with other training code than its pin's"
     )
     p.set_defaults(func=cmd_merge)

@@ -49,7 +49,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from tinyattn.experiment import RunParams
-from tinyattn.records import ADAPTERS_SUBDIR, RUNS_DIR, adapter_dir, read_record, record_path
+from tinyattn.records import (
+    ADAPTERS_SUBDIR,
+    RUNS_DIR,
+    adapter_dir,
+    read_record,
+    record_path,
+    write_bytes_atomic,
+)
 from tinyattn.study.pins import code_changes, short, training_paths
 from tinyattn.study.profiles import REPO, available_profiles, load_profile
 from tinyattn.study.reproduce import DEFAULT_TOLERANCE
@@ -393,7 +400,7 @@ def _merge_run(
     )  # first: a record never lacks its adapter
     if not report.dry_run:
         try:
-            _write_new(target, chosen.data)
+            write_bytes_atomic(target, chosen.data, replace=False)
         except FileExistsError:
             return Outcome("conflicting", run_id, f"{target} appeared during the merge: kept")
     report.records_copied += 1
@@ -413,22 +420,6 @@ def _adapter(run_id: str, group: list[Candidate], into: Path, report: MergeRepor
         os.rename(partial, target)  # appears whole, or not at all
     report.adapters_copied += 1
     return " (with its adapter)"
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path``, which must not exist, through a temporary file and a hard link: the
-    record appears whole, and an existing file is never replaced (``FileExistsError``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; records are for everyone to read
-        os.link(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def format_summary(report: MergeReport) -> str:

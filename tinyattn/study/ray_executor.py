@@ -29,7 +29,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tinyattn.experiment import RunParams
-from tinyattn.records import adapter_dir, record_path, record_status, write_json_atomic
+from tinyattn.records import (
+    adapter_dir,
+    record_path,
+    record_status,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 #: How often Ray reruns a task whose worker died (a node lost, a process killed).
 MAX_RETRIES = 3
@@ -192,10 +198,7 @@ def _write_results(result: dict, claimed, out_dir: str, report, not_started) -> 
     for name, content in result["files"].items():
         path = Path(out_dir) / name
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(content)
-            os.replace(tmp, path)
+            write_bytes_atomic(path, content)
     for record in result["records"]:
         run_id = record["run_id"]
         if run_id not in mine and record_status(run_id, out_dir) != "pending":
