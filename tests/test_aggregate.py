@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
+import pandas as pd
 import pytest
 
 from tinyattn.analysis.aggregate import (
@@ -18,6 +22,7 @@ from tinyattn.analysis.aggregate import (
     task_standing,
 )
 from tinyattn.records import write_json_atomic
+from tinyattn.study.rows import repeats
 
 
 def record(run_id, task, label, seed, score, wall=10.0, stage_one=None, status="done"):
@@ -344,3 +349,30 @@ def test_per_task_table_puts_each_task_interval_in_a_cell():
     assert list(table.index) == ["b", "a"] and list(table.columns) == ["rte", "sst2"]
     assert table.loc["a", "rte"] == "+1.2 (-1.0, 3.5)"
     assert table.loc["b", "rte"] == "+2.0" and pd.isna(table.loc["b", "sst2"])
+
+
+def test_what_a_run_predicted_comes_from_a_rerun_that_repeats_it(tmp_path):
+    """Records made before evaluations summarised their predictions take them from a rerun in
+    ``rederive/<profile>/`` beside the runs folder, but only from one that repeats every metric."""
+    runs, reruns = tmp_path / "runs", tmp_path / "rederive" / "cpu"
+    said = {"counts": {"0": 97, "1": 3}}
+    for rec in [record("a1", "sst2", "a", 1, 0.50), record("a2", "sst2", "a", 2, 0.52)]:
+        write_json_atomic(runs / f"{rec['run_id']}.json", rec)
+        again = json.loads(json.dumps(rec))  # the rerun: same metrics, and what it predicted
+        for which in ("best", "final"):
+            again[which]["predictions"] = said
+        if rec["run_id"] == "a2":
+            again["final"]["metrics"]["accuracy"] += 2e-4  # beyond the tolerance: another run
+        write_json_atomic(reruns / f"{rec['run_id']}.json", again)
+    table = load_records(runs).set_index("run_id")
+    assert table.loc["a1", "behaviour_source"] == "rerun"
+    assert table.loc["a1", "final_top_share"] == pytest.approx(0.97)
+    assert table.loc["a2", "behaviour_source"] == "rerun differs"
+    assert np.isnan(table.loc["a2", "final_top_share"])
+    assert not repeats(json.loads((runs / "a2.json").read_text()), {"best": {}, "final": {}})
+    # without reruns the columns say nothing, as for every record made before
+    (reruns / "a1.json").unlink()
+    table = load_records(runs).set_index("run_id")
+    assert pd.isna(table.loc["a1", "behaviour_source"]) and np.isnan(
+        table.loc["a1", "final_top_share"]
+    )

@@ -220,3 +220,26 @@ def test_forms_rules_table_judges_each_form_under_each_rule():
     ]
     assert table.loc["point estimate rule", "sequential form"] == "C2 holds on MiniLM-L6"
     assert table.loc["interval rule", "sequential form"] == "C2 does not hold on MiniLM-L6"
+
+
+def test_what_the_reruns_changed_in_the_collapse_flags():
+    nan = float("nan")
+    runs = pd.DataFrame(
+        {
+            "task": ["rte"] * 4,
+            "method": ["a", "a", "b", "b"],
+            "seed": [1, 2, 1, 2],
+            "final_score": [52.0, 53.0, 60.0, 53.0],  # majority 52.7: three flagged by score
+            "final_top_share": [0.99, 0.70, 0.97, nan],
+            "final_prediction_std": [nan] * 4,
+            "behaviour_source": ["rerun", "rerun", "rerun", "rerun differs"],
+        }
+    )
+    text = claims.rederived_text(runs, {"rte": 52.7})
+    assert text.startswith("4 runs were rerun") and "3 of them repeat" in text
+    assert "(1 do not, and stay judged by score)" in text
+    assert "1 collapsed by both rules, 1 that the score flagged did not" in text
+    assert "and 1 that the score left did." in text
+    assert claims.rederived_text(runs.drop(columns="behaviour_source"), {"rte": 52.7}).startswith(
+        "No run"
+    )

@@ -268,3 +268,31 @@ def reference_collapsed(runs: pd.DataFrame, collapsed: pd.Series, reference: str
             f" Without collapsed runs, {', '.join(gone)} therefore drops out of every comparison."
         )
     return text
+
+
+def rederived_text(runs: pd.DataFrame, majority: dict[str, float]) -> str:
+    """What the reruns of ``results/rederive/`` (``rows.load_records``'s ``behaviour_source``) changed
+    in the collapse flags: how many runs were rerun, how many repeat their records, and how many
+    flags the behaviour then gives that the score alone did not, or takes away."""
+    source = runs.get("behaviour_source", pd.Series(index=runs.index, dtype=object))
+    rerun = source.isin(["rerun", "rerun differs"])
+    if not rerun.any():
+        return "No run of this study has been rerun to learn what it predicted."
+    repeated = source == "rerun"
+    now = stats.collapsed(runs, majority)
+    said = [f"{w}_{c}" for w in ("best", "final") for c in ("top_share", "prediction_std")]
+    by_score = stats.collapsed(runs.drop(columns=[c for c in said if c in runs]), majority)
+    cleared = int((repeated & by_score & ~now).sum())
+    added = int((repeated & now & ~by_score).sum())
+    kept = int((repeated & by_score & now).sum())
+    text = (
+        f"{int(rerun.sum())} runs were rerun with today's code to learn what they predicted "
+        f"(`results/rederive/`), and {int(repeated.sum())} of them repeat their records within "
+        "0.01 points, so they are judged by behaviour"
+    )
+    if repeated.sum() < rerun.sum():
+        text += f" ({int(rerun.sum() - repeated.sum())} do not, and stay judged by score)"
+    return text + (
+        f". Of those, {kept} collapsed by both rules, {cleared} that the score flagged did not "
+        f"collapse by behaviour, and {added} that the score left did."
+    )

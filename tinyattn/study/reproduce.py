@@ -41,6 +41,7 @@ import pandas as pd
 from tinyattn.records import RUNS_DIR, read_records, record_path, record_status, write_json_atomic
 from tinyattn.study.pins import PinnedCodeError, code_changes, pin_problem, short, training_paths
 from tinyattn.study.profiles import as_profile
+from tinyattn.study.rows import MATCH_TOLERANCE
 from tinyattn.study.runner import execute, work_units
 from tinyattn.study.status import profile_runs
 
@@ -50,7 +51,7 @@ from tinyattn.study.status import profile_runs
 # measurement); the smallest change that matters, one SST-2 dev prediction, is 1.1e-3. Beyond it, a
 # different thread count (which rounds differently, and training can carry that into a prediction)
 # is an explanation, not a failure.
-DEFAULT_TOLERANCE = 1e-4
+DEFAULT_TOLERANCE = MATCH_TOLERANCE
 SUMMARY_DIR = Path("results") / "reproduce"
 # Provenance whose difference can move a run's numbers beyond rounding.
 _VERSION_KEYS = ("python", "torch", "transformers", "peft", "adapters", "accelerate", "datasets")

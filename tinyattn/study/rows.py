@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from tinyattn.records import RUNS_DIR, read_records
+from tinyattn.records import RUNS_DIR, CorruptRecordError, read_record, read_records
 
 SCORE_SCALE = 100.0  # GLUE convention: scores in points
+# Largest difference between two runs' metric for one to repeat the other, in the metric's units
+# (accuracy, correlation: 1e-4 is 0.01 points); ``reproduce``'s default tolerance.
+MATCH_TOLERANCE = 1e-4
+# Beside a runs folder: reruns, one folder per profile, of records made before evaluations said
+# what the model predicted (``tinyattn reproduce --into <runs folder>/../rederive/<profile>``).
+REDERIVED = "rederive"
 
 
 def done_records(runs_dir: str | Path, run_ids: set[str] | None = None) -> list[dict]:
@@ -22,9 +28,11 @@ def done_records(runs_dir: str | Path, run_ids: set[str] | None = None) -> list[
 
 def load_records(runs_dir: str | Path = RUNS_DIR, run_ids: set[str] | None = None) -> pd.DataFrame:
     """One row per finished run (``status == done``), optionally only the given run ids."""
-    frame = pd.DataFrame([_row(record) for record in done_records(runs_dir, run_ids)])
+    records = done_records(runs_dir, run_ids)
+    frame = pd.DataFrame([_row(record) for record in records])
     if frame.empty:
         return frame
+    frame = _rederived_behaviour(frame, records, Path(runs_dir).parent / REDERIVED)
     # A two-stage run's compute includes its E = 1 twin's when it started from the twin's adapter.
     walls = {r["run_id"]: r.get("wall_seconds", 0.0) for r in read_records(runs_dir, status=None)}
     frame["compute_seconds"] = frame["wall_seconds"] + frame["stage_one_run_id"].map(
@@ -86,6 +94,50 @@ def _behaviour(evaluation: dict) -> tuple[float, float]:
     counts = summary.get("counts")
     top = max(counts.values()) / sum(counts.values()) if counts else nan
     return top, summary.get("std", nan)
+
+
+def _rederived_behaviour(frame: pd.DataFrame, records: list[dict], folder: Path) -> pd.DataFrame:
+    """What each run predicted: from its record (``behaviour_source`` "record"), else from a rerun in
+    ``folder`` that repeats every metric of its best and final evaluations within
+    ``MATCH_TOLERANCE`` ("rerun"); a rerun that does not repeat it says nothing about the run
+    ("rerun differs", behaviour left NaN); no rerun: NaN."""
+    said = frame[["best_top_share", "best_prediction_std"]].notna().any(axis=1)
+    frame["behaviour_source"] = said.map({True: "record", False: None})
+    reruns = (
+        {path.stem: path for path in sorted(folder.glob("*/*.json"))} if folder.is_dir() else {}
+    )
+    for index, record in zip(frame.index, records):
+        path = reruns.get(record["run_id"])
+        if said[index] or path is None:
+            continue
+        try:
+            rerun = read_record(path)
+        except CorruptRecordError:
+            rerun = {"status": "unreadable"}
+        if rerun["status"] != "done" or not repeats(record, rerun):
+            frame.loc[index, "behaviour_source"] = "rerun differs"
+            continue
+        known = {which: _behaviour(rerun[which]) for which in ("best", "final")}
+        if all(pd.isna(value) for pair in known.values() for value in pair):
+            continue  # a copy of a record made before predictions were summarised: says nothing
+        for which, (share, spread) in known.items():
+            frame.loc[index, [f"{which}_top_share", f"{which}_prediction_std"]] = share, spread
+        frame.loc[index, "behaviour_source"] = "rerun"
+    return frame
+
+
+def repeats(record: dict, rerun: dict, tolerance: float = MATCH_TOLERANCE) -> bool:
+    """Whether ``rerun`` has every metric of ``record``'s best and final evaluations, each within
+    ``tolerance``, at the same steps."""
+    for which in ("best", "final"):
+        mine, again = record[which], rerun.get(which) or {}
+        if mine.get("step") != again.get("step"):
+            return False
+        for metric, value in mine["metrics"].items():
+            other = (again.get("metrics") or {}).get(metric)
+            if other is None or not abs(float(other) - float(value)) <= tolerance:
+                return False
+    return True
 
 
 def _device(record: dict) -> str:
