@@ -433,6 +433,29 @@ def test_bench_stages_one_column_per_stage_found(tmp_path):
     assert table.loc["E = 4 memory MB"].tolist() == [390.04, 390.04]
 
 
+def test_processor_numbers_quote_one_code_on_two_processors(tmp_path):
+    there, here, other = tmp_path / "there.json", tmp_path / "here.json", tmp_path / "other.json"
+    for path, averaged, processor, backbone_s in ((there, 1.01, "A", 0.5), (here, 1.05, "B", 0.4)):
+        data = bench_file("1111111aaa", averaged) | {"lengths": [64, 128]}
+        data["machine"] = data["machine"] | {"processor": processor}
+        data["share_inference_ratio"]["tinyattn_averaged"] = quartiles(averaged)
+        data["inference"] = {"128": {"backbone": {"median_s": backbone_s}}}
+        path.write_text(json.dumps(data))
+    numbers = report.processor_numbers(there, here)
+    assert (numbers["processor_commit"], numbers["processor_there"]) == ("1111111", "A")
+    assert numbers["processor_here"] == "B"
+    assert numbers["processor_share_there"] == "1.010 (quartiles 1.000–1.020)"
+    assert numbers["processor_share_here"] == "1.050 (quartiles 1.040–1.060)"
+    assert numbers["processor_e4_train_here"] == "1.050 (quartiles 1.040–1.060)"
+    assert (numbers["processor_backbone_ms_there"], numbers["processor_backbone_ms_here"]) == (
+        500,
+        400,
+    )
+    other.write_text(json.dumps(json.loads(here.read_text()) | {"git": {"commit": "2222222"}}))
+    with pytest.raises(ValueError, match="different commits"):
+        report.processor_numbers(there, other)
+
+
 def gpu_row(code: str, shape: str, averaged: float) -> dict:
     return {
         "code": code,

@@ -69,6 +69,30 @@ def bench_stages(files: dict[str, str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows).round(3)
 
 
+def processor_numbers(there: str | Path, here: str | Path) -> dict:
+    """One code benchmarked on two processors (two bench files of the same commit, ``there`` where
+    the targets were set and ``here``): the numbers the efficiency chapter quotes from them."""
+    a, b = read_bench(there), read_bench(here)
+    if a["git"]["commit"] != b["git"]["commit"]:
+        raise ValueError(f"{there} and {here} benchmark different commits: not one code")
+    numbers = {
+        "processor_commit": a["git"]["commit"][:7],
+        "processor_there": a["machine"]["processor"],
+        "processor_here": b["machine"]["processor"],
+    }
+    for where, data in (("there", a), ("here", b)):
+        numbers[f"processor_share_{where}"] = _ratio_text(
+            data["share_inference_ratio"]["tinyattn_averaged"]
+        )
+        numbers[f"processor_e4_train_{where}"] = _ratio_text(
+            data["paired_train_step_ratio"]["tinyattn_e4"]
+        )
+        numbers[f"processor_backbone_ms_{where}"] = round(
+            1000 * data["inference"][str(max(data["lengths"]))]["backbone"]["median_s"]
+        )
+    return numbers
+
+
 def gpu_numbers(gpu: pd.DataFrame, benches: dict[str, dict], layers: int = 6) -> dict:
     """The numbers the efficiency chapter quotes from its GPU runs, one benchmark per process:
     ``gpu`` is their ``bench.runs_table`` with a column ``code`` (``"before"`` or ``"after"`` the

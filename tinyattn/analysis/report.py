@@ -15,7 +15,12 @@ import pandas as pd
 
 from tinyattn.adapter import paper_param_count, param_count
 from tinyattn.analysis.aggregate import compute_table
-from tinyattn.analysis.bench_report import bench_numbers, bench_stages, gpu_numbers  # noqa: F401 (chapters)
+from tinyattn.analysis.bench_report import (  # noqa: F401 (chapters)
+    bench_numbers,
+    bench_stages,
+    gpu_numbers,
+    processor_numbers,
+)
 from tinyattn.data import get_task
 from tinyattn.inject import experts_averaged
 from tinyattn.methods import METHODS, build_model, library_adapter_params
