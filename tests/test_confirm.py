@@ -251,3 +251,51 @@ def test_the_plan_keeps_the_cpu_studys_budgets():
         assert own == cpu["tasks"][task]
         assert budget["methods"]["tinyattn_e1_2x"] == {"epochs": 2 * own["epochs"]}
     assert {**plan["defaults"], "restore_best": True} == {**cpu["defaults"], "restore_best": True}
+
+
+def test_the_mean_form_is_read_by_the_plan_s_rule_from_a_study_of_it(plan):
+    """The GLUE study's mean form: experts minus reference per (task, seed), and the averaging cost
+    per analysed experts run from its reports (two-stage only), judged by the plan's rule."""
+    roles = {"experts": "e4", "reference": "e1"}
+    rows, variants = [], []
+    for t, task in enumerate(["cola", "mrpc", "sst2"]):
+        for seed in (13, 42, 87):
+            gain = 1.0 + 0.1 * t + 0.05 * (seed % 3)
+            rows += [
+                {"run_id": f"{task}-e4-{seed}", "task": task, "seed": seed, "method": "e4"}
+                | {"final_score": 70.0 + gain},
+                {"run_id": f"{task}-e1-{seed}", "task": task, "seed": seed, "method": "e1"}
+                | {"final_score": 70.0},
+            ]
+            for variant, score in (("averaged", 70.0 + gain - 0.1), ("trained_form", 70.0 + gain)):
+                variants.append(
+                    {"run_id": f"{task}-e4-{seed}", "task": task, "init": "two-stage"}
+                    | {"variant": variant, "score": score}
+                )
+    variants.append(  # another form's report is not the mean form's
+        {"run_id": "cola-e4-13", "task": "cola", "init": "independent", "variant": "averaged"}
+        | {"score": 0.0}
+    )
+    found = confirm.mean_form_pairs(pd.DataFrame(rows), pd.DataFrame(variants), roles, plan)
+    assert set(found) == {"averaging", "experts"}  # no compute-matched control in such a study
+    assert len(found["averaging"]) == len(found["experts"]) == 9
+    assert found["averaging"]["difference"].to_numpy() == pytest.approx([-0.1] * 9)
+    assert found["experts"]["difference"].min() == pytest.approx(1.0)
+    table = confirm.mean_form_verdicts(plan, found).set_index("comparison")
+    assert table.loc["averaging", "outcome"] == "behind" and table.loc["averaging", "within_margin"]
+    assert table.loc["averaging", "reading"] == "supports"  # a cost shown to lie within the margin
+    assert (table.loc["experts", "outcome"], table.loc["experts", "reading"]) == (
+        "ahead",
+        "supports",
+    )
+    parts = confirm.parts_table(
+        plan, {"mean": ("study", table.reset_index()), "sequential": ("round", None)}
+    ).set_index(["part", "form"])
+    assert len(parts) == 2 * len(plan.family("C2"))
+    assert parts.loc[(confirm.PARTS["averaging"], "mean"), "outcome"] == (
+        "behind (within the margin)"
+    )
+    assert parts.loc[(confirm.PARTS["experts_vs_compute"], "mean"), "outcome"] == (
+        "not trained there"
+    )
+    assert set(parts.xs("sequential", level="form")["outcome"]) == {"read once the grid is done"}

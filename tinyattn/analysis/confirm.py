@@ -278,6 +278,85 @@ def opening(plan: Plan, claim: str, runs: pd.DataFrame, done: int, planned: int)
     return f"In the confirmatory round, {claim} **{reading}**: " + "; ".join(parts) + "."
 
 
+# ----------------------------------------------------------------------------- the mean form
+def mean_form_pairs(
+    runs: pd.DataFrame, variants: pd.DataFrame, roles: dict, plan: Plan
+) -> dict[str, pd.DataFrame]:
+    """C2's comparisons that a study of the mean form (``runs``, its ``roles``) can answer, as pair
+    differences the plan's rule reads: ``averaging``, the weight average minus the experts as trained
+    on each analysed experts run (``variants``: the analysis reports' deployments; two-stage runs
+    only), and ``experts``, the experts minus the reference on each (task, seed). The compute-matched
+    control is the round's own (such a study did not train it), so that comparison is left out."""
+    names = {c.name: c for c in plan.family("C2")}
+    experts = runs[runs["method"] == roles["experts"]].set_index("run_id")
+    part = variants[variants["run_id"].isin(experts.index) & (variants["init"] == "two-stage")]
+    scores = part.pivot_table(index="run_id", columns="variant", values="score", aggfunc="first")
+    averaging = pd.DataFrame(columns=["task", "seed", "difference"])
+    if {"averaged", "trained_form"} <= set(scores.columns):
+        gap = (scores["averaged"] - scores["trained_form"]).dropna()
+        averaging = pd.DataFrame(
+            {
+                "task": experts.loc[gap.index, "task"].to_numpy(),
+                "seed": experts.loc[gap.index, "seed"].to_numpy(),
+                "difference": gap.to_numpy(),
+            }
+        )
+    versus = Comparison(
+        "C2", "experts", roles["experts"], roles["reference"], names["experts"].predicted, 0.0
+    )
+    return {"averaging": averaging, "experts": pair_table(runs, versus)}
+
+
+def mean_form_verdicts(plan: Plan, pairs: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """``mean_form_pairs`` under the plan's rule (Holm over the comparisons given), with what each
+    outcome says of the paper's prediction (``supports``): an exploratory reading of runs seen before
+    the rule was fixed, never the round's verdict."""
+    table = family_verdicts(pairs, plan.rule)
+    if table.empty:
+        return table
+    declared = {c.name: c for c in plan.family("C2")}
+    table["reading"] = [supports(declared[row["comparison"]], row) for _, row in table.iterrows()]
+    return table
+
+
+#: C2's parts, as the chapter names them (the plan's comparison names).
+PARTS = {
+    "averaging": "averaging cost: the average − as trained",
+    "experts": "the experts − one expert",
+    "experts_vs_compute": "the experts − one expert trained as long",
+}
+
+
+def parts_table(plan: Plan, forms: dict[str, tuple[str, pd.DataFrame | None]]) -> pd.DataFrame:
+    """C2 in its parts (rows) for each form (``forms``: form -> (where its numbers come from, its
+    ``mean_form_verdicts``-style table, or None while they wait)): estimate with its interval, the
+    rule's outcome, whether another test would differ, and what it says of the paper's prediction."""
+    rows = []
+    for comparison in plan.family("C2"):
+        for form, (source, table) in forms.items():
+            row = {"part": PARTS.get(comparison.name, comparison.name), "form": form}
+            row["from"] = source
+            found = None if table is None else table.set_index("comparison")
+            if found is None or comparison.name not in found.index:
+                why = "not trained there" if table is not None else "read once the grid is done"
+                rows.append(row | {"pairs": "", "estimate [95 % interval]": "", "outcome": why})
+                continue
+            r = found.loc[comparison.name]
+            rows.append(
+                row
+                | {
+                    "pairs": int(r["pairs"]),
+                    "estimate [95 % interval]": (
+                        f"{r['estimate']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+                    ),
+                    "outcome": r["outcome"] + (" (within the margin)" * bool(r["within_margin"])),
+                    "another test differs": "yes" if r["another_test_differs"] else "no",
+                    "reading": r.get("reading", supports(comparison, r)),
+                }
+            )
+    return pd.DataFrame(rows).fillna("")
+
+
 # ----------------------------------------------------------------------------- the design's rules
 def commit_time(commit: str, root: str | Path = ".") -> datetime:
     """When ``commit`` was committed (from this checkout's git history)."""
