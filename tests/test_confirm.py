@@ -276,12 +276,18 @@ def test_the_mean_form_is_read_by_the_plan_s_rule_from_a_study_of_it(plan):
         {"run_id": "cola-e4-13", "task": "cola", "init": "independent", "variant": "averaged"}
         | {"score": 0.0}
     )
-    found = confirm.mean_form_pairs(pd.DataFrame(rows), pd.DataFrame(variants), roles, plan)
+    runs = pd.DataFrame(rows)
+    analysed = runs[runs["method"] == "e4"][["run_id", "task", "seed"]]
+    found = confirm.mean_form_pairs(runs, roles, pd.DataFrame(variants), analysed, plan)
     assert set(found) == {"averaging", "experts"}  # no compute-matched control in such a study
     assert len(found["averaging"]) == len(found["experts"]) == 9
     assert found["averaging"]["difference"].to_numpy() == pytest.approx([-0.1] * 9)
     assert found["experts"]["difference"].min() == pytest.approx(1.0)
-    table = confirm.mean_form_verdicts(plan, found).set_index("comparison")
+    assert confirm.mean_form_pairs(runs, roles, pd.DataFrame(variants), analysed[:0], plan)[
+        "averaging"
+    ].empty  # only the analysed runs' reports count
+    sources = {"averaging": "last step", "experts": "end of training"}
+    table = confirm.mean_form_verdicts(plan, found, sources).set_index("comparison")
     assert table.loc["averaging", "outcome"] == "behind" and table.loc["averaging", "within_margin"]
     assert table.loc["averaging", "reading"] == "supports"  # a cost shown to lie within the margin
     assert (table.loc["experts", "outcome"], table.loc["experts", "reading"]) == (
@@ -298,4 +304,6 @@ def test_the_mean_form_is_read_by_the_plan_s_rule_from_a_study_of_it(plan):
     assert parts.loc[(confirm.PARTS["experts_vs_compute"], "mean"), "outcome"] == (
         "not trained there"
     )
+    assert parts.loc[(confirm.PARTS["averaging"], "mean"), "from"] == "last step"
+    assert parts.loc[(confirm.PARTS["experts_vs_compute"], "mean"), "from"] == "study"
     assert set(parts.xs("sequential", level="form")["outcome"]) == {"read once the grid is done"}

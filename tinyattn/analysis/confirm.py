@@ -280,24 +280,26 @@ def opening(plan: Plan, claim: str, runs: pd.DataFrame, done: int, planned: int)
 
 # ----------------------------------------------------------------------------- the mean form
 def mean_form_pairs(
-    runs: pd.DataFrame, variants: pd.DataFrame, roles: dict, plan: Plan
+    runs: pd.DataFrame, roles: dict, variants: pd.DataFrame, analysed: pd.DataFrame, plan: Plan
 ) -> dict[str, pd.DataFrame]:
-    """C2's comparisons that a study of the mean form (``runs``, its ``roles``) can answer, as pair
-    differences the plan's rule reads: ``averaging``, the weight average minus the experts as trained
-    on each analysed experts run (``variants``: the analysis reports' deployments; two-stage runs
-    only), and ``experts``, the experts minus the reference on each (task, seed). The compute-matched
-    control is the round's own (such a study did not train it), so that comparison is left out."""
+    """C2's comparisons that studies of the mean form can answer, as pair differences the plan's
+    rule reads, both on end-of-training weights: ``experts``, the experts minus the reference on each
+    (task, seed) of ``runs`` (a study with those ``roles``), and ``averaging``, the weight average
+    minus the experts as trained on each run of ``analysed`` (run id, task, seed: runs whose
+    analysis scored their last step's weights) from ``variants`` (the analysis reports'
+    deployments; two-stage only). The compute-matched control is the round's own, so that
+    comparison is left out."""
     names = {c.name: c for c in plan.family("C2")}
-    experts = runs[runs["method"] == roles["experts"]].set_index("run_id")
-    part = variants[variants["run_id"].isin(experts.index) & (variants["init"] == "two-stage")]
+    chosen = analysed.set_index("run_id")
+    part = variants[variants["run_id"].isin(chosen.index) & (variants["init"] == "two-stage")]
     scores = part.pivot_table(index="run_id", columns="variant", values="score", aggfunc="first")
     averaging = pd.DataFrame(columns=["task", "seed", "difference"])
     if {"averaged", "trained_form"} <= set(scores.columns):
         gap = (scores["averaged"] - scores["trained_form"]).dropna()
         averaging = pd.DataFrame(
             {
-                "task": experts.loc[gap.index, "task"].to_numpy(),
-                "seed": experts.loc[gap.index, "seed"].to_numpy(),
+                "task": chosen.loc[gap.index, "task"].to_numpy(),
+                "seed": chosen.loc[gap.index, "seed"].to_numpy(),
                 "difference": gap.to_numpy(),
             }
         )
@@ -307,13 +309,18 @@ def mean_form_pairs(
     return {"averaging": averaging, "experts": pair_table(runs, versus)}
 
 
-def mean_form_verdicts(plan: Plan, pairs: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """``mean_form_pairs`` under the plan's rule (Holm over the comparisons given), with what each
-    outcome says of the paper's prediction (``supports``): an exploratory reading of runs seen before
-    the rule was fixed, never the round's verdict."""
+def mean_form_verdicts(
+    plan: Plan, pairs: dict[str, pd.DataFrame], sources: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """``mean_form_pairs`` under the plan's rule (Holm over the comparisons given), with where each
+    comparison's runs come from (``sources``: name -> text) and what each outcome says of the
+    paper's prediction (``supports``): an exploratory reading of runs seen before the rule was fixed,
+    never the round's verdict."""
     table = family_verdicts(pairs, plan.rule)
     if table.empty:
         return table
+    if sources:
+        table["source"] = table["comparison"].map(sources).fillna("")
     declared = {c.name: c for c in plan.family("C2")}
     table["reading"] = [supports(declared[row["comparison"]], row) for _, row in table.iterrows()]
     return table
@@ -337,6 +344,8 @@ def parts_table(plan: Plan, forms: dict[str, tuple[str, pd.DataFrame | None]]) -
             row = {"part": PARTS.get(comparison.name, comparison.name), "form": form}
             row["from"] = source
             found = None if table is None else table.set_index("comparison")
+            if found is not None and comparison.name in found.index:
+                row["from"] = found.loc[comparison.name].get("source") or source
             if found is None or comparison.name not in found.index:
                 why = "not trained there" if table is not None else "read once the grid is done"
                 rows.append(row | {"pairs": "", "estimate [95 % interval]": "", "outcome": why})
