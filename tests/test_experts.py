@@ -456,3 +456,31 @@ def test_the_analysis_reports_have_one_reader_that_names_a_bad_file(tmp_path):
     (tmp_path / "b.json").unlink()
     assert read_reports(tmp_path, {"a"}) == [{"run_id": "a", "task": "sst2"}]
     assert read_reports(tmp_path, {"z"}) == []
+
+
+def test_deployment_scores_keep_one_init_and_pair_variants_by_run():
+    rows = [
+        {
+            "task": "rte",
+            "run_id": "a",
+            "init": "two-stage",
+            "variant": "trained_form",
+            "score": 60.0,
+        },
+        {"task": "rte", "run_id": "a", "init": "two-stage", "variant": "averaged", "score": 59.0},
+        {"task": "rte", "run_id": "a", "init": "independent", "variant": "averaged", "score": 1.0},
+        {
+            "task": "sst2",
+            "run_id": "b",
+            "init": "two-stage",
+            "variant": "trained_form",
+            "score": 90.0,
+        },
+    ]
+    scores = experts.deployment_scores(pd.DataFrame(rows), "two-stage")
+    assert scores.loc[("rte", "a"), "averaged"] == 59.0  # not the independent init's 1.0
+    assert scores.loc[("sst2", "b"), "trained_form"] == 90.0
+    assert pd.isna(scores.loc[("sst2", "b"), "averaged"])
+    assert experts.deployment_scores(pd.DataFrame(rows), "sequential").empty
+    gap = experts.deployment_comparison(pd.DataFrame(rows)).set_index("method")
+    assert gap.loc["averaged", "pairs"] == 1 and gap.loc["averaged", "mean_difference"] == 1.0

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from tinyattn.analysis.decidability import POWER, decidability, decides
+from tinyattn.analysis.experts import deployment_scores
 from tinyattn.analysis.margin import MarginRule, family_verdicts
 from tinyattn.metrics import main_metric
 from tinyattn.records import ANALYSIS_DIR, RUNS_DIR, read_reports
@@ -291,11 +292,11 @@ def mean_form_pairs(
     comparison is left out."""
     names = {c.name: c for c in plan.family("C2")}
     chosen = analysed.set_index("run_id")
-    part = variants[variants["run_id"].isin(chosen.index) & (variants["init"] == "two-stage")]
-    scores = part.pivot_table(index="run_id", columns="variant", values="score", aggfunc="first")
+    scores = deployment_scores(variants, "two-stage")
     averaging = pd.DataFrame(columns=["task", "seed", "difference"])
     if {"averaged", "trained_form"} <= set(scores.columns):
-        gap = (scores["averaged"] - scores["trained_form"]).dropna()
+        scores = scores[scores.index.get_level_values("run_id").isin(chosen.index)]
+        gap = (scores["averaged"] - scores["trained_form"]).dropna().droplevel("task")
         averaging = pd.DataFrame(
             {
                 "task": chosen.loc[gap.index, "task"].to_numpy(),
@@ -341,16 +342,21 @@ def parts_table(plan: Plan, forms: dict[str, tuple[str, pd.DataFrame | None]]) -
     rows = []
     for comparison in plan.family("C2"):
         for form, (source, table) in forms.items():
-            row = {"part": PARTS.get(comparison.name, comparison.name), "form": form}
-            row["from"] = source
             found = None if table is None else table.set_index("comparison")
-            if found is not None and comparison.name in found.index:
-                row["from"] = found.loc[comparison.name].get("source") or source
-            if found is None or comparison.name not in found.index:
+            r = (
+                None
+                if found is None or comparison.name not in found.index
+                else found.loc[comparison.name]
+            )
+            row = {
+                "part": PARTS.get(comparison.name, comparison.name),
+                "form": form,
+                "from": (None if r is None else r.get("source")) or source,
+            }
+            if r is None:
                 why = "not trained there" if table is not None else "read once the grid is done"
                 rows.append(row | {"pairs": "", "estimate [95 % interval]": "", "outcome": why})
                 continue
-            r = found.loc[comparison.name]
             rows.append(
                 row
                 | {

@@ -241,19 +241,30 @@ def collect_reports(
     return {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in tables.items()}
 
 
+def deployment_scores(variants: pd.DataFrame, init: str = "two-stage") -> pd.DataFrame:
+    """Each analysed run's score (points) under each deployment: one row per (task, run id), one
+    column per variant (``trained_form``, ``averaged``, ...). ``variants``:
+    ``collect_reports(...)["variants"]``; ``init``: ``"two-stage"`` or ``"independent"``."""
+    part = variants[variants["init"] == init] if not variants.empty else variants
+    if part.empty:
+        return pd.DataFrame()
+    return part.pivot_table(
+        index=["task", "run_id"], columns="variant", values="score", aggfunc="first"
+    )
+
+
 def deployment_comparison(variants: pd.DataFrame, init: str = "two-stage") -> pd.DataFrame:
     """The experts as trained (``trained_form``) minus each other deployment, paired on the analysed
     run, with a 95 % bootstrap interval: ``paired_comparison`` with runs in place of (task, seed).
     ``variants``: ``collect_reports(...)["variants"]``; ``init``: ``"two-stage"`` or ``"independent"``."""
-    part = variants[variants["init"] == init] if not variants.empty else variants
-    if part.empty or "trained_form" not in set(part["variant"]):
+    scores = deployment_scores(variants, init)
+    if "trained_form" not in scores.columns:
         return pd.DataFrame()
-    runs = pd.DataFrame(
-        {
-            "task": part["task"],
-            "seed": part["run_id"],
-            "method": part["variant"],
-            "score": part["score"],
-        }
+    runs = (
+        scores.rename_axis(columns="method")
+        .stack()
+        .rename("score")
+        .reset_index()
+        .rename(columns={"run_id": "seed"})
     )
     return paired_comparison(runs, "trained_form", "score")
