@@ -16,6 +16,7 @@ from tinyattn.cli import main as cli
 from tinyattn.records import record_path
 from tinyattn.study import reproduce as rp
 from tinyattn.study.profiles import load_profile, validate
+from tinyattn.study.status import profile_runs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -304,6 +305,22 @@ def test_a_pinned_profile_is_not_rerun_from_other_code(at_repo, monkeypatch, tmp
         rp.reproduce(pinned, tmp_path / "p", runs=["head_only"], log=lambda m: 0)
     summary = rp.reproduce(pinned, tmp_path / "p", runs=["head_only"], any_code=True, log=print)
     assert summary["code"] == "1234567" and summary["passed"]
+
+
+def test_tuning_records_are_copied_only_for_runs_made_from_another_checkout(
+    at_repo, monkeypatch, tmp_path
+):
+    tuned = load_profile("cpu") | {"code": "1234567"}  # planned from the `tune` profile's records
+    tuning = set(profile_runs(tuned["tuning"], "results/runs").runs["run_id"])
+    run = sorted(profile_runs(tuned, "results/runs").runs["run_id"])[0]
+    monkeypatch.setattr(rp, "execute", fake_execute({}))
+    here = tmp_path / "here"
+    rp.reproduce(tuned, here, runs=[run], any_code=True, log=lambda m: 0)
+    assert {p.stem for p in here.glob("*.json")} == {run}
+    elsewhere = tmp_path / "elsewhere"
+    with pytest.raises(rp.PinnedCodeError, match="holds the records it plans from"):
+        rp.reproduce(tuned, elsewhere, runs=[run], log=lambda m: 0)
+    assert {p.stem for p in elsewhere.glob("*.json")} == tuning
 
 
 def test_a_frozen_profile_is_rerun_from_this_checkout_and_says_so(at_repo, monkeypatch, tmp_path):

@@ -19,8 +19,9 @@ are made again. So, per run:
 
 Only runs with a committed record are rerun. Their parameters (learning rates included, for a profile
 that takes them from a tuning profile) are planned from the committed records, so each rerun has the
-run id of the record it is compared with; a tuned profile's tuning records are copied into the fresh
-folder, so that ``tinyattn study --out`` from another checkout (a pinned commit's) plans the same runs.
+run id of the record it is compared with. When the runs must be made from another checkout (a pinned
+commit's), a tuned profile's tuning records are copied into the fresh folder, so that ``tinyattn study
+--out`` there plans the same runs; a folder rerun here holds reruns only.
 """
 
 from __future__ import annotations
@@ -262,11 +263,11 @@ def reproduce(
         raise ValueError(f"profile {name!r} has no committed record to reproduce")
     into = Path(into)
     into.mkdir(parents=True, exist_ok=True)
-    _seed_tuning_records(profile, records_dir, into)
     rerun_plan = [replace(p, out_dir=str(into)) for p in planned]
     todo = [p for p in rerun_plan if record_status(p.run_id, into) != "done"]
     problem = pin_problem(profile) if todo else None
     if problem and not any_code:
+        _seed_tuning_records(profile, records_dir, into)  # `study --out` elsewhere plans from them
         raise PinnedCodeError(
             f"profile {name!r} is pinned (code: {pin}): its runs are rerun from a checkout of that "
             f"commit, and {problem}. From a checkout of {pin} (git worktree add <dir> {pin}) run "
