@@ -195,6 +195,15 @@ def test_a_chapter_opens_with_the_verdict_only_on_the_whole_grid(plan):
     assert done.startswith("In the confirmatory round, C3 **holds**")
     assert "context ahead (+5.05 points over 65 pairs)" in done
     assert "attention_vs_bottleneck ahead (+9.95 points over 65 pairs)" in done
+    short = confirm.claim_status(plan, "C3", runs, done=324, planned=325)
+    assert short == "the confirmatory round decides it once its 325 runs are done, 324 so far"
+    short = confirm.claim_status(plan, "C3", runs, done=325, planned=325)
+    assert short == "holds in the confirmatory round, on 65 pairs"
+    no_context_wins = runs.assign(
+        final_score=runs["final_score"].where(runs["method"] != "tinyattn_self", 90.0)
+    )
+    short = confirm.claim_status(plan, "C3", no_context_wins, done=325, planned=325)
+    assert short == "fails in the confirmatory round, on 65 pairs"
 
 
 def test_averaging_pairs_compare_two_scores_of_the_same_runs(plan):

@@ -279,6 +279,16 @@ def opening(plan: Plan, claim: str, runs: pd.DataFrame, done: int, planned: int)
     return f"In the confirmatory round, {claim} **{reading}**: " + "; ".join(parts) + "."
 
 
+def claim_status(plan: Plan, claim: str, runs: pd.DataFrame, done: int, planned: int) -> str:
+    """The intro's short form of ``opening``, in plain text: the claim's confirmatory reading once
+    every one of the grid's ``planned`` runs is done, else how far the grid is (no outcome yet)."""
+    if done < planned:
+        return f"the confirmatory round decides it once its {planned} runs are done, {done} so far"
+    table = verdicts(plan, runs, complete=True)[claim]
+    pairs = int(table["pairs"].min()) if len(table) else 0
+    return f"{claim_reading(plan, claim, table)} in the confirmatory round, on {pairs} pairs"
+
+
 # ----------------------------------------------------------------------------- the mean form
 def mean_form_pairs(
     runs: pd.DataFrame, roles: dict, variants: pd.DataFrame, analysed: pd.DataFrame, plan: Plan
