@@ -96,6 +96,8 @@ def _run_notebook(params: RunParams, notebook: Path, kernel: str) -> str | None:
     ``results/executed``); None, or the error it ended with."""
     import papermill
 
+    from tinyattn.study.priority import NiceKernelManager
+
     executed = EXECUTED_DIR / f"{params.run_id}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
     parameters = {**asdict(params), "progress": False}
@@ -113,6 +115,7 @@ def _run_notebook(params: RunParams, notebook: Path, kernel: str) -> str | None:
             kernel_name=kernel,
             progress_bar=False,
             cwd=str(Path.cwd()),
+            kernel_manager_class=NiceKernelManager,  # under `nice`, the kernel is too
         )
     except Exception as err:
         return f"{type(err).__name__}: {str(err)[-2000:]}"
@@ -332,6 +335,8 @@ def run_analyses(
     parameters (sample sizes, repeats)."""
     import papermill
 
+    from tinyattn.study.priority import NiceKernelManager
+
     runs = planned_runs(profile_name, out_dir)
     independent = {(r.task, r.seed): r for r in runs if r.label == independent_label}
     analysed = []
@@ -363,6 +368,7 @@ def run_analyses(
             parameters=parameters,
             progress_bar=False,
             cwd=str(Path.cwd()),
+            kernel_manager_class=NiceKernelManager,
         )
         portable_notebook(executed)
         analysed.append(params.run_id)
