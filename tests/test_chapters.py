@@ -70,6 +70,21 @@ def fake_report(run_id: str, task: str, two_stage: bool, averaged: float) -> dic
     return report | {"similarity_summary": similarity, "attention_stats": stats, "figures": {}}
 
 
+def write_confirm(out: Path) -> None:
+    """The confirmatory round, finished: tiny attention 2 points ahead of its no-context and
+    bottleneck twins, the sequential experts 3 ahead of one expert and 5 of one trained as long,
+    and their weight average within 0.1 points of the experts as trained."""
+    bonus = {"tinyattn_e1": 0.02, "tinyattn_e4_seq": 0.05}
+    for p in planned_runs("confirm", str(out)):
+        score = 0.6 + 0.05 * noise(p.task, p.seed, p.label) + bonus.get(p.label, 0)
+        record = chapter_record(p, score)
+        if p.label == "tinyattn_e4_seq":
+            ((metric, value),) = record["final"]["metrics"].items()
+            unaveraged = {metric: value + 0.001 * noise(p.task, p.seed)}
+            record["final_unaveraged"] = record["final"] | {"metrics": unaveraged}
+        write_json_atomic(out / f"{p.run_id}.json", record)
+
+
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
@@ -77,6 +92,7 @@ def finished_study(tmp_path_factory):
     write_profile("tune_rte", out, {})
     write_profile("cpu", out, {"tinyattn_e4": 0.2})
     write_profile("ablations", out, {"tinyattn_e1": 0.2, "tinyattn_e1_2x": 0.2, "tinyattn_e4": 0.3})
+    write_confirm(out)
     analysis = out / "analysis"
     runs = planned_runs("ablations", str(out))
     independent = {(r.task, r.seed): r.run_id for r in runs if r.label == "tinyattn_e4_indep"}
@@ -131,6 +147,9 @@ def test_context_chapter_reports_the_pilots_estimates_and_no_verdict(finished_st
     assert "6 of 6 pairs won" in text and "pending" in text
     for verdict in ("C3 holds", "C3 does not hold", "C3 is not established"):
         assert verdict not in text
+    # the finished confirmatory round opens the chapter with its verdict
+    assert "In the confirmatory round, C3 **holds**: context ahead (+" in text
+    assert "holds in the confirmatory round, on 65 pairs" in text  # what the intro shows
 
 
 def test_heads_chapter_gives_a_verdict_on_finished_ablations_and_reports(finished_study, tmp_path):
@@ -144,6 +163,16 @@ def test_heads_chapter_gives_a_verdict_on_finished_ablations_and_reports(finishe
     assert "independently initialised experts, as trained minus averaged: +35.00 points" in text
     assert "the point-estimate rule says **C2 holds on MiniLM-L6**" in text
     assert "The sequential form has no analysed run yet" in text  # no report of it here
+    # the finished confirmatory round: its verdict opens the chapter and fills C2's parts
+    assert re.search(
+        r"In the confirmatory round, C2 \*\*holds\*\*: averaging \w+ within the margin \(-0\.0\d "
+        r"points over 65 pairs\); experts ahead \(\+3\.\d\d points over 65 pairs\); "
+        r"experts_vs_compute ahead \(\+[45]\.\d\d points over 65 pairs\)",
+        text,
+    )
+    assert "holds in the confirmatory round, on 65 pairs" in text
+    assert "all 325 of its runs are done" in text
+    assert "read once the grid is done" not in text  # no part of the sequential form still waits
 
 
 @pytest.mark.slow

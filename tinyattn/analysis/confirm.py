@@ -262,6 +262,12 @@ def claim_reading(plan: Plan, claim: str, table: pd.DataFrame) -> str:
     return "holds" if all(r == "supports" for r in readings) else "undecided"
 
 
+def margin_note(outcome: str, within_margin: bool) -> str:
+    """What an outcome adds when it is a decided difference that also passed the equivalence test
+    (an *equivalent* outcome says it already)."""
+    return " within the margin" if within_margin and outcome != "equivalent" else ""
+
+
 def opening(plan: Plan, claim: str, runs: pd.DataFrame, done: int, planned: int) -> str:
     """The sentence a claim's chapter opens with: its confirmatory verdict once every one of the
     grid's ``planned`` runs is done, else only how far the grid is (no outcome of a partial grid)."""
@@ -272,7 +278,8 @@ def opening(plan: Plan, claim: str, runs: pd.DataFrame, done: int, planned: int)
         )
     table = verdicts(plan, runs, complete=True)[claim]
     parts = [
-        f"{r.comparison} {r.outcome} ({r.estimate:+.2f} points over {r.pairs} pairs)"
+        f"{r.comparison} {r.outcome}{margin_note(r.outcome, r.within_margin)} "
+        f"({r.estimate:+.2f} points over {r.pairs} pairs)"
         for r in table.itertuples()
     ]
     reading = claim_reading(plan, claim, table)
@@ -374,7 +381,12 @@ def parts_table(plan: Plan, forms: dict[str, tuple[str, pd.DataFrame | None]]) -
                     "estimate [95 % interval]": (
                         f"{r['estimate']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
                     ),
-                    "outcome": r["outcome"] + (" (within the margin)" * bool(r["within_margin"])),
+                    "outcome": r["outcome"]
+                    + (
+                        " (within the margin)"
+                        if margin_note(r["outcome"], r["within_margin"])
+                        else ""
+                    ),
                     "another test differs": "yes" if r["another_test_differs"] else "no",
                     "reading": r.get("reading", supports(comparison, r)),
                 }
