@@ -27,7 +27,8 @@ The method library (``tinyattn.*``)
 The study (``tinyattn.study.*``)
     ``profiles``      study grids: load, validate, expand into runs, cost estimates (pure).
     ``tuning``        learning rates chosen on held-out data, on top of profiles.
-    ``runner``        running a grid: locks, executors, scheduler, resume, analyses.
+    ``runner``        running a grid: locks, executors, scheduler, resume, analyses;
+                      ``priority`` keeps each run's notebook kernel at the runner's niceness.
     ``rows``          finished runs as a table, one row per record (what studies and chapters read).
     ``status``        a profile's status and finished runs, for chapters and notebooks.
     ``ray_executor``  a grid's runs as Ray tasks (``--executor ray``: a multi-GPU box, a cluster).
