@@ -357,9 +357,12 @@ def parts_table(plan: Plan, forms: dict[str, tuple[str, pd.DataFrame | None]]) -
     ``mean_form_verdicts``-style table, or None while they wait)): estimate with its interval, the
     rule's outcome, whether another test would differ, and what it says of the paper's prediction."""
     rows = []
+    indexed = {
+        form: None if t is None else t.set_index("comparison") for form, (_, t) in forms.items()
+    }
     for comparison in plan.family("C2"):
         for form, (source, table) in forms.items():
-            found = None if table is None else table.set_index("comparison")
+            found = indexed[form]
             r = (
                 None
                 if found is None or comparison.name not in found.index
