@@ -262,26 +262,35 @@ def claim_reading(plan: Plan, claim: str, table: pd.DataFrame) -> str:
     return "holds" if all(r == "supports" for r in readings) else "undecided"
 
 
-def margin_note(outcome: str, within_margin: bool) -> str:
-    """What an outcome adds when it is a decided difference that also passed the equivalence test
-    (an *equivalent* outcome says it already)."""
-    return " within the margin" if within_margin and outcome != "equivalent" else ""
+def decided_within_margin(outcome: str, within_margin: bool) -> bool:
+    """A decided difference that also passed the equivalence test (an *equivalent* outcome says so
+    already), which the chapters mark "within the margin"."""
+    return bool(within_margin) and outcome != "equivalent"
+
+
+def finished_claim(
+    plan: Plan, claim: str, runs: pd.DataFrame, done: int, planned: int
+) -> pd.DataFrame | None:
+    """The claim's family under the rule once every one of the grid's ``planned`` runs is done;
+    None before (no outcome of a partial grid is computed)."""
+    return verdicts(plan, runs, complete=True)[claim] if done >= planned else None
 
 
 def opening(plan: Plan, claim: str, runs: pd.DataFrame, done: int, planned: int) -> str:
     """The sentence a claim's chapter opens with: its confirmatory verdict once every one of the
     grid's ``planned`` runs is done, else only how far the grid is (no outcome of a partial grid)."""
-    if done < planned:
+    table = finished_claim(plan, claim, runs, done, planned)
+    if table is None:
         return (
             f"The confirmatory round decides {claim}: {done} of its {planned} runs are done, and "
             "its verdict is read, and shown here, once every run has finished."
         )
-    table = verdicts(plan, runs, complete=True)[claim]
-    parts = [
-        f"{r.comparison} {r.outcome}{margin_note(r.outcome, r.within_margin)} "
-        f"({r.estimate:+.2f} points over {r.pairs} pairs)"
-        for r in table.itertuples()
-    ]
+    parts = []
+    for r in table.itertuples():
+        note = " within the margin" * decided_within_margin(r.outcome, r.within_margin)
+        parts.append(
+            f"{r.comparison} {r.outcome}{note} ({r.estimate:+.2f} points over {r.pairs} pairs)"
+        )
     reading = claim_reading(plan, claim, table)
     return f"In the confirmatory round, {claim} **{reading}**: " + "; ".join(parts) + "."
 
@@ -289,9 +298,9 @@ def opening(plan: Plan, claim: str, runs: pd.DataFrame, done: int, planned: int)
 def claim_status(plan: Plan, claim: str, runs: pd.DataFrame, done: int, planned: int) -> str:
     """The intro's short form of ``opening``, in plain text: the claim's confirmatory reading once
     every one of the grid's ``planned`` runs is done, else how far the grid is (no outcome yet)."""
-    if done < planned:
+    table = finished_claim(plan, claim, runs, done, planned)
+    if table is None:
         return f"the confirmatory round decides it once its {planned} runs are done, {done} so far"
-    table = verdicts(plan, runs, complete=True)[claim]
     pairs = int(table["pairs"].min()) if len(table) else 0
     return f"{claim_reading(plan, claim, table)} in the confirmatory round, on {pairs} pairs"
 
@@ -385,11 +394,8 @@ def parts_table(plan: Plan, forms: dict[str, tuple[str, pd.DataFrame | None]]) -
                         f"{r['estimate']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
                     ),
                     "outcome": r["outcome"]
-                    + (
-                        " (within the margin)"
-                        if margin_note(r["outcome"], r["within_margin"])
-                        else ""
-                    ),
+                    + " (within the margin)"
+                    * decided_within_margin(r["outcome"], r["within_margin"]),
                     "another test differs": "yes" if r["another_test_differs"] else "no",
                     "reading": r.get("reading", supports(comparison, r)),
                 }
