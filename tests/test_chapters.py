@@ -144,10 +144,14 @@ def test_context_chapter_reports_the_pilots_estimates_and_no_verdict(finished_st
     assert re.search(
         r"without context \(`tinyattn_self`\) \+(19|20)\.\d\d points \(95 % interval", text
     )
-    assert "6 of 6 pairs won" in text and "pending" in text
+    assert "6 of 6 pairs won" in text
     for verdict in ("C3 holds", "C3 does not hold", "C3 is not established"):
         assert verdict not in text
-    # the finished confirmatory round opens the chapter with its verdict
+    # the finished confirmatory round opens the chapter with its verdict, and the pilot's sentences
+    # point to it rather than call it pending
+    assert "which decided C3 on new seeds: its verdict opens this chapter" in text
+    assert "the confirmatory round gives the verdict" in text  # the intro's pilot sentence
+    assert "pending" not in text
     assert "In the confirmatory round, C3 **holds**: context ahead (+" in text
     assert "holds in the confirmatory round, on 65 pairs" in text  # what the intro shows
 

@@ -65,7 +65,7 @@ def test_no_verdict_where_the_design_cannot_reach_one_however_clear_the_pairs():
     assert list(family["method"]) == ["tinyattn_self", "bottleneck_matched", "bottleneck_10x"]
     assert (family["pairs"] == 6).all()
     assert family["mean_difference"].tolist() == pytest.approx([5.0] * 3)
-    text = pilot.c3_reading(family, design, complete=True)
+    text = pilot.c3_reading(family, design, complete=True, round_done=False)
     assert verdicts.headline(text) == "No verdict on C3 from the exploratory pilot"
     assert not any(v in text for v in VERDICTS)
     assert "the sign test's p would be 0.031" in text and "makes 0.094" in text
@@ -75,11 +75,29 @@ def test_no_verdict_where_the_design_cannot_reach_one_however_clear_the_pairs():
         in (text)
     )
     assert "6 of 6 pairs won" in text and "pending" in text
-    opening = pilot.c3_opening(text, family, design)
+    opening = pilot.c3_opening(text, family, design, round_done=False)
     assert opening.startswith("**No verdict on C3 from the exploratory pilot**, whose 6 paired")
-    intro = pilot.c3_intro(text, family, design)
+    assert opening.endswith("whose verdict is pending until that grid is complete.")
+    intro = pilot.c3_intro(text, family, design, round_done=False)
     assert intro.startswith("No verdict on C3 from the exploratory pilot: the pilot's estimates")
     assert "minus one ten times larger +5.00 (+5.00 to +5.00)" in intro and "`" not in intro
+    assert intro.endswith("; the verdict is pending the confirmatory round")
+
+
+def test_once_the_confirmatory_round_is_done_the_pilot_points_to_its_verdict():
+    """The pilot's sentences say the round decided C3 once its grid is complete, and no longer
+    that its verdict is pending; the estimates are the same."""
+    design = profile(2, 3)
+    family = pilot.c3_estimates(runs(2, 3, ALL_AHEAD), design)
+    pending = pilot.c3_reading(family, design, complete=True, round_done=False)
+    text = pilot.c3_reading(family, design, complete=True, round_done=True)
+    assert text.split("These estimates")[0] == pending.split("These estimates")[0]
+    assert text.endswith("which decided C3 on new seeds: its verdict opens this chapter.")
+    opening = pilot.c3_opening(text, family, design, round_done=True)
+    assert opening.endswith("see The confirmatory plan), whose verdict opens this chapter.")
+    intro = pilot.c3_intro(text, family, design, round_done=True)
+    assert intro.endswith("; the confirmatory round gives the verdict")
+    assert not any("pending" in sentence for sentence in (text, opening, intro))
 
 
 def test_a_design_that_can_decide_gets_the_declared_verdict():
@@ -87,23 +105,23 @@ def test_a_design_that_can_decide_gets_the_declared_verdict():
     before (``verdicts.c3``), and the sentences carry no "pending"."""
     design = profile(3, 3)
     family = pilot.c3_estimates(runs(3, 3, ALL_AHEAD), design)
-    text = pilot.c3_reading(family, design, complete=True)
+    text = pilot.c3_reading(family, design, complete=True, round_done=False)
     assert text == verdicts.c3(family, True, roles=ROLES)
     assert verdicts.headline(text) == "C3 holds on MiniLM-L6"
-    assert "pending" not in pilot.c3_intro(text, family, design)
+    assert "pending" not in pilot.c3_intro(text, family, design, round_done=False)
     behind = pilot.c3_estimates(runs(3, 3, {**ALL_AHEAD, "tinyattn_self": -5.0}), design)
-    assert verdicts.headline(pilot.c3_reading(behind, design, False)).startswith(
-        "provisional: C3 does not hold"
-    )
+    reading = pilot.c3_reading(behind, design, False, round_done=False)
+    assert verdicts.headline(reading).startswith("provisional: C3 does not hold")
 
 
 def test_nothing_finished_yet_is_said_so():
     design = profile(2, 3)
     empty = pilot.c3_estimates(pd.DataFrame(), design)
     assert empty.empty
-    text = pilot.c3_reading(empty, design, complete=False)
+    text = pilot.c3_reading(empty, design, complete=False, round_done=False)
     assert "no pair of tiny attention and a C3 variant has finished yet" in text
-    assert pilot.c3_opening(text, empty, design).endswith("has finished yet.")
+    opening = pilot.c3_opening(text, empty, design, round_done=False)
+    assert opening.endswith("has finished yet.")
     assert pilot.per_task_table(pilot.c3_per_task(pd.DataFrame(), design)).empty
 
 

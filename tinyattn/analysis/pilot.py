@@ -142,15 +142,21 @@ def estimates(family: pd.DataFrame, profile: dict) -> str:
     return "tiny attention " + "; ".join(parts)
 
 
-def c3_reading(family: pd.DataFrame, profile: dict, complete: bool) -> str:
+def c3_reading(family: pd.DataFrame, profile: dict, complete: bool, *, round_done: bool) -> str:
     """The verdict paragraph. Where the finished grid can resolve a comparison under the declared
     rule, ``verdicts.c3`` on the comparisons; where it cannot (the pilot's six pairs against a family
-    of three), no verdict: the estimates, what the design can reach, and what decides C3."""
+    of three), no verdict: the estimates, what the design can reach, and what decides C3 (whether
+    the confirmatory round is done: ``round_done``)."""
     pairs, family_size = design_pairs(profile), len(verdicts.C3_TESTS)
     roles: Mapping[str, str] = profile.get("roles") or {}
     if can_decide(pairs, family_size):
         return verdicts.c3(family, complete, roles=roles)
     p_all, p_holm = sign_floor(pairs, family_size)
+    decides = (
+        "decided C3 on new seeds: its verdict opens this chapter"
+        if round_done
+        else "decides C3 on new seeds; its verdict is pending until every one of its runs is done"
+    )
     return (
         "**No verdict on C3 from the exploratory pilot**: its design cannot reach one. A comparison "
         f"has at most {pairs} (task, seed) pairs; even if tiny attention won all of them, the sign "
@@ -158,8 +164,7 @@ def c3_reading(family: pd.DataFrame, profile: dict, complete: bool) -> str:
         f"makes {p_holm:.3f}, above {stats.ALPHA:g}: whatever the scores, no comparison resolves "
         f"({pairs_needed(family_size)} pairs are the fewest that could). What it measures, at the "
         f"end of training: {estimates(family, profile)}. These estimates are the hypotheses of "
-        f"{DECIDED_BY}, which decides C3 on new seeds; its verdict is pending until every one of "
-        "its runs has finished."
+        f"{DECIDED_BY}, which {decides}."
     )
 
 
@@ -167,8 +172,9 @@ def _decidable(profile: dict) -> bool:
     return can_decide(design_pairs(profile), len(verdicts.C3_TESTS))
 
 
-def c3_opening(reading: str, family: pd.DataFrame, profile: dict) -> str:
-    """The chapter's first sentence: the verdict's gist (none, for the pilot) and its estimates."""
+def c3_opening(reading: str, family: pd.DataFrame, profile: dict, *, round_done: bool) -> str:
+    """The pilot's opening sentence: the verdict's gist (none, for the pilot) and its estimates,
+    after the confirmatory round's (pending until ``round_done``)."""
     head = verdicts.headline(reading)
     head = head[:1].upper() + head[1:]
     if family.empty:
@@ -176,15 +182,21 @@ def c3_opening(reading: str, family: pd.DataFrame, profile: dict) -> str:
     if _decidable(profile):
         return f"**{head}**: {estimates(family, profile)}, at the end of training."
     most = int(family["pairs"].max())
+    verdict = (
+        "whose verdict opens this chapter"
+        if round_done
+        else "whose verdict is pending until that grid is complete"
+    )
     return (
         f"**{head}**, whose {most} paired (task, seed) runs per comparison cannot reach one: "
         f"{estimates(family, profile)}, at the end of training. C3 is decided by "
-        f"{DECIDED_BY}; its verdict is pending until that grid is complete."
+        f"{DECIDED_BY}, {verdict}."
     )
 
 
-def c3_intro(reading: str, family: pd.DataFrame, profile: dict) -> str:
-    """What the intro's claims table says of C3 (plain text): the gist, and the estimates."""
+def c3_intro(reading: str, family: pd.DataFrame, profile: dict, *, round_done: bool) -> str:
+    """What the intro's claims table says of the pilot (plain text): the gist, and the estimates;
+    it follows the confirmatory round's status there (pending until ``round_done``)."""
     head = verdicts.headline(reading)
     if family.empty:
         return f"{head}; no pair has finished yet"
@@ -198,6 +210,9 @@ def c3_intro(reading: str, family: pd.DataFrame, profile: dict) -> str:
     measured = f"tiny attention {', '.join(parts)} points (95 % intervals)"
     if _decidable(profile):
         return f"{head}: {measured}"
-    return (
-        f"{head}: the pilot's estimates, {measured}; the verdict is pending the confirmatory round"
+    after = (
+        "the confirmatory round gives the verdict"
+        if round_done
+        else "the verdict is pending the confirmatory round"
     )
+    return f"{head}: the pilot's estimates, {measured}; {after}"
