@@ -175,6 +175,7 @@ def test_heads_chapter_gives_a_verdict_on_finished_ablations_and_reports(finishe
         text,
     )
     assert "holds in the confirmatory round, on 65 pairs" in text
+    assert "In the exploratory grids, C2 holds only in part on MiniLM-L6: averaging" in text
     assert "all 325 of its runs are done" in text
     assert "read once the grid is done" not in text  # no part of the sequential form still waits
 

@@ -94,8 +94,12 @@ def deployment(loss: list[float]) -> pd.DataFrame:
 def test_c2_opening_and_the_forms_sentence():
     loss = deployment([0.3, 0.4, 0.35, 0.3, 0.45, 0.4])
     text = claims.c2_opening("**C2 does not hold on MiniLM-L6**: ...", loss)
-    assert text.startswith("C2 does not hold on MiniLM-L6: averaging the four experts' weights")
+    assert text.startswith(
+        "In the exploratory grids, C2 does not hold on MiniLM-L6: averaging the four experts' weights"
+    )
     assert "costs +0.37 points" in text and "over 6 analysed runs" in text
+    early = claims.c2_opening(verdicts.PROVISIONAL + " **C2 holds on MiniLM-L6**: ...", loss)
+    assert early.startswith("In the exploratory grids (provisional), C2 holds on MiniLM-L6: ")
     kept = "**C2 holds only in part on MiniLM-L6**: ..."
     lost = "**C2 does not hold on MiniLM-L6**: ..."
     same = claims.forms_sentence(

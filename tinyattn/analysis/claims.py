@@ -151,9 +151,13 @@ def combine_forms(ablations) -> dict[str, set[str]]:
 
 
 def c2_opening(verdict: str, deployment: pd.DataFrame) -> str:
-    """The heads chapter's first sentence: the C2 verdict's headline and the averaging loss (the
-    experts as trained minus their weight average) with its interval, against the keep margin."""
-    gist = verdicts.headline(verdict)
+    """The heads chapter's sentence on the exploratory grids, after the confirmatory round's: the C2
+    verdict's headline, labelled exploratory, and the averaging loss (the experts as trained minus
+    their weight average) with its interval, against the keep margin."""
+    head, where = verdicts.headline(verdict), "In the exploratory grids"
+    if head.startswith("provisional: "):
+        head, where = head.removeprefix("provisional: "), f"{where} (provisional)"
+    gist = f"{where}, {head}"
     table = deployment.set_index("method") if "method" in deployment.columns else deployment
     if "averaged" not in table.index:
         return f"{gist}."
