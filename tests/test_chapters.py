@@ -152,7 +152,7 @@ def test_context_chapter_reports_the_pilots_estimates_and_no_verdict(finished_st
     assert "which decided C3 on new seeds: its verdict opens this chapter" in text
     assert "the confirmatory round gives the verdict" in text  # the intro's pilot sentence
     assert "pending" not in text
-    assert "In the confirmatory round, C3 **holds**: context ahead (+" in text
+    assert "In the confirmatory round, C3 **holds**: `context` ahead (+" in text
     assert "holds in the confirmatory round, on 65 pairs" in text  # what the intro shows
 
 
@@ -169,9 +169,9 @@ def test_heads_chapter_gives_a_verdict_on_finished_ablations_and_reports(finishe
     assert "The sequential form has no analysed run yet" in text  # no report of it here
     # the finished confirmatory round: its verdict opens the chapter and fills C2's parts
     assert re.search(
-        r"In the confirmatory round, C2 \*\*holds\*\*: averaging \w+ within the margin \(-0\.0\d "
-        r"points over 65 pairs\); experts ahead \(\+3\.\d\d points over 65 pairs\); "
-        r"experts_vs_compute ahead \(\+[45]\.\d\d points over 65 pairs\)",
+        r"In the confirmatory round, C2 \*\*holds\*\*: `averaging` \w+ within the margin \(-0\.0\d "
+        r"points over 65 pairs\); `experts` ahead \(\+3\.\d\d points over 65 pairs\); "
+        r"`experts_vs_compute` ahead \(\+[45]\.\d\d points over 65 pairs\)",
         text,
     )
     assert "holds in the confirmatory round, on 65 pairs" in text

@@ -193,8 +193,8 @@ def test_a_chapter_opens_with_the_verdict_only_on_the_whole_grid(plan):
     assert not any(word in pending for word in ("ahead", "behind", "holds", "fails", "points"))
     done = confirm.opening(plan, "C3", runs, done=325, planned=325)
     assert done.startswith("In the confirmatory round, C3 **holds**")
-    assert "context ahead (+5.05 points over 65 pairs)" in done
-    assert "attention_vs_bottleneck ahead (+9.95 points over 65 pairs)" in done
+    assert "`context` ahead (+5.05 points over 65 pairs)" in done
+    assert "`attention_vs_bottleneck` ahead (+9.95 points over 65 pairs)" in done
     short = confirm.claim_status(plan, "C3", runs, done=324, planned=325)
     assert short == "the confirmatory round decides it once its 325 runs are done, 324 so far"
     short = confirm.claim_status(plan, "C3", runs, done=325, planned=325)

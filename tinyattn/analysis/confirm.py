@@ -289,7 +289,7 @@ def opening(plan: Plan, claim: str, runs: pd.DataFrame, done: int, planned: int)
     for r in table.itertuples():
         note = " within the margin" * decided_within_margin(r.outcome, r.within_margin)
         parts.append(
-            f"{r.comparison} {r.outcome}{note} ({r.estimate:+.2f} points over {r.pairs} pairs)"
+            f"`{r.comparison}` {r.outcome}{note} ({r.estimate:+.2f} points over {r.pairs} pairs)"
         )
     reading = claim_reading(plan, claim, table)
     return f"In the confirmatory round, {claim} **{reading}**: " + "; ".join(parts) + "."
