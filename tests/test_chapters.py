@@ -150,10 +150,17 @@ def test_context_chapter_reports_the_pilots_estimates_and_no_verdict(finished_st
     # the finished confirmatory round opens the chapter with its verdict, and the pilot's sentences
     # point to it rather than call it pending
     assert "which decided C3 on new seeds: its verdict opens this chapter" in text
-    assert "the confirmatory round gives the verdict" in text  # the intro's pilot sentence
     assert "pending" not in text
     assert "In the confirmatory round, C3 **holds**: `context` ahead (+" in text
-    assert "holds in the confirmatory round, on 65 pairs" in text  # what the intro shows
+    # what the intro shows: the round's reading and each comparison's outcome
+    assert (
+        "holds in the confirmatory round, on 65 pairs: context ahead, attention_vs_bottleneck ahead"
+        in text
+    )
+    # the round's family as a table: each comparison, its sides, interval, Holm p and other tests
+    for sides in ("tinyattn_e1 − bottleneck_matched", "tinyattn_e1 − tinyattn_self"):
+        assert json.dumps(sides)[1:-1] in text  # the outputs' JSON escapes the minus sign
+    assert "Read once the round" not in text
 
 
 def test_heads_chapter_gives_a_verdict_on_finished_ablations_and_reports(finished_study, tmp_path):
@@ -170,11 +177,12 @@ def test_heads_chapter_gives_a_verdict_on_finished_ablations_and_reports(finishe
     # the finished confirmatory round: its verdict opens the chapter and fills C2's parts
     assert re.search(
         r"In the confirmatory round, C2 \*\*holds\*\*: `averaging` \w+ within the margin \(-0\.0\d "
-        r"points over 65 pairs\); `experts` ahead \(\+3\.\d\d points over 65 pairs\); "
-        r"`experts_vs_compute` ahead \(\+[45]\.\d\d points over 65 pairs\)",
+        r"points, 95 % interval -0\.\d\d to [-+]0\.\d\d, over 65 pairs\); `experts` ahead "
+        r"\(\+3\.\d\d points, 95 % interval \+\d\.\d\d to \+\d\.\d\d, over 65 pairs\); "
+        r"`experts_vs_compute` ahead \(\+[45]\.\d\d points, 95 % interval",
         text,
     )
-    assert "holds in the confirmatory round, on 65 pairs" in text
+    assert "holds in the confirmatory round, on 65 pairs: averaging " in text
     assert "In the exploratory grids, C2 holds only in part on MiniLM-L6: averaging" in text
     assert "all 325 of its runs are done" in text
     assert "read once the grid is done" not in text  # no part of the sequential form still waits

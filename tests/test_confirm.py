@@ -3,6 +3,8 @@ profile's plan, pin and records."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -73,6 +75,18 @@ def test_another_test_is_named_when_it_would_change_the_verdict():
     row = family_verdicts({"skewed": skewed}, RULE).iloc[0]
     assert row["outcome"] == "ahead" and row["sign_outcome"] == "undecided"
     assert row["another_test_differs"]
+    assert confirm.other_tests(row) == "the sign test would say undecided"
+
+
+def test_other_tests_names_each_test_that_differs_and_what_it_says():
+    """The sign test reads direction only (an equivalent outcome is its undecided); the bootstrap
+    reads all four outcomes."""
+    agree = {"outcome": "equivalent", "sign_outcome": "undecided", "boot_outcome": "equivalent"}
+    assert confirm.other_tests(agree) == ""
+    both = {"outcome": "undecided", "sign_outcome": "behind", "boot_outcome": "behind"}
+    assert confirm.other_tests(both) == (
+        "the sign test would say behind and the bootstrap would say behind"
+    )
 
 
 # ----------------------------------------------------------------------------- decidability
@@ -193,17 +207,32 @@ def test_a_chapter_opens_with_the_verdict_only_on_the_whole_grid(plan):
     assert not any(word in pending for word in ("ahead", "behind", "holds", "fails", "points"))
     done = confirm.opening(plan, "C3", runs, done=325, planned=325)
     assert done.startswith("In the confirmatory round, C3 **holds**")
-    assert "`context` ahead (+5.05 points over 65 pairs)" in done
-    assert "`attention_vs_bottleneck` ahead (+9.95 points over 65 pairs)" in done
+    assert "`context` ahead (+5.05 points, 95 % interval +5.0" in done
+    assert re.search(
+        r"`attention_vs_bottleneck` ahead \(\+9\.95 points, 95 % interval \+9\.\d\d to "
+        r"\+9\.\d\d, over 65 pairs\)",
+        done,
+    )
+    assert "would say" not in done  # every pair agrees: no other test differs
     short = confirm.claim_status(plan, "C3", runs, done=324, planned=325)
     assert short == "the confirmatory round decides it once its 325 runs are done, 324 so far"
     short = confirm.claim_status(plan, "C3", runs, done=325, planned=325)
-    assert short == "holds in the confirmatory round, on 65 pairs"
+    assert short == (
+        "holds in the confirmatory round, on 65 pairs: context ahead, attention_vs_bottleneck ahead"
+    )
     no_context_wins = runs.assign(
         final_score=runs["final_score"].where(runs["method"] != "tinyattn_self", 90.0)
     )
     short = confirm.claim_status(plan, "C3", no_context_wins, done=325, planned=325)
-    assert short == "fails in the confirmatory round, on 65 pairs"
+    assert short == (
+        "fails in the confirmatory round, on 65 pairs: context behind, attention_vs_bottleneck ahead"
+    )
+    table = confirm.family_table(plan, "C3", confirm.verdicts(plan, no_context_wins, True)["C3"])
+    assert list(table.index) == ["context", "attention_vs_bottleneck"]
+    assert table.loc["context", "treatment − control"] == "tinyattn_e1 − tinyattn_self"
+    assert table.loc["context", "outcome"] == "behind"
+    assert table.loc["context", "reading"] == "refutes"
+    assert table.loc["attention_vs_bottleneck", "another test differs"] == "no"
 
 
 def test_averaging_pairs_compare_two_scores_of_the_same_runs(plan):

@@ -96,7 +96,7 @@ def test_once_the_confirmatory_round_is_done_the_pilot_points_to_its_verdict():
     opening = pilot.c3_opening(text, family, design, round_done=True)
     assert opening.endswith("see The confirmatory plan), whose verdict opens this chapter.")
     intro = pilot.c3_intro(text, family, design, round_done=True)
-    assert intro.endswith("; the confirmatory round gives the verdict")
+    assert intro.endswith("(95 % intervals)")  # the row opens with the round's own verdict
     assert not any("pending" in sentence for sentence in (text, opening, intro))
 
 

@@ -196,7 +196,8 @@ def c3_opening(reading: str, family: pd.DataFrame, profile: dict, *, round_done:
 
 def c3_intro(reading: str, family: pd.DataFrame, profile: dict, *, round_done: bool) -> str:
     """What the intro's claims table says of the pilot (plain text): the gist, and the estimates;
-    it follows the confirmatory round's status there (pending until ``round_done``)."""
+    until ``round_done``, that the verdict is pending the confirmatory round (whose status the row
+    opens with)."""
     head = verdicts.headline(reading)
     if family.empty:
         return f"{head}; no pair has finished yet"
@@ -210,9 +211,8 @@ def c3_intro(reading: str, family: pd.DataFrame, profile: dict, *, round_done: b
     measured = f"tiny attention {', '.join(parts)} points (95 % intervals)"
     if _decidable(profile):
         return f"{head}: {measured}"
-    after = (
-        "the confirmatory round gives the verdict"
-        if round_done
-        else "the verdict is pending the confirmatory round"
+    if round_done:  # the intro's row opens with the round's verdict
+        return f"{head}: the pilot's estimates, {measured}"
+    return (
+        f"{head}: the pilot's estimates, {measured}; the verdict is pending the confirmatory round"
     )
-    return f"{head}: the pilot's estimates, {measured}; {after}"
