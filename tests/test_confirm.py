@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from tinyattn.analysis import confirm
+from tinyattn.analysis import confirm, confirm_report
 from tinyattn.analysis.decidability import decidability, decides, ever_decides
 from tinyattn.analysis.margin import MarginRule, SignRule, compare, family_verdicts
 from tinyattn.records import read_records
@@ -75,16 +75,16 @@ def test_another_test_is_named_when_it_would_change_the_verdict():
     row = family_verdicts({"skewed": skewed}, RULE).iloc[0]
     assert row["outcome"] == "ahead" and row["sign_outcome"] == "undecided"
     assert row["another_test_differs"]
-    assert confirm.other_tests(row) == "the sign test would say undecided"
+    assert confirm_report.other_tests(row) == "the sign test would say undecided"
 
 
 def test_other_tests_names_each_test_that_differs_and_what_it_says():
     """The sign test reads direction only (an equivalent outcome is its undecided); the bootstrap
     reads all four outcomes."""
     agree = {"outcome": "equivalent", "sign_outcome": "undecided", "boot_outcome": "equivalent"}
-    assert confirm.other_tests(agree) == ""
+    assert confirm_report.other_tests(agree) == ""
     both = {"outcome": "undecided", "sign_outcome": "behind", "boot_outcome": "behind"}
-    assert confirm.other_tests(both) == (
+    assert confirm_report.other_tests(both) == (
         "the sign test would say behind and the bootstrap would say behind"
     )
 
@@ -202,10 +202,10 @@ def test_a_chapter_opens_with_the_verdict_only_on_the_whole_grid(plan):
             )
         ]
     )
-    pending = confirm.opening(plan, "C3", runs, done=10, planned=325)
+    pending = confirm_report.opening(plan, "C3", runs, done=10, planned=325)
     assert "10 of its 325 runs are done" in pending
     assert not any(word in pending for word in ("ahead", "behind", "holds", "fails", "points"))
-    done = confirm.opening(plan, "C3", runs, done=325, planned=325)
+    done = confirm_report.opening(plan, "C3", runs, done=325, planned=325)
     assert done.startswith("In the confirmatory round, C3 **holds**")
     assert "`context` ahead (+5.05 points, 95 % interval +5.0" in done
     assert re.search(
@@ -214,25 +214,31 @@ def test_a_chapter_opens_with_the_verdict_only_on_the_whole_grid(plan):
         done,
     )
     assert "would say" not in done  # every pair agrees: no other test differs
-    short = confirm.claim_status(plan, "C3", runs, done=324, planned=325)
+    short = confirm_report.claim_status(plan, "C3", runs, done=324, planned=325)
     assert short == "the confirmatory round decides it once its 325 runs are done, 324 so far"
-    short = confirm.claim_status(plan, "C3", runs, done=325, planned=325)
+    short = confirm_report.claim_status(plan, "C3", runs, done=325, planned=325)
     assert short == (
         "holds in the confirmatory round, on 65 pairs: context ahead, attention_vs_bottleneck ahead"
     )
     no_context_wins = runs.assign(
         final_score=runs["final_score"].where(runs["method"] != "tinyattn_self", 90.0)
     )
-    short = confirm.claim_status(plan, "C3", no_context_wins, done=325, planned=325)
+    short = confirm_report.claim_status(plan, "C3", no_context_wins, done=325, planned=325)
     assert short == (
         "fails in the confirmatory round, on 65 pairs: context behind, attention_vs_bottleneck ahead"
     )
-    table = confirm.family_table(plan, "C3", confirm.verdicts(plan, no_context_wins, True)["C3"])
-    assert list(table.index) == ["context", "attention_vs_bottleneck"]
-    assert table.loc["context", "treatment − control"] == "tinyattn_e1 − tinyattn_self"
-    assert table.loc["context", "outcome"] == "behind"
-    assert table.loc["context", "reading"] == "refutes"
-    assert table.loc["attention_vs_bottleneck", "another test differs"] == "no"
+    table = confirm_report.family_table(
+        plan, "C3", confirm.verdicts(plan, no_context_wins, True)["C3"]
+    )
+    context = "context: tinyattn_e1 − tinyattn_self"
+    assert list(table.index) == [
+        context,
+        "attention_vs_bottleneck: tinyattn_e1 − bottleneck_matched",
+    ]
+    assert table.loc[context, "outcome"] == "behind"
+    assert table.loc[context, "reading"] == "refutes"
+    assert table.loc[context, confirm_report.ESTIMATE].endswith("; Holm p 0.000")
+    assert table.iloc[1]["another test differs"] == "no"
 
 
 def test_averaging_pairs_compare_two_scores_of_the_same_runs(plan):
@@ -332,16 +338,16 @@ def test_the_mean_form_is_read_by_the_plan_s_rule_from_a_study_of_it(plan):
         "ahead",
         "supports",
     )
-    parts = confirm.parts_table(
+    parts = confirm_report.parts_table(
         plan, {"mean": ("study", table.reset_index()), "sequential": ("round", None)}
     ).set_index(["part", "form"])
     assert len(parts) == 2 * len(plan.family("C2"))
-    assert parts.loc[(confirm.PARTS["averaging"], "mean"), "outcome"] == (
+    assert parts.loc[(confirm_report.PARTS["averaging"], "mean"), "outcome"] == (
         "behind (within the margin)"
     )
-    assert parts.loc[(confirm.PARTS["experts_vs_compute"], "mean"), "outcome"] == (
+    assert parts.loc[(confirm_report.PARTS["experts_vs_compute"], "mean"), "outcome"] == (
         "not trained there"
     )
-    assert parts.loc[(confirm.PARTS["averaging"], "mean"), "from"] == "last step"
-    assert parts.loc[(confirm.PARTS["experts_vs_compute"], "mean"), "from"] == "study"
+    assert parts.loc[(confirm_report.PARTS["averaging"], "mean"), "from"] == "last step"
+    assert parts.loc[(confirm_report.PARTS["experts_vs_compute"], "mean"), "from"] == "study"
     assert set(parts.xs("sequential", level="form")["outcome"]) == {"read once the grid is done"}
