@@ -78,6 +78,11 @@ def test_another_test_is_named_when_it_would_change_the_verdict():
     assert confirm_report.other_tests(row) == "the sign test would say undecided"
 
 
+def test_the_chapters_say_what_each_claims_comparisons_were_planned_to_decide(plan):
+    assert confirm_report.design_words(plan, "C3") == "1 point with 80 % power"
+    assert confirm_report.design_words(plan, "C2") == "0.5 or 1 points with 80 % power"
+
+
 def test_other_tests_names_each_test_that_differs_and_what_it_says():
     """The sign test reads direction only (an equivalent outcome is its undecided); the bootstrap
     reads all four outcomes."""

@@ -37,6 +37,13 @@ def progress(done: int, planned: int) -> str:
     return f"{done} of its {planned} runs are done"
 
 
+def design_words(plan: Plan, claim: str) -> str:
+    """The effect a claim's comparisons were planned to decide, in words: "1 point with 80 % power"."""
+    sizes = sorted({c.decides for c in plan.family(claim)})
+    unit = "point" if sizes == [1.0] else "points"
+    return f"{' or '.join(f'{d:g}' for d in sizes)} {unit} with {plan.power * 100:.0f} % power"
+
+
 def opening(plan: Plan, claim: str, runs: pd.DataFrame, done: int, planned: int) -> str:
     """The sentence a claim's chapter opens with: its confirmatory verdict once every one of the
     grid's ``planned`` runs is done, else only how far the grid is (no outcome of a partial grid)."""
